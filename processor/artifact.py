@@ -1,0 +1,260 @@
+"""The artifact: the typed envelope every stage reads, handles and writes.
+
+An `Artifact` is an immutable value. Builders return a new artifact and leave the old one
+as it was, so a handler that does not change an artifact can return it as is, and the
+stage then passes the original bytes through without encoding them again.
+
+Metadata values are typed: text, int, float, bool or bytes. Setting a key replaces its
+value (the original Go code appended a second entry instead).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Final, NamedTuple, TypeVar, overload
+
+MetaValue = str | int | float | bool | bytes
+"""The types a metadata value may have; they map to the Avro union of the wire schema."""
+
+_META_TYPES: Final = (str, int, float, bool, bytes)
+_EMPTY_META: Final[Mapping[str, MetaValue]] = MappingProxyType({})
+
+T = TypeVar("T", str, int, float, bool, bytes)
+
+
+class Role:
+    """Well-known roles of an artifact. Any other string is allowed too."""
+
+    SYSTEM: Final = "system"
+    USER: Final = "user"
+    ASSISTANT: Final = "assistant"
+    TOOL: Final = "tool"
+    DATA: Final = "data"
+    EVENT: Final = "event"
+    COMMAND: Final = "command"
+    RESULT: Final = "result"
+    ERROR: Final = "error"
+
+
+class Scope:
+    """Well-known scopes of an artifact. Any other string is allowed too."""
+
+    GENERIC: Final = "generic"
+    MESSAGE: Final = "message"
+    QUESTION: Final = "question"
+    ANSWER: Final = "answer"
+    CONTEXT: Final = "context"
+    METRIC: Final = "metric"
+    LOG: Final = "log"
+
+
+class MediaType:
+    """Common media types of a payload. Any other string is allowed too."""
+
+    OCTET_STREAM: Final = "application/octet-stream"
+    JSON: Final = "application/json"
+    TEXT: Final = "text/plain"
+    AVRO: Final = "application/avro"
+    PROTOBUF: Final = "application/protobuf"
+    CSV: Final = "text/csv"
+
+
+class State:
+    """Processing states an artifact passes through. Any other string is allowed too."""
+
+    CREATED: Final = "created"
+    VALIDATED: Final = "validated"
+    TRANSFORMED: Final = "transformed"
+    ENRICHED: Final = "enriched"
+    FAILED: Final = "failed"
+
+
+def checksum_of(payload: bytes) -> bytes:
+    """The checksum the wire contract requires: the SHA-256 digest of the payload."""
+    return hashlib.sha256(payload).digest()
+
+
+def now_millis() -> int:
+    """Wall-clock time in milliseconds since the Unix epoch."""
+    return time.time_ns() // 1_000_000
+
+
+def _check_meta(meta: Mapping[str, Any]) -> None:
+    for key, value in meta.items():
+        if not isinstance(key, str):
+            raise TypeError(f"metadata key {key!r} must be a str, not {type(key).__name__}")
+        if not isinstance(value, _META_TYPES):
+            raise TypeError(
+                f"metadata value for {key!r} must be str, int, float, bool or bytes, "
+                f"not {type(value).__name__}"
+            )
+
+
+class Artifact(NamedTuple):
+    """An immutable artifact. Build one with `Artifact.new(...)`."""
+
+    id: str
+    """A UUID, as text."""
+    timestamp: int
+    """Creation time in milliseconds since the Unix epoch."""
+    media_type: str
+    """The media type of `payload`."""
+    role: str
+    scope: str
+    origin: str
+    """Where the artifact came from (a system, a service, a stage)."""
+    issuer: str
+    """Who vouches for it; the key id that signed it, when signed."""
+    state: str
+    meta: Mapping[str, MetaValue]
+    """Typed metadata; read-only."""
+    payload: bytes
+    checksum: bytes
+    """SHA-256 of `payload`; set by `new`/`with_payload` and by the codec on encode."""
+    encrypted_payload: bytes | None = None
+    encrypted_key: bytes | None = None
+    ephemeral_public_key: bytes | None = None
+    signature: bytes | None = None
+
+    # --- building --------------------------------------------------------------------
+
+    @classmethod
+    def new(
+        cls,
+        payload: bytes | str = b"",
+        *,
+        media_type: str = MediaType.OCTET_STREAM,
+        role: str = Role.DATA,
+        scope: str = Scope.GENERIC,
+        origin: str = "",
+        issuer: str = "",
+        state: str = State.CREATED,
+        meta: Mapping[str, MetaValue] | None = None,
+        id: str | None = None,
+        timestamp: int | None = None,
+    ) -> Artifact:
+        """A new artifact with a fresh UUID, the current time and its checksum set."""
+        data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+        if isinstance(payload, str) and media_type == MediaType.OCTET_STREAM:
+            media_type = MediaType.TEXT
+        frozen: Mapping[str, MetaValue] = _EMPTY_META
+        if meta:
+            _check_meta(meta)
+            frozen = MappingProxyType(dict(meta))
+        return cls(
+            id=id if id is not None else str(uuid.uuid4()),
+            timestamp=timestamp if timestamp is not None else now_millis(),
+            media_type=media_type,
+            role=role,
+            scope=scope,
+            origin=origin,
+            issuer=issuer,
+            state=state,
+            meta=frozen,
+            payload=data,
+            checksum=checksum_of(data),
+        )
+
+    def with_payload(self, payload: bytes | str, media_type: str | None = None) -> Artifact:
+        """A copy with a new payload (and checksum); the signature no longer applies."""
+        data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+        return self._replace(
+            payload=data,
+            checksum=checksum_of(data),
+            media_type=media_type if media_type is not None else self.media_type,
+            signature=None,
+        )
+
+    def with_meta(self, key: str | None = None, value: MetaValue | None = None,
+                  /, **more: MetaValue) -> Artifact:
+        """A copy with metadata keys set, replacing any earlier value of the same key.
+
+        `a.with_meta("k", 1)` sets one key; `a.with_meta(k=1, other="x")` sets several.
+        """
+        updates: dict[str, MetaValue] = dict(more)
+        if key is not None:
+            if value is None:
+                raise TypeError("with_meta(key, value): value is missing")
+            updates[key] = value
+        _check_meta(updates)
+        merged = dict(self.meta)
+        merged.update(updates)
+        return self._replace(meta=MappingProxyType(merged))
+
+    def without_meta(self, *keys: str) -> Artifact:
+        """A copy without the given metadata keys."""
+        merged = {k: v for k, v in self.meta.items() if k not in keys}
+        return self._replace(meta=MappingProxyType(merged))
+
+    def with_state(self, state: str) -> Artifact:
+        return self._replace(state=state)
+
+    def with_role(self, role: str) -> Artifact:
+        return self._replace(role=role)
+
+    def with_scope(self, scope: str) -> Artifact:
+        return self._replace(scope=scope)
+
+    def with_origin(self, origin: str) -> Artifact:
+        return self._replace(origin=origin)
+
+    def with_issuer(self, issuer: str) -> Artifact:
+        return self._replace(issuer=issuer)
+
+    def with_fields(self, **fields: Any) -> Artifact:
+        """A copy with any fields replaced (the checksum follows a new payload)."""
+        if "payload" in fields and "checksum" not in fields:
+            fields["checksum"] = checksum_of(fields["payload"])
+        if "meta" in fields:
+            _check_meta(fields["meta"])
+            fields["meta"] = MappingProxyType(dict(fields["meta"]))
+        return self._replace(**fields)
+
+    # --- reading ---------------------------------------------------------------------
+
+    @overload
+    def get(self, key: str, default: T) -> T: ...
+
+    @overload
+    def get(self, key: str, default: None = None) -> MetaValue | None: ...
+
+    def get(self, key: str, default: MetaValue | None = None) -> MetaValue | None:
+        """A metadata value; with a default, only a value of the default's type counts.
+
+        `a.get("retries", 0)` returns an int: the stored value if it is an int (not a
+        bool), else 0.
+        """
+        value = self.meta.get(key)
+        if value is None:
+            return default
+        if default is None:
+            return value
+        if type(value) is type(default) or (
+            isinstance(default, float) and type(value) is int
+        ):
+            return value if not isinstance(default, float) else float(value)
+        return default
+
+    def text(self) -> str:
+        """The payload decoded as UTF-8."""
+        return self.payload.decode("utf-8")
+
+    def checksum_ok(self) -> bool:
+        return self.checksum == checksum_of(self.payload)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """A JSON-friendly view: bytes as base64 text, text payloads as text."""
+        from processor.jsonform import artifact_to_json_dict
+
+        return artifact_to_json_dict(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"Artifact(id={self.id!r}, role={self.role!r}, scope={self.scope!r}, "
+            f"media_type={self.media_type!r}, state={self.state!r}, "
+            f"meta={dict(self.meta)!r}, payload={len(self.payload)} bytes)"
+        )

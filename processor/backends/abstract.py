@@ -1,0 +1,264 @@
+"""Broker-agnostic interfaces: what a stage knows of a backend.
+
+Two implementations exist: `processor.backends.memory` (an in-memory broker, for unit tests
+and the demo) and `processor.backends.kafka` (confluent-kafka on Apache Kafka). Both raise
+the errors of `processor.errors` and pass one conformance suite (`tests/conformance`).
+
+Conventions (as in Kafka itself):
+
+* An offset committed for a partition means "the next offset to read", so after
+  processing the record at offset 41 the stage commits 42.
+* Messages expose accessor methods (`m.value()`, `m.offset()`...) with the same names and
+  meaning as confluent-kafka's `Message`, so the Kafka backend hands its messages over
+  without copying them into another object on the hot path.
+* Delivery is reported in bulk: `flush()` waits until every produced record is
+  acknowledged or failed, and `take_delivery_errors()` returns the failures since the last
+  call. A stage commits input offsets only after a `flush()` that left no failure.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple, Protocol
+
+Headers = list[tuple[str, bytes]]
+
+
+class TopicPartition(NamedTuple):
+    topic: str
+    partition: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]"
+
+
+class Message(Protocol):
+    """One consumed record. Method names follow confluent-kafka's `Message`."""
+
+    def topic(self) -> str | None: ...
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
+    def key(self) -> bytes | None: ...
+    def value(self) -> bytes | None: ...
+    def headers(self) -> Headers | None: ...
+    def timestamp(self) -> tuple[int, int]:
+        """(timestamp type, milliseconds since the epoch); type 0 means none."""
+        ...
+
+
+class DeliveryError(NamedTuple):
+    """A produced record the broker did not acknowledge."""
+
+    topic: str
+    partition: int
+    key: bytes | None
+    reason: str
+    retriable: bool
+
+
+class GroupMetadata(Protocol):
+    """Opaque consumer-group state handed to `Producer.send_offsets_to_transaction`."""
+
+
+AssignCallback = Callable[[list[TopicPartition]], None]
+
+
+class Consumer(ABC):
+    """A member of a consumer group, reading committed-offset-tracked partitions."""
+
+    @abstractmethod
+    def subscribe(
+        self,
+        topics: Sequence[str],
+        on_assign: AssignCallback | None = None,
+        on_revoke: AssignCallback | None = None,
+        on_lost: AssignCallback | None = None,
+    ) -> None:
+        """Join the group for `topics`. Callbacks run inside `consume()`.
+
+        `on_revoke` runs before partitions are taken away, while the member may still
+        commit; `on_lost` runs when they were already taken (the member was thrown out of
+        the group) and committing is no longer possible. Without `on_lost`, `on_revoke`
+        is called in its place.
+        """
+
+    @abstractmethod
+    def consume(self, max_messages: int, timeout: float) -> Sequence[Message]:
+        """Up to `max_messages` records, waiting up to `timeout` seconds for the first."""
+
+    @abstractmethod
+    def assignment(self) -> list[TopicPartition]:
+        """The partitions currently assigned to this member."""
+
+    @abstractmethod
+    def pause(self, partitions: Sequence[TopicPartition]) -> None:
+        """Stop fetching from these partitions; the group membership stays alive."""
+
+    @abstractmethod
+    def resume(self, partitions: Sequence[TopicPartition]) -> None:
+        """Fetch again from paused partitions."""
+
+    @abstractmethod
+    def paused(self) -> list[TopicPartition]:
+        """The assigned partitions that are paused."""
+
+    @abstractmethod
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        """Read `partition` next from `offset`."""
+
+    @abstractmethod
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit synchronously: `offsets` are the next offsets to read."""
+
+    @abstractmethod
+    def committed(
+        self, partitions: Sequence[TopicPartition], timeout: float = 10.0
+    ) -> dict[TopicPartition, int | None]:
+        """The group's committed offsets for `partitions` (None where nothing is committed)."""
+
+    @abstractmethod
+    def position(self, partition: TopicPartition) -> int | None:
+        """The offset of the next record this member will read from `partition`."""
+
+    @abstractmethod
+    def watermarks(self, partition: TopicPartition, timeout: float = 10.0) -> tuple[int, int]:
+        """(low, high): the first offset still stored and the offset after the last one."""
+
+    @abstractmethod
+    def group_metadata(self) -> GroupMetadata:
+        """State for `Producer.send_offsets_to_transaction`."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Leave the group (triggering a rebalance for the others) and release resources."""
+
+
+class Producer(ABC):
+    """Writes records to topics, optionally inside transactions."""
+
+    @abstractmethod
+    def produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+        timestamp: int | None = None,
+    ) -> None:
+        """Queue one record. Blocks (serving deliveries) while the local queue is full.
+
+        Without `partition`, a key picks the partition deterministically (the same key
+        always lands in the same partition of a topic); no key spreads records.
+        """
+
+    @abstractmethod
+    def poll(self, timeout: float = 0.0) -> int:
+        """Serve delivery reports; returns how many were served."""
+
+    @abstractmethod
+    def flush(self, timeout: float = 30.0) -> int:
+        """Wait until all queued records are acknowledged or failed; returns how many remain."""
+
+    @abstractmethod
+    def take_delivery_errors(self) -> list[DeliveryError]:
+        """The delivery failures since the last call (and forget them)."""
+
+    @abstractmethod
+    def outstanding(self) -> int:
+        """How many produced records are not yet acknowledged."""
+
+    # --- transactions ----------------------------------------------------------------
+
+    @abstractmethod
+    def init_transactions(self, timeout: float = 30.0) -> None:
+        """Register the transactional id, fencing older producers that share it."""
+
+    @abstractmethod
+    def begin_transaction(self) -> None: ...
+
+    @abstractmethod
+    def send_offsets_to_transaction(
+        self,
+        offsets: Mapping[TopicPartition, int],
+        group_metadata: GroupMetadata,
+        timeout: float = 30.0,
+    ) -> None:
+        """Commit consumed `offsets` (next to read) as part of the open transaction."""
+
+    @abstractmethod
+    def commit_transaction(self, timeout: float = 30.0) -> None: ...
+
+    @abstractmethod
+    def abort_transaction(self, timeout: float = 30.0) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None:
+        """Flush what is queued and release resources."""
+
+
+class Admin(ABC):
+    """Topic management and group inspection."""
+
+    @abstractmethod
+    def create_topic(self, name: str, partitions: int = 1, replication: int = 1,
+                     config: Mapping[str, str] | None = None) -> None:
+        """Create a topic; an existing topic of that name is left as it is."""
+
+    @abstractmethod
+    def delete_topic(self, name: str) -> None: ...
+
+    @abstractmethod
+    def list_topics(self) -> dict[str, int]:
+        """Topic name -> partition count."""
+
+    @abstractmethod
+    def group_offsets(self, group: str, topics: Sequence[str] | None = None
+                      ) -> dict[TopicPartition, int]:
+        """Committed offsets of a group."""
+
+    @abstractmethod
+    def high_watermarks(self, topic: str) -> dict[TopicPartition, int]:
+        """For every partition of `topic`, the offset after its last record."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources."""
+
+
+class Broker(ABC):
+    """A cluster handle: the factory of consumers, producers and admin clients.
+
+    `MemoryBroker()` and `KafkaBroker(bootstrap_servers, settings)` implement it; a stage,
+    the CLI and the conformance suite only need this class.
+    """
+
+    @abstractmethod
+    def consumer(
+        self,
+        group: str,
+        *,
+        read_committed: bool = False,
+        auto_offset_reset: str = "earliest",
+        client_id: str | None = None,
+        settings: Mapping[str, object] | None = None,
+    ) -> Consumer:
+        """A new group member. Offsets are committed only by explicit `commit()`."""
+
+    @abstractmethod
+    def producer(
+        self,
+        *,
+        transactional_id: str | None = None,
+        client_id: str | None = None,
+        settings: Mapping[str, object] | None = None,
+    ) -> Producer:
+        """A new producer; with `transactional_id`, a transactional one."""
+
+    @abstractmethod
+    def admin(self) -> Admin: ...
+
+    @property
+    @abstractmethod
+    def name(self) -> str:
+        """A short description for logs ("memory", "kafka 127.0.0.1:9092")."""

@@ -1,0 +1,196 @@
+"""Handlers: the user code a stage runs on every artifact.
+
+A handler is a callable `handler(artifact) -> result` where the result is
+
+* the same `Artifact` object: unchanged (the stage passes the original bytes through);
+* another `Artifact`: the replacement;
+* `None`: drop the artifact;
+* a list or tuple of artifacts (or `Routed`): fan-out, each continues down the chain;
+* `Routed(output, artifact)`: send this artifact to the named output instead of the
+  default one (the stage maps output names to topics).
+
+A handler signals trouble by raising `InvalidArtifact` (dead-letter it),
+`RetryableError` (retry with backoff) or anything else (the stage's error policy decides).
+
+`chain(h1, h2, ...)` composes handlers; `registry` and `@handler` let a stage name them
+in configuration as `module:function` or by registered name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple, TypeAlias
+
+from processor.artifact import Artifact
+from processor.errors import HandlerNotFound
+
+DEFAULT_OUTPUT = ""
+"""The name of a stage's default output (its output topic)."""
+
+
+class Routed(NamedTuple):
+    """An artifact sent to a named output rather than the default one."""
+
+    output: str
+    artifact: Artifact
+
+
+Outcome: TypeAlias = Artifact | Routed | Sequence[Artifact | Routed] | None
+Handler: TypeAlias = Callable[[Artifact], Outcome]
+
+
+def outcomes(result: Outcome) -> list[Routed]:
+    """Normalise a handler result into `(output, artifact)` pairs (empty when dropped)."""
+    if result is None:
+        return []
+    if isinstance(result, Artifact):
+        return [Routed(DEFAULT_OUTPUT, result)]
+    if isinstance(result, Routed):
+        return [result]
+    pairs: list[Routed] = []
+    for item in result:
+        if isinstance(item, Artifact):
+            pairs.append(Routed(DEFAULT_OUTPUT, item))
+        elif isinstance(item, Routed):
+            pairs.append(item)
+        else:
+            raise TypeError(
+                f"a handler returned {type(item).__name__} in a fan-out; "
+                "expected Artifact or Routed"
+            )
+    return pairs
+
+
+def _check_single(result: Outcome) -> None:
+    raise TypeError(
+        f"a handler returned {type(result).__name__}; expected Artifact, None, Routed "
+        "or a list of them"
+    )
+
+
+class Chain:
+    """Handlers applied in order; a fan-out sends each part through the rest.
+
+    A routed artifact leaves the chain at once, to its output. The result of a chain is
+    always a list of `Routed` (possibly empty), and the same `Artifact` object when nothing
+    changed (so the stage can pass the original bytes through).
+    """
+
+    __slots__ = ("_handlers", "names")
+
+    def __init__(self, handlers: Sequence[Handler]) -> None:
+        if not handlers:
+            raise ValueError("a chain needs at least one handler")
+        self._handlers = tuple(handlers)
+        self.names = tuple(handler_name(h) for h in handlers)
+
+    def __call__(self, artifact: Artifact) -> Outcome:
+        current: list[Routed] = [Routed(DEFAULT_OUTPUT, artifact)]
+        for handler in self._handlers:
+            nxt: list[Routed] = []
+            for output, item in current:
+                if output != DEFAULT_OUTPUT:
+                    nxt.append(Routed(output, item))
+                    continue
+                result = handler(item)
+                if result is item or type(result) is Artifact:
+                    nxt.append(Routed(DEFAULT_OUTPUT, result))
+                elif result is None:
+                    continue
+                elif isinstance(result, Routed | list | tuple):
+                    nxt.extend(outcomes(result))
+                else:
+                    _check_single(result)
+            current = nxt
+            if not current:
+                return None
+        if len(current) == 1 and current[0].output == DEFAULT_OUTPUT:
+            return current[0].artifact
+        return current
+
+    def __repr__(self) -> str:
+        return f"Chain({', '.join(self.names)})"
+
+
+def chain(*handlers: Handler) -> Handler:
+    """One handler that runs `handlers` in order (a single handler is returned as is)."""
+    if len(handlers) == 1:
+        return handlers[0]
+    return Chain(handlers)
+
+
+def handler_name(h: Handler) -> str:
+    module = getattr(h, "__module__", None) or "?"
+    name = getattr(h, "__qualname__", None) or type(h).__name__
+    return f"{module}:{name}"
+
+
+class Registry:
+    """Named handlers, so configuration can refer to them by name."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, Handler] = {}
+
+    def register(self, name: str, h: Handler) -> None:
+        if name in self._handlers and self._handlers[name] is not h:
+            raise ValueError(f"a handler named {name!r} is registered already")
+        self._handlers[name] = h
+
+    def names(self) -> list[str]:
+        return sorted(self._handlers)
+
+    def get(self, name: str) -> Handler | None:
+        return self._handlers.get(name)
+
+    def resolve(self, ref: str) -> Handler:
+        """A handler by registered name, or by `module:function` (importing the module)."""
+        found = self._handlers.get(ref)
+        if found is not None:
+            return found
+        if ":" not in ref:
+            known = ", ".join(self.names()) or "none"
+            raise HandlerNotFound(
+                f"no handler named {ref!r}: use a registered name ({known}) "
+                "or module:function"
+            )
+        module_name, _, attr_path = ref.partition(":")
+        try:
+            obj: object = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise HandlerNotFound(f"handler {ref!r}: cannot import {module_name!r}: {exc}") from exc
+        for part in attr_path.split("."):
+            try:
+                obj = getattr(obj, part)
+            except AttributeError as exc:
+                raise HandlerNotFound(
+                    f"handler {ref!r}: module {module_name!r} has no {attr_path!r}"
+                ) from exc
+        if not callable(obj):
+            raise HandlerNotFound(f"handler {ref!r} is a {type(obj).__name__}, not a callable")
+        return obj
+
+    def resolve_all(self, refs: Iterable[str]) -> Handler:
+        resolved = [self.resolve(r) for r in refs]
+        if not resolved:
+            raise HandlerNotFound("a stage needs at least one handler")
+        return chain(*resolved)
+
+
+registry = Registry()
+"""The process-wide registry used by `@handler` and the CLI."""
+
+
+def handler(name: str | None = None) -> Callable[[Handler], Handler]:
+    """Register a function under `name` (default: its `module:qualname`).
+
+    >>> @handler("upper")
+    ... def upper(a: Artifact) -> Artifact:
+    ...     return a.with_payload(a.payload.upper())
+    """
+
+    def register(h: Handler) -> Handler:
+        registry.register(name or handler_name(h), h)
+        return h
+
+    return register

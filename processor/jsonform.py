@@ -1,0 +1,130 @@
+"""The JSON form of an artifact, as `processor tail` prints it and `produce --artifacts` reads it.
+
+Bytes are base64 text. A payload whose media type is textual (text/*, JSON) is kept as text
+under `payload`; any other payload is base64 under `payload_b64`. Metadata values keep
+their type: bytes become `{"$bytes": "<base64>"}`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from processor.errors import InvalidArtifact
+
+if TYPE_CHECKING:
+    from processor.artifact import Artifact, MetaValue
+
+_OPTIONAL_BYTES = ("encrypted_payload", "encrypted_key", "ephemeral_public_key", "signature")
+
+
+def _is_textual(media_type: str) -> bool:
+    return media_type.startswith("text/") or media_type.endswith("json")
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str, field: str) -> bytes:
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise InvalidArtifact(f"field {field!r} is not valid base64") from exc
+
+
+def artifact_to_json_dict(artifact: Artifact) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    for key, value in artifact.meta.items():
+        meta[key] = {"$bytes": _b64(value)} if isinstance(value, bytes) else value
+    out: dict[str, Any] = {
+        "id": artifact.id,
+        "timestamp": artifact.timestamp,
+        "media_type": artifact.media_type,
+        "role": artifact.role,
+        "scope": artifact.scope,
+        "origin": artifact.origin,
+        "issuer": artifact.issuer,
+        "state": artifact.state,
+        "meta": meta,
+    }
+    text: str | None = None
+    if _is_textual(artifact.media_type):
+        try:
+            text = artifact.payload.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+    if text is not None:
+        out["payload"] = text
+    else:
+        out["payload_b64"] = _b64(artifact.payload)
+    out["checksum"] = artifact.checksum.hex()
+    for name in _OPTIONAL_BYTES:
+        value = getattr(artifact, name)
+        if value is not None:
+            out[name] = _b64(value)
+    return out
+
+
+def artifact_to_json(artifact: Artifact) -> str:
+    return json.dumps(artifact_to_json_dict(artifact), ensure_ascii=False, sort_keys=False)
+
+
+def _meta_from_json(raw: Any) -> dict[str, MetaValue]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise InvalidArtifact("field 'meta' must be an object")
+    meta: dict[str, MetaValue] = {}
+    for key, value in raw.items():
+        if isinstance(value, Mapping) and set(value) == {"$bytes"}:
+            meta[key] = _unb64(str(value["$bytes"]), f"meta.{key}")
+        elif isinstance(value, str | int | float | bool):
+            meta[key] = value
+        else:
+            raise InvalidArtifact(
+                f"metadata value for {key!r} must be text, a number, a bool or "
+                f'{{"$bytes": ...}}, not {type(value).__name__}'
+            )
+    return meta
+
+
+def artifact_from_json_dict(data: Mapping[str, Any]) -> Artifact:
+    """An artifact from its JSON form; missing fields take the defaults of `Artifact.new`."""
+    from processor.artifact import Artifact, MediaType
+
+    if not isinstance(data, Mapping):
+        raise InvalidArtifact("an artifact must be a JSON object")
+    if "payload_b64" in data:
+        payload = _unb64(str(data["payload_b64"]), "payload_b64")
+    else:
+        raw = data.get("payload", "")
+        if isinstance(raw, str):
+            payload = raw.encode("utf-8")
+        else:
+            payload = json.dumps(raw, separators=(",", ":")).encode("utf-8")
+    kwargs: dict[str, Any] = {}
+    for name in ("id", "media_type", "role", "scope", "origin", "issuer", "state"):
+        if name in data:
+            if not isinstance(data[name], str):
+                raise InvalidArtifact(f"field {name!r} must be text")
+            kwargs[name] = data[name]
+    if "timestamp" in data:
+        if not isinstance(data["timestamp"], int) or isinstance(data["timestamp"], bool):
+            raise InvalidArtifact("field 'timestamp' must be an integer (ms since epoch)")
+        kwargs["timestamp"] = data["timestamp"]
+    if "media_type" not in kwargs and "payload" in data and not isinstance(data["payload"], str):
+        kwargs["media_type"] = MediaType.JSON
+    artifact = Artifact.new(payload, meta=_meta_from_json(data.get("meta")), **kwargs)
+    extra = {n: _unb64(str(data[n]), n) for n in _OPTIONAL_BYTES if data.get(n) is not None}
+    return artifact.with_fields(**extra) if extra else artifact
+
+
+def artifact_from_json(line: str) -> Artifact:
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InvalidArtifact(f"not valid JSON: {exc.msg} at column {exc.colno}") from exc
+    return artifact_from_json_dict(data)
