@@ -25,6 +25,10 @@ class EmptyInput(DecodeError):
         super().__init__(message)
 
 
+class EncodeError(ProcessorError):
+    """An artifact that cannot be encoded: a field of the wrong type for the wire schema."""
+
+
 class SchemaError(ProcessorError):
     """A writer or reader schema that cannot be used."""
 
@@ -61,6 +65,10 @@ class BufferClosed(ProcessorError):
 
 class BufferFull(ProcessorError):
     """A write that waited for room in a full buffer longer than its timeout."""
+
+
+class BufferEmpty(ProcessorError):
+    """A read that waited for an item in an empty buffer longer than its timeout."""
 
 
 # --- backends ----------------------------------------------------------------------------
