@@ -1,0 +1,62 @@
+# Every target does its own set-up: the virtual environment, the Python packages,
+# the Debian packages the tests need and the Apache Kafka jars from Maven.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+KAFKA_VERSION := 4.1.1
+KAFKA_HOME ?= $(HOME)/.cache/processor/kafka-$(KAFKA_VERSION)
+
+.PHONY: demo test lint typecheck unit conformance integration faults bench kafka-jars system-deps broker clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
+	  { apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+demo: $(STAMP)
+	$(BIN)/processor demo
+
+# Java, Maven and Prometheus are Debian packages; installed only when missing.
+system-deps:
+	@missing=""; \
+	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
+	command -v prometheus >/dev/null || test -x /usr/bin/prometheus || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+kafka-jars: system-deps
+	@test -f $(KAFKA_HOME)/.complete || { \
+	  echo "resolving Apache Kafka $(KAFKA_VERSION) jars from Maven into $(KAFKA_HOME)"; \
+	  mvn -q -B -f deploy/kafka-local/pom.xml dependency:copy-dependencies \
+	    -DoutputDirectory=$(KAFKA_HOME)/libs && touch $(KAFKA_HOME)/.complete; }
+
+lint: $(STAMP)
+	$(BIN)/ruff check processor tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict processor tests
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+test: $(STAMP) kafka-jars
+	$(BIN)/ruff check processor tests benchmarks
+	$(BIN)/mypy --strict processor tests
+	PROCESSOR_KAFKA_HOME=$(KAFKA_HOME) $(BIN)/pytest -q -ra --durations=15 tests
+
+bench: $(STAMP) kafka-jars
+	PROCESSOR_KAFKA_HOME=$(KAFKA_HOME) $(BIN)/python benchmarks/bench.py
+
+broker: $(STAMP) kafka-jars
+	PROCESSOR_KAFKA_HOME=$(KAFKA_HOME) $(BIN)/processor broker
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,155 @@
+"""`processor run`: one stage as a service, in one process or several.
+
+With `--processes N` the parent starts N worker processes, each a member of the stage's
+consumer group (so Kafka spreads the partitions over them), serves one aggregated
+`/metrics` endpoint, forwards SIGTERM/SIGINT to the workers and exits with the worst of
+their exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from processor.errors import ConfigError, ProcessorError
+
+if TYPE_CHECKING:
+    from processor.config import StageConfig
+
+logger = logging.getLogger(__name__)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    from processor.config import load_config
+    from processor.logs import configure_logging
+
+    flags = {k: v for k, v in vars(args).items() if k not in ("command",)}
+    config_path = flags.pop("config", None)
+    cfg = load_config(Path(config_path) if config_path else None, os.environ, flags)
+    configure_logging(cfg.log_format, cfg.log_level)
+    if not cfg.bootstrap_servers:
+        raise ConfigError(
+            "bootstrap_servers is required: pass --bootstrap-servers HOST:PORT or set "
+            "PROCESSOR_BOOTSTRAP_SERVERS"
+        )
+    if not cfg.handlers:
+        raise ConfigError("handlers: at least one --handler MODULE:FUNCTION is required")
+    # Resolve handlers in the parent too, so a wrong reference fails before any fork.
+    from processor.handlers import registry
+
+    registry.resolve_all(cfg.handlers)
+    if cfg.processes <= 1:
+        return run_worker(cfg, index=0, serve_metrics=True)
+    return _run_parent(cfg)
+
+
+def _transactional_id(cfg: StageConfig, index: int) -> str:
+    # Stable across restarts of the same worker on the same host, so a restarted worker
+    # fences the zombie it replaces; unique across hosts and worker indexes.
+    base = cfg.options.transactional_id or f"{cfg.options.name}-{cfg.options.group}"
+    return f"{base}-{socket.gethostname()}-{index}"
+
+
+def run_worker(cfg: StageConfig, index: int, serve_metrics: bool) -> int:
+    """Run one stage until SIGTERM/SIGINT; returns the process exit code."""
+    from processor.backends.kafka import KafkaBroker
+    from processor.handlers import registry
+    from processor.health import HealthState
+    from processor.metrics import MetricsServer, StageMetrics
+    from processor.stage import Stage
+
+    assert cfg.bootstrap_servers is not None
+    options = replace(cfg.options, transactional_id=_transactional_id(cfg, index))
+    handler = registry.resolve_all(cfg.handlers)
+    broker = KafkaBroker(cfg.bootstrap_servers, cfg.kafka)
+    broker.admin().list_topics()  # fail fast, with one clear line, when unreachable
+    health = HealthState()
+    metrics = StageMetrics(options.name, options.input_topic, options.output_topic or "")
+    server = None
+    if serve_metrics and cfg.metrics_port is not None:
+        server = MetricsServer(health, cfg.metrics_host, cfg.metrics_port)
+        server.start()
+        logger.info("metrics on http://%s:%d/metrics", cfg.metrics_host, server.port)
+    stage = Stage(options, broker, handler, metrics=metrics, health=health)
+    health.set_broker_ok(True)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        logger.info("stage %s: %s received, shutting down", options.name,
+                    signal.Signals(signum).name)
+        stage.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        stage.run()
+    finally:
+        if server is not None:
+            server.stop()
+    return 0
+
+
+def _worker_main(cfg: StageConfig, index: int, multiproc_dir: str) -> None:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
+    from processor.logs import configure_logging
+
+    configure_logging(cfg.log_format, cfg.log_level)
+    try:
+        code = run_worker(cfg, index, serve_metrics=False)
+    except ProcessorError as exc:
+        sys.stderr.write(f"processor run (worker {index}): error: {exc}\n")
+        code = 1
+    sys.exit(code)
+
+
+def _run_parent(cfg: StageConfig) -> int:
+    from processor.health import HealthState
+    from processor.metrics import MetricsServer, enable_multiprocess
+
+    multiproc_dir = tempfile.mkdtemp(prefix="processor-metrics-")
+    enable_multiprocess(multiproc_dir)
+    ctx = multiprocessing.get_context("spawn")
+    workers = [
+        ctx.Process(target=_worker_main, args=(cfg, i, multiproc_dir), name=f"worker-{i}")
+        for i in range(cfg.processes)
+    ]
+    for w in workers:
+        w.start()
+    logger.info("started %d worker processes", len(workers))
+    health = HealthState()
+    health.set_assigned(1)
+    health.set_broker_ok(True)
+    server = None
+    if cfg.metrics_port is not None:
+        server = MetricsServer(health, cfg.metrics_host, cfg.metrics_port)
+        server.start()
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        for w in workers:
+            if w.pid is not None and w.is_alive():
+                os.kill(w.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = []
+    try:
+        for w in workers:
+            while w.is_alive():
+                w.join(1.0)
+                health.beat()
+            codes.append(w.exitcode or 0)
+            if w.exitcode:
+                forward(signal.SIGTERM, None)
+    finally:
+        if server is not None:
+            server.stop()
+    return max(codes, default=0)
