@@ -99,9 +99,12 @@ def generate(count: int, seed: int = 7, bad_every: int = 50) -> Iterator[bytes |
             if kind == 0:
                 yield b"\x00garbage that is not avro"
             elif kind == 1:
-                yield Artifact.new('{"order": "broken"}', media_type=MediaType.JSON)
+                # A checksum that does not match the payload: flip a bit of the digest.
+                good = bytearray(Codec().encode(Artifact.new('{"order": "tampered"}')))
+                good[-5] ^= 0x01
+                yield bytes(good)
             elif kind == 2:
-                yield Artifact.new("not json at all")
+                yield Artifact.new("not json at all" if i % 3 else '{"order": "broken"}')
             else:
                 yield Artifact.new(json.dumps({"order": f"o{i}", "customer": "c",
                                                "amount": "ten", "currency": "eur"}),
@@ -193,11 +196,11 @@ def run_demo(
         if out is not None and (now - last_print >= progress_every or done):
             last_print = now
             parts = "  ".join(f"{s.options.name} {s.stats.consumed:>7,}" for s in stages)
-            out.write(f"\r  progress: {parts}  ")
+            out.write(f"\r  progress: {parts}  " if out.isatty() else f"  progress: {parts}\n")
             out.flush()
         if done and not moved:
             break
-    if out is not None:
+    if out is not None and out.isatty():
         out.write("\n")
     seconds = time.monotonic() - start
     for s in stages:
@@ -229,8 +232,12 @@ def summary_table(result: DemoResult) -> str:
 
 def main_demo(count: int, input_file: Path | None, show: int = 3,
               out: IO[str] = sys.stdout) -> int:
+    import logging
+
     from processor.backends.memory import MemoryBroker
 
+    # Dead letters are expected here and summed up below, not logged one by one.
+    logging.getLogger("processor.stage").setLevel(logging.ERROR)
     inputs = list(read_jsonl(input_file) if input_file else generate(count))
     source = str(input_file) if input_file else f"{len(inputs):,} generated orders"
     out.write(f"processor demo: validate -> transform -> enrich on the in-memory broker\n"
@@ -243,6 +250,13 @@ def main_demo(count: int, input_file: Path | None, show: int = 3,
               f"{sum(s.stats.dead_lettered for s in result.stages):,} dead-lettered, "
               f"{sum(s.stats.dropped for s in result.stages):,} dropped in "
               f"{result.seconds:.2f}s; every record accounted for: {'yes' if ok else 'NO'}\n")
+    reasons: dict[str, int] = {}
+    for s in result.stages:
+        for reason, n in s.stats.dead_letter_reasons.items():
+            reasons[reason] = reasons.get(reason, 0) + n
+    if reasons:
+        out.write("dead-lettered by reason (topic orders.dlq): "
+                  + ", ".join(f"{r} {n:,}" for r, n in sorted(reasons.items())) + "\n")
     if result.output and show:
         out.write(f"\nfirst {min(show, len(result.output))} output artifacts:\n")
         for artifact in result.output[:show]:
