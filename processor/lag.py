@@ -1,0 +1,148 @@
+"""`processor lag`: a consumer group's committed offsets, end offsets and lag per partition.
+
+    $ processor lag --bootstrap-servers kafka:9092 --group validate
+    topic          partition  committed  end offset  lag
+    artifacts.raw          0       1200        1250   50
+    artifacts.raw          1       1300        1300    0
+    total                                              50
+
+The committed offsets come from the admin API (`list_consumer_group_offsets`), the end
+offsets (high watermarks) from a consumer's `get_watermark_offsets`; lag is end offset
+minus committed offset. A partition of a requested topic without a committed offset is
+shown with `-` and counts its whole retained range (low to high watermark) as lag, which
+is what a stage with `auto.offset.reset=earliest` has left to read.
+
+Every broker request is bounded by `timeout`; an unknown group or an unreachable broker
+is one line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException
+from confluent_kafka import TopicPartition as KafkaTopicPartition
+from confluent_kafka.admin import AdminClient
+
+DEFAULT_TIMEOUT = 10.0
+
+
+class LagError(Exception):
+    """A problem `main_lag` reports as one line and exit status 1."""
+
+
+@dataclass(frozen=True, slots=True)
+class LagRow:
+    topic: str
+    partition: int
+    committed: int | None
+    low: int
+    end: int
+
+    @property
+    def lag(self) -> int:
+        start = self.low if self.committed is None else self.committed
+        return max(0, self.end - start)
+
+
+def format_table(rows: Sequence[LagRow]) -> str:
+    """The table `processor lag` prints, with a total line."""
+    header = ("topic", "partition", "committed", "end offset", "lag")
+    body = [
+        (r.topic, str(r.partition), "-" if r.committed is None else str(r.committed),
+         str(r.end), str(r.lag))
+        for r in sorted(rows, key=lambda r: (r.topic, r.partition))
+    ]
+    total = ("total", "", "", "", str(sum(r.lag for r in rows)))
+    table = [header, *body, total]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+
+    def render(line: tuple[str, ...]) -> str:
+        first = line[0].ljust(widths[0])
+        rest = [cell.rjust(widths[i]) for i, cell in enumerate(line) if i > 0]
+        return "  ".join([first, *rest]).rstrip()
+
+    return "\n".join(render(line) for line in table) + "\n"
+
+
+def _committed_offsets(admin: AdminClient, group: str, timeout: float
+                       ) -> dict[tuple[str, int], int]:
+    request = [ConsumerGroupTopicPartitions(group)]
+    futures = admin.list_consumer_group_offsets(request, request_timeout=timeout)
+    try:
+        result: Any = futures[group].result(timeout=timeout + 1.0)
+    except KafkaException as exc:
+        raise LagError(f"cannot read the offsets of group {group!r}: {exc.args[0]}") from None
+    committed: dict[tuple[str, int], int] = {}
+    for tp in result.topic_partitions or []:
+        if tp.error is None and tp.offset >= 0:
+            committed[(tp.topic, tp.partition)] = tp.offset
+    return committed
+
+
+def _partitions_of(admin: AdminClient, topics: Sequence[str], timeout: float
+                   ) -> list[tuple[str, int]]:
+    metadata = admin.list_topics(timeout=timeout)
+    found: list[tuple[str, int]] = []
+    for topic in topics:
+        meta = metadata.topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise LagError(f"unknown topic {topic!r}")
+        found.extend((topic, p) for p in sorted(meta.partitions))
+    return found
+
+
+def collect_lag(bootstrap_servers: str, group: str, topics: Sequence[str] | None = None,
+                timeout: float = DEFAULT_TIMEOUT,
+                settings: Mapping[str, object] | None = None) -> list[LagRow]:
+    """One `LagRow` per partition of `topics` (default: every partition the group has
+    committed offsets for). Raises `LagError` for an unreachable broker or unknown group."""
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, **(settings or {})}
+    admin = AdminClient(conf)
+    try:
+        admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise LagError(
+            f"cannot reach the broker at {bootstrap_servers} within {timeout:g}s: "
+            f"{exc.args[0]}") from None
+    committed = _committed_offsets(admin, group, timeout)
+    if not committed:
+        raise LagError(f"unknown consumer group {group!r}: it has no committed offsets")
+    partitions = _partitions_of(admin, topics, timeout) if topics else sorted(committed)
+    consumer = Consumer({
+        **conf,
+        # A throwaway id: this consumer never subscribes, so it never joins a group.
+        "group.id": f"processor-lag-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False,
+    })
+    try:
+        rows = []
+        for topic, partition in partitions:
+            try:
+                low, high = consumer.get_watermark_offsets(
+                    KafkaTopicPartition(topic, partition), timeout=timeout)
+            except KafkaException as exc:
+                raise LagError(f"cannot read the end offset of {topic}[{partition}]: "
+                               f"{exc.args[0]}") from None
+            rows.append(LagRow(topic, partition, committed.get((topic, partition)), low, high))
+        return rows
+    finally:
+        consumer.close()
+
+
+def main_lag(bootstrap_servers: str, group: str, topics: list[str] | None = None,
+             out: TextIO = sys.stdout, err: TextIO = sys.stderr,
+             timeout: float = DEFAULT_TIMEOUT,
+             settings: Mapping[str, object] | None = None) -> int:
+    """Print the lag table of `group`; return the exit status (0, or 1 on an error)."""
+    try:
+        rows = collect_lag(bootstrap_servers, group, topics, timeout, settings)
+    except LagError as exc:
+        print(f"processor lag: {exc}", file=err)
+        return 1
+    out.write(format_table(rows))
+    return 0
