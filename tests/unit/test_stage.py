@@ -121,7 +121,7 @@ def test_bad_input_is_dead_lettered_with_headers_and_nothing_is_lost() -> None:
     invalid = CODEC.encode(Artifact.new("reject me"))
     values = [*good[:10], b"\x00\x01not avro", *good[10:20], bytes(tampered), invalid, b"",
               *good[20:]]
-    feed(broker, values)
+    feed(broker, values, keys=[b"k"] * len(values))
 
     def strict(a: Artifact) -> Outcome:
         if a.payload == b"reject me":
