@@ -158,8 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _lines(path: str) -> Iterator[tuple[int, str]]:
     if path == "-":
-        for n, line in enumerate(sys.stdin, 1):
-            yield n, line
+        yield from enumerate(sys.stdin, 1)
         return
     p = Path(path)
     if not p.is_file():
@@ -173,8 +172,8 @@ def cmd_produce(args: argparse.Namespace, err: IO[str] = sys.stderr) -> int:
     from processor.backends.kafka import KafkaBroker
     from processor.codec import Codec
     from processor.demo import generate
-    from processor.jsonform import artifact_from_json
     from processor.errors import InvalidArtifact
+    from processor.jsonform import artifact_from_json
 
     broker = KafkaBroker(_need_bootstrap(args))
     producer = broker.producer(client_id="processor-produce")

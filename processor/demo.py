@@ -135,7 +135,7 @@ def read_jsonl(path: Path) -> Iterator[bytes | Artifact]:
 
 
 def _topics(count: int) -> list[str]:
-    return ["orders.raw"] + [f"orders.{s.name}d" for s in STAGES][: count]
+    return ["orders.raw", *[f"orders.{s.name}d" for s in STAGES][:count]]
 
 
 @dataclass
