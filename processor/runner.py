@@ -64,8 +64,8 @@ def run_worker(cfg: StageConfig, index: int, serve_metrics: bool) -> int:
     """Run one stage until SIGTERM/SIGINT; returns the process exit code."""
     from processor.backends.kafka import KafkaBroker
     from processor.handlers import registry
-    from processor.health import HealthState
-    from processor.metrics import MetricsServer, StageMetrics
+    from processor.health import HealthState, MetricsServer
+    from processor.metrics import StageMetrics
     from processor.stage import Stage
 
     assert cfg.bootstrap_servers is not None
@@ -112,8 +112,8 @@ def _worker_main(cfg: StageConfig, index: int, multiproc_dir: str) -> None:
 
 
 def _run_parent(cfg: StageConfig) -> int:
-    from processor.health import HealthState
-    from processor.metrics import MetricsServer, enable_multiprocess
+    from processor.health import HealthState, MetricsServer
+    from processor.metrics import enable_multiprocess
 
     multiproc_dir = tempfile.mkdtemp(prefix="processor-metrics-")
     enable_multiprocess(multiproc_dir)

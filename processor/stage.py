@@ -309,7 +309,7 @@ class Stage:
                 self._dead_letter(msg, Reason.INVALID, exc)
                 pending[tp] = offset + 1
                 continue
-            except Exception as exc:  # noqa: BLE001 - the error policy decides
+            except Exception as exc:
                 self._handler_failed(msg, exc)
                 pending[tp] = offset + 1
                 continue
@@ -336,7 +336,7 @@ class Stage:
                     from processor.handlers import outcomes
 
                     try:
-                        pairs = outcomes(result)  # type: ignore[arg-type]
+                        pairs = outcomes(result)
                     except TypeError as exc:
                         self._handler_failed(msg, exc)
                         pending[tp] = offset + 1

@@ -41,7 +41,7 @@ def test_sigkill_and_restart_loses_nothing(
             "--handler", "tests.integration.chain_handlers:hop", "--dlq-topic", dlq,
             "--guarantee", guarantee, "--batch-size", "500", "--commit-interval", "0.3",
             "--set", "session.timeout.ms=6000", "--set", "heartbeat.interval.ms=500",
-            "--log-level", "WARNING"]
+            "--log-level", "WARNING", "--metrics-port", "0", "--metrics-host", "127.0.0.1"]
     rng = random.Random(11)
     log = tmp_path / "stage.log"
     kills = 0

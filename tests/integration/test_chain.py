@@ -35,7 +35,8 @@ def test_three_chained_stages_carry_every_artifact_in_order_per_key(
                  "--input-topic", topics[i], "--output-topic", topics[i + 1],
                  "--group", unique_name(f"chain-g{i}"), "--name", f"hop{i}",
                  "--handler", "tests.integration.chain_handlers:hop",
-                 "--dlq-topic", dlq, "--log-level", "WARNING"],
+                 "--dlq-topic", dlq, "--log-level", "WARNING",
+                 "--metrics-port", "0", "--metrics-host", "127.0.0.1"],
                 tmp_path / f"stage{i}.log",
             ))
         last = topics[-1]
