@@ -66,7 +66,7 @@ def consume_for(consumer: Consumer, seconds: float) -> list[Message]:
 def poll_all(consumers: Sequence[Consumer], sink: dict[int, list[Message]] | None = None) -> None:
     """One short poll of every consumer (group members must all poll to rebalance)."""
     for index, consumer in enumerate(consumers):
-        got = consumer.consume(500, 0.05)
+        got = consumer.consume(500, 0.01)
         if sink is not None:
             sink.setdefault(index, []).extend(got)
 
@@ -101,7 +101,7 @@ def wait_assigned(consumer: Consumer, timeout: float = DEFAULT_TIMEOUT) -> list[
     while not ready():
         if time.monotonic() > deadline:
             raise AssertionError(f"no assignment within {timeout}s")
-        assert consumer.consume(1, POLL) == [], "wait_assigned() expects no records yet"
+        assert consumer.consume(1, 0.02) == [], "wait_assigned() expects no records yet"
     return consumer.assignment()
 
 
@@ -126,4 +126,23 @@ def by_partition(messages: Iterable[Message]) -> dict[int | None, list[Message]]
     result: dict[int | None, list[Message]] = {}
     for m in messages:
         result.setdefault(m.partition(), []).append(m)
+    return result
+
+
+def payloads(messages: Iterable[Message]) -> list[bytes]:
+    """The values, which must all be present (no tombstones)."""
+    result = []
+    for m in messages:
+        value = m.value()
+        assert value is not None, f"unexpected tombstone at {m.topic()}[{m.partition()}]"
+        result.append(value)
+    return result
+
+
+def offsets(messages: Iterable[Message]) -> list[int]:
+    result = []
+    for m in messages:
+        offset = m.offset()
+        assert offset is not None
+        result.append(offset)
     return result

@@ -1,0 +1,69 @@
+"""Topic administration."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from processor.backends.abstract import Broker, TopicPartition
+from processor.errors import UnknownTopic
+from tests.conformance.helpers import consume_until, produce_values, values, wait_for
+
+NewTopic = Callable[[int], str]
+Name = Callable[[str], str]
+
+
+def test_create_and_list_topics(broker: Broker, unique_name: Name) -> None:
+    admin = broker.admin()
+    name = unique_name("topic")
+    assert name not in admin.list_topics()
+    admin.create_topic(name, partitions=3)
+    wait_for(lambda: admin.list_topics().get(name) == 3, what="topic listed")
+
+
+def test_creating_an_existing_topic_leaves_it_as_it_is(
+    broker: Broker, new_topic: NewTopic, unique_name: Name
+) -> None:
+    topic = new_topic(2)
+    produce_values(broker.producer(), topic, [b"kept"], partition=1)
+    admin = broker.admin()
+    admin.create_topic(topic, partitions=5)
+    assert admin.list_topics()[topic] == 2
+    assert admin.high_watermarks(topic) == {
+        TopicPartition(topic, 0): 0,
+        TopicPartition(topic, 1): 1,
+    }
+    consumer = broker.consumer(unique_name("group"))
+    consumer.subscribe([topic])
+    assert values(consume_until(consumer, 1)) == [b"kept"]
+    consumer.close()
+
+
+def test_delete_topic(broker: Broker, new_topic: NewTopic) -> None:
+    topic = new_topic(1)
+    admin = broker.admin()
+    admin.delete_topic(topic)
+    wait_for(lambda: topic not in admin.list_topics(), what="topic gone")
+
+
+def test_delete_missing_topic_raises_unknown_topic(broker: Broker, unique_name: Name) -> None:
+    with pytest.raises(UnknownTopic):
+        broker.admin().delete_topic(unique_name("missing"))
+
+
+def test_high_watermarks(broker: Broker, new_topic: NewTopic) -> None:
+    topic = new_topic(3)
+    producer = broker.producer()
+    produce_values(producer, topic, [b"a", b"b"], partition=0)
+    produce_values(producer, topic, [b"c"], partition=2)
+    assert broker.admin().high_watermarks(topic) == {
+        TopicPartition(topic, 0): 2,
+        TopicPartition(topic, 1): 0,
+        TopicPartition(topic, 2): 1,
+    }
+
+
+def test_high_watermarks_of_missing_topic_raise(broker: Broker, unique_name: Name) -> None:
+    with pytest.raises(UnknownTopic):
+        broker.admin().high_watermarks(unique_name("missing"))
