@@ -1,0 +1,397 @@
+"""Stage configuration: sources, precedence, validation messages, redaction, flags."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from processor.config import (
+    DEFAULT_METRICS_PORT,
+    ENV_VARS,
+    KNOWN_KEYS,
+    SCALARS,
+    StageConfig,
+    add_run_arguments,
+    check_file,
+    is_known_env_var,
+    kafka_key_from_env,
+    load_config,
+    redact,
+)
+from processor.errors import ConfigError
+from processor.policy import StageOptions
+
+MINIMAL = {"PROCESSOR_INPUT_TOPIC": "in", "PROCESSOR_GROUP": "g",
+           "PROCESSOR_HANDLERS": "processor.handlers:chain"}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "stage.yaml"
+    path.write_text(text)
+    return path
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="processor run")
+    add_run_arguments(p)
+    return p
+
+
+def flags(*argv: str) -> dict[str, object]:
+    return vars(parser().parse_args(list(argv)))
+
+
+FULL_YAML = """\
+name: validate
+input_topic: artifacts.raw
+output_topic: artifacts.valid
+group: validators
+dlq_topic: artifacts.dlq
+outputs:
+  late: artifacts.late
+guarantee: exactly-once
+batch_size: 500
+poll_timeout: 0.5
+commit_interval: 2
+max_in_flight: 1000
+error_policy: fail
+shutdown_timeout: 10
+transactional_id: validate-0
+bootstrap_servers: kafka:9092
+handlers:
+  - processor.demo:validate
+  - upper
+kafka:
+  compression.type: lz4
+  sasl.password: hunter22
+  enable.idempotence: true
+retry:
+  max_attempts: 3
+  jitter: 0
+metrics_port: 9200
+metrics_host: 127.0.0.1
+log_format: json
+log_level: debug
+processes: 4
+"""
+
+
+# --- sources -----------------------------------------------------------------------------
+
+
+def test_defaults_with_only_the_required_fields() -> None:
+    config = load_config(None, MINIMAL, {})
+    o = config.options
+    assert (o.name, o.input_topic, o.group, o.output_topic) == ("g", "in", "g", None)
+    assert o.guarantee == "at-least-once" and o.batch_size == 2000
+    assert config.bootstrap_servers is None  # the in-memory broker
+    assert config.metrics_port == DEFAULT_METRICS_PORT == 9100
+    assert config.metrics_host == "0.0.0.0"
+    assert (config.log_format, config.log_level, config.processes) == ("text", "INFO", 1)
+    assert config.handlers == ("processor.handlers:chain",)
+    assert dict(config.kafka) == {}
+    assert config.sources["batch_size"] == "default"
+    assert config.sources["name"] == "the group"
+
+
+def test_every_field_from_yaml(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, FULL_YAML), {}, {})
+    o = config.options
+    assert o.name == "validate"
+    assert (o.input_topic, o.output_topic, o.dlq_topic) == (
+        "artifacts.raw", "artifacts.valid", "artifacts.dlq")
+    assert o.group == "validators" and dict(o.outputs) == {"late": "artifacts.late"}
+    assert o.guarantee == "exactly-once" and o.error_policy == "fail"
+    assert (o.batch_size, o.poll_timeout, o.commit_interval) == (500, 0.5, 2.0)
+    assert (o.max_in_flight, o.shutdown_timeout, o.transactional_id) == (1000, 10.0, "validate-0")
+    assert o.retry.max_attempts == 3 and o.retry.jitter == 0 and o.retry.max_backoff == 10.0
+    assert config.bootstrap_servers == "kafka:9092"
+    assert config.handlers == ("processor.demo:validate", "upper")
+    assert dict(config.kafka) == {"compression.type": "lz4", "sasl.password": "hunter22",
+                                  "enable.idempotence": True}
+    assert (config.metrics_port, config.metrics_host) == (9200, "127.0.0.1")
+    assert (config.log_format, config.log_level, config.processes) == ("json", "DEBUG", 4)
+    assert config.sources["batch_size"] == "file stage.yaml"
+
+
+def test_precedence_flags_over_env_over_file_over_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, FULL_YAML)
+    env = {"PROCESSOR_BATCH_SIZE": "700", "PROCESSOR_GROUP": "from-env",
+           "PROCESSOR_KAFKA__COMPRESSION_TYPE": "zstd", "PROCESSOR_KAFKA__LINGER_MS": "5",
+           "PROCESSOR_HANDLERS": "a:b, c:d", "PROCESSOR_RETRY_MAX_ATTEMPTS": "9"}
+    config = load_config(path, env, flags("--batch-size", "800", "--set", "linger.ms=20",
+                                          "--handler", "x:y"))
+    o = config.options
+    assert o.batch_size == 800                      # flag beats env and file
+    assert config.sources["batch_size"] == "flag --batch-size"
+    assert o.group == "from-env"                    # env beats file
+    assert config.sources["group"] == "environment PROCESSOR_GROUP"
+    assert o.input_topic == "artifacts.raw"         # file beats default
+    assert o.poll_timeout == 0.5
+    assert o.shutdown_timeout == 10.0
+    assert config.handlers == ("x:y",)              # a list is replaced whole
+    assert o.retry.max_attempts == 9 and o.retry.jitter == 0
+    # kafka settings merge key by key
+    assert dict(config.kafka) == {"compression.type": "zstd", "sasl.password": "hunter22",
+                                  "enable.idempotence": True, "linger.ms": "20"}
+
+
+def test_flags_not_given_do_not_override(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, FULL_YAML), {}, flags())
+    assert config.options.batch_size == 500
+    assert config.log_format == "json"
+
+
+def test_config_path_from_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, FULL_YAML)
+    config = load_config(None, {"PROCESSOR_CONFIG": str(path)}, {})
+    assert config.name == "validate"
+
+
+def test_env_values_are_parsed() -> None:
+    env = {**MINIMAL, "PROCESSOR_METRICS_PORT": "off", "PROCESSOR_PROCESSES": "3",
+           "PROCESSOR_COMMIT_INTERVAL": "0.25", "PROCESSOR_OUTPUT_TOPIC": "out",
+           "PROCESSOR_DLQ_TOPIC": "none", "PROCESSOR_LOG_LEVEL": "warning",
+           "PROCESSOR_OUTPUTS": "late=t.late, bad=t.bad", "PROCESSOR_NAME": "n1",
+           "PROCESSOR_ARCHITECTURE": "AMD64", "PROCESSOR_GUARANTEE": "exactly-once"}
+    config = load_config(None, env, {})
+    assert config.metrics_port is None
+    assert config.processes == 3 and config.options.commit_interval == 0.25
+    assert config.options.output_topic == "out" and config.options.dlq_topic is None
+    assert config.log_level == "WARNING" and config.name == "n1"
+    assert dict(config.options.outputs) == {"late": "t.late", "bad": "t.bad"}
+    assert config.options.guarantee == "exactly-once"
+
+
+def test_metrics_port_zero_and_off_from_flags() -> None:
+    assert load_config(None, MINIMAL, flags("--metrics-port", "0")).metrics_port == 0
+    assert load_config(None, MINIMAL, flags("--metrics-port", "off")).metrics_port is None
+
+
+def test_unknown_env_var_is_ignored_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    load_config(None, {**MINIMAL, "PROCESSOR_BACTH_SIZE": "5"}, {})
+    assert "PROCESSOR_BACTH_SIZE" in caplog.text
+
+
+def test_kafka_env_key_mapping() -> None:
+    assert kafka_key_from_env("PROCESSOR_KAFKA__SASL_PASSWORD") == "sasl.password"
+    assert kafka_key_from_env("PROCESSOR_KAFKA__STATISTICS_INTERVAL_MS") == \
+        "statistics.interval.ms"
+    assert is_known_env_var("PROCESSOR_KAFKA__SECURITY_PROTOCOL")
+    assert is_known_env_var("PROCESSOR_INPUT_TOPIC")
+    assert not is_known_env_var("PROCESSOR_KAFKA__")
+    assert not is_known_env_var("PROCESSOR_NOPE")
+
+
+def test_env_var_mapping_covers_the_brief() -> None:
+    for name in ("BOOTSTRAP_SERVERS", "INPUT_TOPIC", "OUTPUT_TOPIC", "GROUP", "HANDLERS",
+                 "DLQ_TOPIC", "GUARANTEE", "METRICS_PORT", "LOG_FORMAT", "LOG_LEVEL",
+                 "PROCESSES", "NAME", "BATCH_SIZE", "COMMIT_INTERVAL"):
+        assert "PROCESSOR_" + name in ENV_VARS
+
+
+# --- validation messages -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("input_topic: in\ngroup: g\nhandlers: [a:b]\nbacth_size: 5\n",
+         r"unknown key 'bacth_size' in stage.yaml; known keys: batch_size, bootstrap_servers"),
+        ("input_topic: in\ngroup: g\nhandlers: [a:b]\nbatch_size: lots\n",
+         r"batch_size: expected an integer, got 'lots' \(str\).*\(from file stage.yaml\)"),
+        ("input_topic: in\ngroup: g\nhandlers: [a:b]\nbatch_size: true\n",
+         r"batch_size: expected an integer, got True"),
+        ("input_topic: in\ngroup: g\nhandlers: [a:b]\nguarantee: twice\n",
+         r"guarantee: 'twice' is not allowed; allowed values: at-least-once, exactly-once"),
+        ("input_topic: in\ngroup: g\nhandlers: [a:b]\nbatch_size: -5\n",
+         r"batch_size: must be at least 1, got -5"),
+        ("input_topic: in\ngroup: g\nhandlers: [a:b]\npoll_timeout: -1\n",
+         r"poll_timeout: must not be negative, got -1"),
+        ("input_topic: in\ngroup: g\nhandlers: [a:b]\ncommit_interval: 0\n",
+         r"commit_interval: must be greater than 0, got 0"),
+        ("input_topic: in\ngroup: g\nhandlers: [a:b]\nmetrics_port: 70000\n",
+         r"metrics_port: must be between 0 and 65535, got 70000"),
+        ("input_topic: in\ngroup: g\nhandlers: [a:b]\nprocesses: 0\n",
+         r"processes: must be at least 1, got 0"),
+        ("input_topic: in\ngroup: g\nhandlers: [a:b]\nlog_format: xml\n",
+         r"log_format: 'xml' is not allowed; allowed values: text, json"),
+        ("input_topic: in\ngroup: g\nhandlers: [a:b]\nlog_level: loud\n",
+         r"log_level: 'loud' is not allowed; allowed values: DEBUG, INFO, WARNING"),
+        ("input_topic: in\ngroup: g\nhandlers: [a:b]\nerror_policy: ignore\n",
+         r"error_policy: 'ignore' is not allowed; allowed values: dead-letter, fail"),
+        ("group: g\nhandlers: [a:b]\n",
+         r"input_topic: required; set input_topic in the YAML file, PROCESSOR_INPUT_TOPIC "
+         r"or --input-topic"),
+        ("input_topic: in\nhandlers: [a:b]\n", r"group: required"),
+        ("input_topic: in\ngroup: g\n", r"handlers: at least one handler is required"),
+        ("input_topic: in\ngroup: g\nhandlers: 5\n",
+         r"handlers: expected a list of handler references"),
+        ("input_topic: in\ngroup: g\nhandlers: [a:b]\nretry:\n  max_attempts: 0\n",
+         r"retry.max_attempts: must be at least 1, got 0"),
+        ("input_topic: in\ngroup: g\nhandlers: [a:b]\nretry:\n  tries: 3\n",
+         r"retry: unknown key 'tries' in stage.yaml; known keys: max_attempts"),
+        ("input_topic: in\ngroup: g\nhandlers: [a:b]\nretry:\n  jitter: 2\n",
+         r"retry.jitter: must be at most 1, got 2"),
+        ("input_topic: in\ngroup: g\nhandlers: [a:b]\nkafka: [1, 2]\n",
+         r"kafka: expected a mapping of names to values, got list"),
+        ("input_topic: in\ngroup: g\nhandlers: [a:b]\nkafka:\n  acks: [1]\n",
+         r"kafka.acks: librdkafka values are strings, numbers or booleans"),
+        ("input_topic: in\ngroup: g\nhandlers: [a:b]\noutputs:\n  late: 3\n",
+         r"outputs.late: expected a topic name, got 3"),
+        ("input_topic: 42\ngroup: g\nhandlers: [a:b]\n",
+         r"input_topic: expected a string, got 42 \(int\); quote it in YAML"),
+        ("input_topic: in\noutput_topic: in\ngroup: g\nhandlers: [a:b]\n",
+         r"input_topic must differ from output_topic"),
+        ("- just\n- a list\n", r"the top level must be a mapping of keys"),
+        ("input_topic: in\ngroup: g\n  handlers: [a:b]\n",
+         r"stage.yaml: YAML syntax error at line 3, column 11"),
+    ],
+)
+def test_file_errors_name_the_field(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text), {}, {})
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PROCESSOR_BATCH_SIZE": "many"},
+         r"batch_size: expected an integer, got 'many' \(from environment PROCESSOR_BATCH_SIZE\)"),
+        ({"PROCESSOR_METRICS_PORT": "-1"}, r"metrics_port: must be between 0 and 65535, got -1"),
+        ({"PROCESSOR_PROCESSES": "0"},
+         r"processes: must be at least 1, got 0 \(from environment PROCESSOR_PROCESSES\)"),
+        ({"PROCESSOR_GUARANTEE": "maybe"},
+         r"guarantee: 'maybe' is not allowed; allowed values: at-least-once, exactly-once"),
+        ({"PROCESSOR_COMMIT_INTERVAL": "soon"}, r"commit_interval: expected a number"),
+        ({"PROCESSOR_OUTPUTS": "late"}, r"outputs: expected NAME=VALUE, got 'late'"),
+        ({"PROCESSOR_GROUP": " "}, r"group: must not be empty"),
+    ],
+)
+def test_env_errors_name_the_field_and_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, {**MINIMAL, **env}, {})
+
+
+def test_flag_errors() -> None:
+    with pytest.raises(ConfigError, match=r"batch_size: must be at least 1, got -3 \(from flag "
+                                          r"--batch-size\)"):
+        load_config(None, MINIMAL, flags("--batch-size", "-3"))
+    with pytest.raises(ConfigError, match=r"--set: expected NAME=VALUE, got 'linger.ms'"):
+        load_config(None, MINIMAL, flags("--set", "linger.ms"))
+
+
+def test_all_problems_are_reported_together(tmp_path: Path) -> None:
+    path = write(tmp_path, "group: g\nhandlers: [a:b]\nbatch_size: 0\nfoo: 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {"PROCESSOR_PROCESSES": "0"}, {})
+    text = str(info.value)
+    assert "unknown key 'foo'" in text
+    assert "batch_size: must be at least 1" in text
+    assert "processes: must be at least 1" in text
+    assert "input_topic: required" in text
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match=r"config file /no/such/stage.yaml: cannot read it"):
+        load_config(Path("/no/such/stage.yaml"), {}, {})
+
+
+def test_check_file(tmp_path: Path) -> None:
+    assert check_file(write(tmp_path, FULL_YAML)).name == "validate"
+    with pytest.raises(ConfigError, match="group: required"):
+        check_file(write(tmp_path, "input_topic: in\nhandlers: [a:b]\n"))
+    path = write(tmp_path, "input_topic: in\nhandlers: [a:b]\n")
+    assert check_file(path, {"PROCESSOR_GROUP": "g"}).options.group == "g"
+
+
+def test_stage_config_validates_when_built_directly() -> None:
+    options = StageOptions(name="s", input_topic="in", output_topic=None, group="g")
+    with pytest.raises(ConfigError, match="metrics_port: must be between 0 and 65535"):
+        StageConfig(options=options, handlers=("a:b",), metrics_port=99999)
+    with pytest.raises(ConfigError, match="processes: must be at least 1"):
+        StageConfig(options=options, handlers=("a:b",), processes=0)
+    with pytest.raises(ConfigError, match="handlers: at least one handler"):
+        StageConfig(options=options)
+    config = StageConfig(options=options, handlers=("a:b",), kafka={"acks": "all"})
+    with pytest.raises(TypeError):
+        config.kafka["acks"] = "1"  # type: ignore[index]
+
+
+# --- secrets -----------------------------------------------------------------------------
+
+
+def test_redact() -> None:
+    settings: dict[str, object] = {
+        "sasl.password": "p", "sasl.username": "alice", "ssl.key.password": "k",
+        "ssl.key.pem": "-----BEGIN", "sasl.oauthbearer.client.secret": "s",
+        "sasl.oauthbearer.config": "principal=x", "api_token": "t", "SASL_JAAS_CONFIG": "j",
+        "bootstrap.servers": "b:9092", "nested": {"ssl.keystore.password": "x", "linger.ms": 5},
+    }
+    assert redact(settings) == {
+        "sasl.password": "***", "sasl.username": "alice", "ssl.key.password": "***",
+        "ssl.key.pem": "***", "sasl.oauthbearer.client.secret": "***",
+        "sasl.oauthbearer.config": "***", "api_token": "***", "SASL_JAAS_CONFIG": "***",
+        "bootstrap.servers": "b:9092", "nested": {"ssl.keystore.password": "***",
+                                                   "linger.ms": 5},
+    }
+    assert settings["sasl.password"] == "p"  # the input is untouched
+
+
+def test_describe_never_shows_secrets(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, FULL_YAML),
+                         {"PROCESSOR_KAFKA__SSL_KEY_PASSWORD": "topsecret-2"}, {})
+    text = config.describe()
+    assert "hunter22" not in text and "topsecret-2" not in text
+    assert "sasl.password: ***" in text
+    assert "ssl.key.password: ***  (environment PROCESSOR_KAFKA__SSL_KEY_PASSWORD)" in text
+    assert "compression.type: lz4" in text
+    assert "batch_size: 500  (file stage.yaml)" in text
+    assert "input_topic: artifacts.raw" in text
+    assert "hunter22" not in repr(config.options)
+
+
+# --- flags -------------------------------------------------------------------------------
+
+
+def test_every_flag_defaults_to_none() -> None:
+    values = flags()
+    assert values and all(v is None for v in values.values())
+    for key in SCALARS:
+        assert key in values
+
+
+def test_run_flags_of_the_brief() -> None:
+    p = parser()
+    options = {s for action in p._actions for s in action.option_strings}
+    for flag in ("--config", "--bootstrap-servers", "--input-topic", "--output-topic", "--group",
+                 "--handler", "--dlq-topic", "--guarantee", "--metrics-port", "--metrics-host",
+                 "--log-format", "--log-level", "--processes", "--name", "--batch-size",
+                 "--commit-interval", "--set"):
+        assert flag in options, flag
+    help_text = p.format_help()
+    assert "PROCESSOR_BATCH_SIZE" in help_text and "module:function" in help_text
+
+
+def test_flags_parse_to_typed_values() -> None:
+    values = flags("--handler", "a:b", "--handler", "c:d", "--guarantee", "exactly-once",
+                   "--processes", "2", "--commit-interval", "0.5", "--log-level", "debug",
+                   "--set", "acks=all", "--config", "x.yaml")
+    assert values["handlers"] == ["a:b", "c:d"]
+    assert values["processes"] == 2 and values["commit_interval"] == 0.5
+    assert values["log_level"] == "DEBUG" and values["set"] == ["acks=all"]
+    assert values["config"] == Path("x.yaml")
+    config = load_config(None, {"PROCESSOR_INPUT_TOPIC": "in"},
+                         {**values, "group": "g", "config": None})
+    assert config.handlers == ("a:b", "c:d") and dict(config.kafka) == {"acks": "all"}
+
+
+def test_bad_choice_flag_is_refused_by_argparse() -> None:
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--guarantee", "twice"])
+
+
+def test_known_keys_are_documented_fields() -> None:
+    assert set(KNOWN_KEYS) == {*SCALARS, "handlers", "kafka", "retry", "outputs"}
