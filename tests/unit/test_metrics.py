@@ -318,7 +318,7 @@ def served() -> tuple[MetricsServer, HealthState, FakeClock, CollectorRegistry]:
 
 def test_endpoints(served: tuple[MetricsServer, HealthState, FakeClock, CollectorRegistry]
                    ) -> None:
-    server, health, clock, registry = served
+    server, health, clock, _registry = served
     with server:
         assert server.port != 0
         base = f"http://127.0.0.1:{server.port}"
