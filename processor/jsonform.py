@@ -3,6 +3,9 @@
 Bytes are base64 text. A payload whose media type is textual (text/*, JSON) is kept as text
 under `payload`; any other payload is base64 under `payload_b64`. Metadata values keep
 their type: bytes become `{"$bytes": "<base64>"}`.
+
+Reading, the checksum is computed from the payload; a `checksum` given in the JSON must
+match it (hex), so an edited payload with a stale checksum is refused, not silently fixed.
 """
 
 from __future__ import annotations
@@ -28,7 +31,13 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _unb64(text: str, field: str) -> bytes:
+_LONG_MIN = -(2**63)
+_LONG_MAX = 2**63 - 1
+
+
+def _unb64(text: object, field: str) -> bytes:
+    if not isinstance(text, str):
+        raise InvalidArtifact(f"field {field!r} must be base64 text, not {type(text).__name__}")
     try:
         return base64.b64decode(text.encode("ascii"), validate=True)
     except (ValueError, UnicodeEncodeError) as exc:
@@ -80,7 +89,9 @@ def _meta_from_json(raw: Any) -> dict[str, MetaValue]:
     meta: dict[str, MetaValue] = {}
     for key, value in raw.items():
         if isinstance(value, Mapping) and set(value) == {"$bytes"}:
-            meta[key] = _unb64(str(value["$bytes"]), f"meta.{key}")
+            meta[key] = _unb64(value["$bytes"], f"meta.{key}")
+        elif isinstance(value, int) and not _LONG_MIN <= value <= _LONG_MAX:
+            raise InvalidArtifact(f"metadata value for {key!r} does not fit a 64-bit integer")
         elif isinstance(value, str | int | float | bool):
             meta[key] = value
         else:
@@ -98,7 +109,7 @@ def artifact_from_json_dict(data: Mapping[str, Any]) -> Artifact:
     if not isinstance(data, Mapping):
         raise InvalidArtifact("an artifact must be a JSON object")
     if "payload_b64" in data:
-        payload = _unb64(str(data["payload_b64"]), "payload_b64")
+        payload = _unb64(data["payload_b64"], "payload_b64")
     else:
         raw = data.get("payload", "")
         if isinstance(raw, str):
@@ -112,13 +123,25 @@ def artifact_from_json_dict(data: Mapping[str, Any]) -> Artifact:
                 raise InvalidArtifact(f"field {name!r} must be text")
             kwargs[name] = data[name]
     if "timestamp" in data:
-        if not isinstance(data["timestamp"], int) or isinstance(data["timestamp"], bool):
-            raise InvalidArtifact("field 'timestamp' must be an integer (ms since epoch)")
+        stamp = data["timestamp"]
+        if (
+            not isinstance(stamp, int)
+            or isinstance(stamp, bool)
+            or not _LONG_MIN <= stamp <= _LONG_MAX
+        ):
+            raise InvalidArtifact("field 'timestamp' must be a 64-bit integer (ms since epoch)")
         kwargs["timestamp"] = data["timestamp"]
     if "media_type" not in kwargs and "payload" in data and not isinstance(data["payload"], str):
         kwargs["media_type"] = MediaType.JSON
     artifact = Artifact.new(payload, meta=_meta_from_json(data.get("meta")), **kwargs)
-    extra = {n: _unb64(str(data[n]), n) for n in _OPTIONAL_BYTES if data.get(n) is not None}
+    claimed = data.get("checksum")
+    if claimed is not None and (
+        not isinstance(claimed, str) or claimed.lower() != artifact.checksum.hex()
+    ):
+        raise InvalidArtifact(
+            "field 'checksum' is not the SHA-256 of the payload (leave it out to have it set)"
+        )
+    extra = {n: _unb64(data[n], n) for n in _OPTIONAL_BYTES if data.get(n) is not None}
     return artifact.with_fields(**extra) if extra else artifact
 
 

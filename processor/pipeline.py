@@ -9,9 +9,10 @@ turn, the writer) back. Give inner buffers no `write_timeout`, or a pump may sto
 Closing propagates: `close()` closes the first stage; each pump, on reaching the end of
 its source, closes the next stage, so `read()` returns every item and then `b""`.
 
-When a pump fails (a handler of a later stage raised), the pipeline stops: every stage is
-closed, the items already in the last stage are still read, and then `read()` raises the
-handler's error, unchanged, as does any later `write()`.
+When a pump fails (a handler of a later stage raised), the pipeline stops taking input:
+the stages up to the failing one are closed and what they still hold is dropped; the items
+the failing stage had already processed flow on to the end and are still read; then
+`read()` raises the handler's error, unchanged, as does any later `write()`.
 
 `Feedback(forward, backward)` reads from `forward` and writes everything it reads into
 `backward` as well.
@@ -76,7 +77,10 @@ class Pipeline:
                 if self._failure is None:
                     self._failure = exc
             logger.warning("pipeline stopped: stage %d raised %r", link + 1, exc)
-            self.abort()
+            # Stop the stages up to the failed one; what got past it drains to the end.
+            for stage in self.stages[: link + 1]:
+                stage.close()
+            target.close()
 
     @property
     def failure(self) -> BaseException | None:

@@ -1,0 +1,122 @@
+"""The JSON form of artifacts (what `tail` prints and `produce --artifacts` reads)."""
+
+from __future__ import annotations
+
+import json
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from processor.artifact import Artifact, checksum_of
+from processor.errors import InvalidArtifact
+from processor.jsonform import (
+    artifact_from_json,
+    artifact_from_json_dict,
+    artifact_to_json,
+    artifact_to_json_dict,
+)
+
+LONGS = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+META_VALUES = st.one_of(
+    st.text(), st.booleans(), LONGS, st.floats(allow_nan=False), st.binary(max_size=16)
+)
+MEDIA_TYPES = st.sampled_from(
+    ["text/plain", "application/json", "application/octet-stream", "text/csv", "image/png"]
+)
+OPTIONAL_BYTES = st.none() | st.binary(max_size=32)
+
+
+@st.composite
+def artifacts(draw: st.DrawFn) -> Artifact:
+    payload = draw(st.binary(max_size=64) | st.text(max_size=64).map(str.encode))
+    return Artifact(
+        id=draw(st.uuids().map(str)),
+        timestamp=draw(LONGS),
+        media_type=draw(MEDIA_TYPES),
+        role=draw(st.text(max_size=10)),
+        scope=draw(st.text(max_size=10)),
+        origin=draw(st.text(max_size=10)),
+        issuer=draw(st.text(max_size=10)),
+        state=draw(st.text(max_size=10)),
+        meta=MappingProxyType(draw(st.dictionaries(st.text(max_size=8), META_VALUES, max_size=5))),
+        payload=payload,
+        checksum=checksum_of(payload),
+        encrypted_payload=draw(OPTIONAL_BYTES),
+        encrypted_key=draw(OPTIONAL_BYTES),
+        ephemeral_public_key=draw(OPTIONAL_BYTES),
+        signature=draw(OPTIONAL_BYTES),
+    )
+
+
+@given(artifacts())
+def test_round_trip_through_json_text(artifact: Artifact) -> None:
+    back = artifact_from_json(artifact_to_json(artifact))
+    assert back == artifact
+    assert [type(v) for v in back.meta.values()] == [type(v) for v in artifact.meta.values()]
+
+
+def test_text_payloads_stay_text_and_binary_ones_are_base64() -> None:
+    text = artifact_to_json_dict(Artifact.new("héllo"))
+    assert text["payload"] == "héllo" and "payload_b64" not in text
+    binary = artifact_to_json_dict(Artifact.new(b"\xff\x00"))
+    assert binary["payload_b64"] == "/wA=" and "payload" not in binary
+    # A textual media type with bytes that are not UTF-8 falls back to base64.
+    bad_text = artifact_to_json_dict(Artifact.new(b"\xff", media_type="text/plain"))
+    assert bad_text["payload_b64"] == "/w=="
+
+
+def test_metadata_keeps_its_types() -> None:
+    artifact = Artifact.new("x", meta={"b": b"\x01", "f": 1.0, "i": 2, "t": True, "s": "v"})
+    data = json.loads(artifact_to_json(artifact))
+    assert data["meta"] == {"b": {"$bytes": "AQ=="}, "f": 1.0, "i": 2, "t": True, "s": "v"}
+    assert artifact_to_json_dict(artifact)["checksum"] == checksum_of(b"x").hex()
+    assert "signature" not in data
+
+
+def test_missing_fields_take_defaults_and_a_json_payload_is_json() -> None:
+    artifact = artifact_from_json('{"payload": {"a": 1}, "role": "event"}')
+    assert artifact.payload == b'{"a":1}'
+    assert artifact.media_type == "application/json"
+    assert artifact.role == "event" and artifact.state == "created"
+    assert artifact.checksum_ok()
+
+
+def test_a_matching_checksum_is_accepted_in_any_case() -> None:
+    digest = checksum_of(b"x").hex().upper()
+    assert artifact_from_json_dict({"payload": "x", "checksum": digest}).payload == b"x"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ([1], "must be a JSON object"),
+        ({"payload": "x", "checksum": "00"}, "'checksum' is not the SHA-256"),
+        ({"payload_b64": "!!"}, "'payload_b64' is not valid base64"),
+        ({"payload_b64": 1234}, "'payload_b64' must be base64 text, not int"),
+        ({"signature": 1234}, "'signature' must be base64 text, not int"),
+        ({"meta": {"k": {"$bytes": 1234}}}, "'meta.k' must be base64 text"),
+        ({"meta": {"k": None}}, "metadata value for 'k'"),
+        ({"meta": {"k": 2**63}}, "does not fit a 64-bit integer"),
+        ({"meta": []}, "'meta' must be an object"),
+        ({"timestamp": "now"}, "'timestamp' must be a 64-bit integer"),
+        ({"timestamp": True}, "'timestamp' must be a 64-bit integer"),
+        ({"timestamp": -(2**63) - 1}, "'timestamp' must be a 64-bit integer"),
+        ({"role": 5}, "'role' must be text"),
+    ],
+)
+def test_invalid_json_artifacts_are_refused(data: Any, message: str) -> None:
+    with pytest.raises(InvalidArtifact, match=message):
+        artifact_from_json(json.dumps(data))
+
+
+def test_malformed_json_is_invalid() -> None:
+    with pytest.raises(InvalidArtifact, match="not valid JSON"):
+        artifact_from_json("{")
+
+
+def test_artifact_to_json_dict_method_matches_the_module() -> None:
+    artifact = Artifact.new("x")
+    assert artifact.to_json_dict() == artifact_to_json_dict(artifact)
