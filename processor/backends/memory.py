@@ -99,9 +99,7 @@ def murmur2(data: bytes) -> int:
     whole = length & ~3
     for (k,) in _WORDS.iter_unpack(data[:whole]):
         k = (k * _M) & _MASK
-        k ^= k >> 24
-        k = (k * _M) & _MASK
-        h = ((h * _M) & _MASK) ^ k
+        h = ((h * _M) ^ ((k ^ (k >> 24)) * _M)) & _MASK
     rest = length & 3
     if rest:
         if rest == 3:
@@ -454,7 +452,7 @@ class MemoryBroker(Broker):
             limit = member._last_poll + member._max_poll_interval
             if limit <= now:
                 logger.warning(
-                    "group %s: member %s did not poll within %.1fs; removing it",
+                    "group %s: member %s did not poll within %.3fs; removing it",
                     group.name,
                     member_id,
                     member._max_poll_interval,
