@@ -181,13 +181,14 @@ class Codec:
     def _record(self, artifact: Artifact) -> dict[str, Any]:
         record = dict(zip(_FIELDS, artifact, strict=True))
         record["checksum"] = _sha256(artifact.payload).digest()
+        # fastavro writes a plain dict faster than a read-only mapping proxy.
+        record["meta"] = dict(artifact.meta)
         return record
 
     def encode(self, artifact: Artifact) -> bytes:
         """The Avro encoding of `artifact`, with its checksum set from its payload."""
         try:
-            record = dict(zip(_FIELDS, artifact, strict=True))
-            record["checksum"] = _sha256(artifact.payload).digest()
+            record = self._record(artifact)
             out = BytesIO()
             schemaless_writer(out, self._schema, record)
         except (ValueError, TypeError, AttributeError, OverflowError) as exc:
