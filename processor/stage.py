@@ -269,11 +269,13 @@ class Stage:
         if eos and not self._in_txn:
             self._begin()
 
+        # A batch comes mostly in runs of one partition: build its key once per run.
+        tp = TopicPartition("", -1)
         for msg in messages:
-            topic = msg.topic() or ""
             partition = msg.partition() or 0
             offset = msg.offset() or 0
-            tp = TopicPartition(topic, partition)
+            if partition != tp.partition or msg.topic() != tp.topic:
+                tp = TopicPartition(msg.topic() or "", partition)
             if blocked and tp in blocked:
                 blocked[tp].records.append(msg)
                 continue
