@@ -97,7 +97,8 @@ SCALARS: Final[Mapping[str, _Field]] = MappingProxyType({
     "output_topic": _Field("opt_str", "topic the stage writes (none: a sink stage)",
                            metavar="TOPIC"),
     "group": _Field("str", "consumer group; replicas sharing it share the partitions (required)"),
-    "dlq_topic": _Field("opt_str", "dead-letter topic (none: dead letters are logged and dropped)",
+    "dlq_topic": _Field("opt_str", "dead-letter topic (none: a record that must be "
+                        "dead-lettered stops the stage, uncommitted)",
                         metavar="TOPIC"),
     "guarantee": _Field("choice", "delivery guarantee", _DEFAULT_OPTIONS.guarantee,
                         choices=GUARANTEES),
