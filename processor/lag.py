@@ -19,12 +19,19 @@ is one line on stderr and exit status 1.
 from __future__ import annotations
 
 import sys
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupState,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+)
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import AdminClient
 
@@ -69,6 +76,40 @@ def format_table(rows: Sequence[LagRow]) -> str:
     return "\n".join(render(line) for line in table) + "\n"
 
 
+_COORDINATOR_NOT_READY = frozenset({
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.NOT_COORDINATOR,
+})
+
+
+def _check_group(admin: AdminClient, group: str, timeout: float) -> None:
+    """Raise LagError unless `group` exists, waiting (bounded) for its coordinator.
+
+    This also guards `list_consumer_group_offsets`, which must only be called once the
+    group coordinator answers: confluent-kafka 2.16 crashes the process when that request
+    meets a coordinator still loading (a fresh cluster without `__consumer_offsets`).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        future = admin.describe_consumer_groups([group], request_timeout=timeout)[group]
+        try:
+            description: Any = future.result(timeout=timeout + 1.0)
+        except KafkaException as exc:
+            error = exc.args[0]
+            code = error.code() if isinstance(error, KafkaError) else None
+            if code in _COORDINATOR_NOT_READY and time.monotonic() < deadline:
+                time.sleep(0.5)
+                continue
+            if code == KafkaError.GROUP_ID_NOT_FOUND:
+                break
+            raise LagError(f"cannot describe group {group!r}: {error}") from None
+        if description.state != ConsumerGroupState.DEAD:
+            return
+        break
+    raise LagError(f"unknown consumer group {group!r}")
+
+
 def _committed_offsets(admin: AdminClient, group: str, timeout: float
                        ) -> dict[tuple[str, int], int]:
     request = [ConsumerGroupTopicPartitions(group)]
@@ -109,6 +150,7 @@ def collect_lag(bootstrap_servers: str, group: str, topics: Sequence[str] | None
         raise LagError(
             f"cannot reach the broker at {bootstrap_servers} within {timeout:g}s: "
             f"{exc.args[0]}") from None
+    _check_group(admin, group, timeout)
     committed = _committed_offsets(admin, group, timeout)
     if not committed:
         raise LagError(f"unknown consumer group {group!r}: it has no committed offsets")
