@@ -37,6 +37,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     config_path = flags.pop("config", None)
     cfg = load_config(Path(config_path) if config_path else None, os.environ, flags)
     configure_logging(cfg.log_format, cfg.log_level)
+    _scrub_secrets(cfg)
     if not cfg.bootstrap_servers:
         raise ConfigError(
             "bootstrap_servers is required: pass --bootstrap-servers HOST:PORT or set "
@@ -51,6 +52,14 @@ def run_from_args(args: argparse.Namespace) -> int:
     if cfg.processes <= 1:
         return run_worker(cfg, index=0, serve_metrics=True)
     return _run_parent(cfg)
+
+
+def _scrub_secrets(cfg: StageConfig) -> None:
+    from processor.config import secret_values
+    from processor.logs import register_secret
+
+    for value in secret_values(cfg.kafka):
+        register_secret(value)
 
 
 def _transactional_id(cfg: StageConfig, index: int) -> str:
@@ -103,6 +112,7 @@ def _worker_main(cfg: StageConfig, index: int, multiproc_dir: str) -> None:
     from processor.logs import configure_logging
 
     configure_logging(cfg.log_format, cfg.log_level)
+    _scrub_secrets(cfg)
     try:
         code = run_worker(cfg, index, serve_metrics=False)
     except ProcessorError as exc:
@@ -113,7 +123,7 @@ def _worker_main(cfg: StageConfig, index: int, multiproc_dir: str) -> None:
 
 def _run_parent(cfg: StageConfig) -> int:
     from processor.health import HealthState, MetricsServer
-    from processor.metrics import enable_multiprocess
+    from processor.metrics import cleanup_multiprocess, enable_multiprocess, worker_exited
 
     multiproc_dir = tempfile.mkdtemp(prefix="processor-metrics-")
     enable_multiprocess(multiproc_dir)
@@ -147,9 +157,12 @@ def _run_parent(cfg: StageConfig) -> int:
                 w.join(1.0)
                 health.beat()
             codes.append(w.exitcode or 0)
+            if w.pid is not None:
+                worker_exited(w.pid)
             if w.exitcode:
                 forward(signal.SIGTERM, None)
     finally:
         if server is not None:
             server.stop()
+        cleanup_multiprocess(multiproc_dir)
     return max(codes, default=0)

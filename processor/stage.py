@@ -48,6 +48,7 @@ from processor.errors import (
     TransactionError,
 )
 from processor.handlers import DEFAULT_OUTPUT, Handler, Routed
+from processor.logs import lifecycle
 from processor.policy import EXACTLY_ONCE, StageOptions
 
 if TYPE_CHECKING:
@@ -170,10 +171,10 @@ class Stage:
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
-        logger.info(
-            "stage %s started: %s -> %s (group %s, %s, backend %s)",
-            self.options.name, self.options.input_topic, self.options.output_topic,
-            self.options.group, self.options.guarantee, self.broker.name,
+        lifecycle(
+            logger, "start", stage=self.options.name, input=self.options.input_topic,
+            output=self.options.output_topic, group=self.options.group,
+            guarantee=self.options.guarantee, backend=self.broker.name,
         )
 
     def run(self, max_records: int | None = None, idle_timeout: float | None = None) -> StageStats:
@@ -216,10 +217,10 @@ class Stage:
             finally:
                 self.producer.close()
                 self._stopped.set()
-                logger.info(
-                    "stage %s stopped: consumed %d, produced %d, dropped %d, dead-lettered %d",
-                    self.options.name, self.stats.consumed, self.stats.produced,
-                    self.stats.dropped, self.stats.dead_lettered,
+                lifecycle(
+                    logger, "stopped", stage=self.options.name, consumed=self.stats.consumed,
+                    produced=self.stats.produced, dropped=self.stats.dropped,
+                    dead_lettered=self.stats.dead_lettered,
                 )
 
     # --- the loop --------------------------------------------------------------------
@@ -440,6 +441,9 @@ class Stage:
             self.metrics.retried(1)
         self._blocked[tp] = _Blocked(deque([msg]), attempt, self.clock() + delay)
         self.consumer.pause([tp])
+        lifecycle(logger, "pause", partitions=[tp], stage=self.options.name, reason="retry")
+        if self.metrics is not None:
+            self.metrics.paused(len(self._blocked))
         logger.info(
             "stage %s: retrying %s@%s in %.3fs (attempt %d of %d): %s",
             self.options.name, tp, msg.offset(), delay, attempt + 1, policy.max_attempts, error,
@@ -459,6 +463,9 @@ class Stage:
             finally:
                 if tp not in self._blocked and tp in self._assigned:
                     self.consumer.resume([tp])
+                    lifecycle(logger, "resume", partitions=[tp], stage=self.options.name)
+                if self.metrics is not None:
+                    self.metrics.paused(len(self._blocked))
 
     def _process_one_retry(self, first: Message, attempt: int, rest: deque[Message]) -> None:
         tp = TopicPartition(first.topic() or "", first.partition() or 0)
@@ -519,6 +526,11 @@ class Stage:
                 return
             self._in_txn = False
             self._txn_start.clear()
+            # Records held for a retry belong to the next transaction: an abort must
+            # rewind to them.
+            for tp, held in self._blocked.items():
+                if held.records:
+                    self._txn_start[tp] = held.records[0].offset() or 0
             if self.metrics is not None:
                 self.metrics.transaction_latency(time.perf_counter() - t0)
         else:
@@ -552,7 +564,10 @@ class Stage:
                 self.consumer.seek(tp, offset)
         self._txn_start.clear()
         self._pending.clear()
+        held = [tp for tp in self._blocked if tp in self._assigned]
         self._blocked.clear()
+        if held:
+            self.consumer.resume(held)
         self._in_flight = 0
 
     # --- rebalances ------------------------------------------------------------------
@@ -563,10 +578,11 @@ class Stage:
             self.health.set_assigned(len(self._assigned))
         if self.metrics is not None:
             self.metrics.rebalance("assign", 1)
-        logger.info("stage %s: assigned %s", self.options.name, _tps(partitions))
+            self.metrics.assigned(len(self._assigned))
+        lifecycle(logger, "assignment", partitions=partitions, stage=self.options.name)
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
-        logger.info("stage %s: revoking %s", self.options.name, _tps(partitions))
+        lifecycle(logger, "revocation", partitions=partitions, stage=self.options.name)
         try:
             self._commit()
         except ProducerFenced:
@@ -580,7 +596,7 @@ class Stage:
             self.metrics.rebalance("revoke", 1)
 
     def _on_lost(self, partitions: list[TopicPartition]) -> None:
-        logger.warning("stage %s: lost %s", self.options.name, _tps(partitions))
+        lifecycle(logger, "lost", partitions=partitions, stage=self.options.name)
         if self._eos and self._in_txn:
             self._abort_and_rewind()
         self._forget(partitions)
@@ -595,6 +611,10 @@ class Stage:
             self._blocked.pop(tp, None)
         if self.health is not None:
             self.health.set_assigned(len(self._assigned))
+        if self.metrics is not None:
+            self.metrics.forget_partitions([tp.partition for tp in partitions])
+            self.metrics.assigned(len(self._assigned))
+            self.metrics.paused(len(self._blocked))
 
     def _report_lag(self) -> None:
         assert self.metrics is not None
@@ -608,10 +628,6 @@ class Stage:
                 self.metrics.lag(tp.partition, max(0, high - position))
         if self.health is not None:
             self.health.set_broker_ok(True)
-
-
-def _tps(partitions: list[TopicPartition]) -> str:
-    return ", ".join(str(tp) for tp in sorted(partitions)) or "nothing"
 
 
 def describe(stats: StageStats) -> dict[str, Any]:
