@@ -1,0 +1,489 @@
+"""The side-by-side benchmark: this project's stage against a hand-written ceiling and
+Quix Streams, on a real Apache Kafka broker started for the run.
+
+    make bench                                   # the default: 1,000,000 artifacts
+    processor bench --count 50000 --only ceiling,project-alo
+    .venv/bin/python benchmarks/bench.py --profile --count 200000
+
+Every contender reads the same pre-loaded input topic with a new consumer group, writes
+its own output topic, and runs in its own subprocess(es). It is done when every input
+offset is committed by its group; then the harness stops it (SIGTERM), reads its output
+back (checking every record) and computes the row. See `report.DEFINITIONS` for what
+each figure means; they are printed with the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))  # also when run by `processor bench` (runpy)
+
+import harness  # noqa: E402
+import report  # noqa: E402
+import workload  # noqa: E402
+from report import Row  # noqa: E402
+
+RESULTS = HERE / "results"
+QUIX_VENV = HERE / ".venv-quix"
+REQUIREMENTS = HERE / "requirements.txt"
+
+
+@dataclass(frozen=True)
+class Contender:
+    key: str
+    label: str
+    processes: int
+
+
+CONTENDERS = (
+    Contender("ceiling", "ceiling: confluent-kafka + fastavro loop", 1),
+    Contender("project-alo", "project, at-least-once, 1 process", 1),
+    Contender("project-eos", "project, exactly-once, 1 process", 1),
+    Contender("project-alo-2p", "project, at-least-once, 2 processes", 2),
+    Contender("quix", "Quix Streams, at-least-once, 1 process", 1),
+)
+KEYS = tuple(c.key for c in CONTENDERS)
+
+
+def say(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+# --- benchmark-only packages ---------------------------------------------------------------
+
+
+def requirement(name: str) -> str:
+    """The line of requirements.txt that names `name` (with its version bounds)."""
+    for line in REQUIREMENTS.read_text("utf-8").splitlines():
+        text = line.split("#", 1)[0].strip()
+        if text.lower().startswith(name):
+            return text
+    return name
+
+
+def pip_install(python: str | Path, spec: str, timeout: float = 900.0) -> str | None:
+    """Install `spec` with `python -m pip`; None on success, else why not."""
+    say(f"installing {spec} into {Path(python).parent.parent} with pip")
+    try:
+        done = subprocess.run([str(python), "-m", "pip", "install", "-q", spec],
+                              capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"pip install {spec} failed: {exc}"
+    if done.returncode != 0:
+        tail = " | ".join((done.stdout + done.stderr).strip().splitlines()[-3:])
+        return f"pip install {spec} failed (exit {done.returncode}): {tail}"
+    return None
+
+
+def ensure_matplotlib() -> str | None:
+    if importlib.util.find_spec("matplotlib") is not None:
+        return None
+    why = pip_install(sys.executable, requirement("matplotlib"))
+    importlib.invalidate_caches()
+    return why
+
+
+def quix_python() -> tuple[Path | None, str | None]:
+    """The interpreter of the benchmark's Quix Streams environment, created when missing.
+
+    Quix Streams pins an older confluent-kafka than this project, so it lives in its own
+    virtual environment (benchmarks/.venv-quix) instead of downgrading the project's.
+    """
+    python = QUIX_VENV / "bin" / "python"
+    check = [str(python), "-c", "import quixstreams, fastavro"]
+    if python.exists() and subprocess.run(check, capture_output=True, check=False).returncode == 0:
+        return python, None
+    if not python.exists():
+        say(f"creating the Quix Streams environment {QUIX_VENV}")
+        made = subprocess.run([sys.executable, "-m", "venv", str(QUIX_VENV)],
+                              capture_output=True, text=True, check=False)
+        if made.returncode != 0:
+            return None, f"cannot create {QUIX_VENV}: {made.stderr.strip()}"
+    why = pip_install(python, requirement("quixstreams"))
+    if why is None:
+        why = pip_install(python, "fastavro")
+    if why is not None:
+        return None, why
+    return python, None
+
+
+# --- running one contender -----------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    bootstrap: str
+    input_topic: str
+    count: int
+    partitions: int
+    input_bytes: int
+    run_id: str
+    workdir: Path
+    timeout: float
+    quix: Path | None
+
+
+def commands(contender: Contender, run: Run, output: str, group: str,
+             profile: Path | None) -> list[list[str]]:
+    common = ["--bootstrap-servers", run.bootstrap, "--input", run.input_topic,
+              "--output", output, "--group", group]
+    result = [str(run.workdir / f"{contender.key}-{i}.json") for i in range(contender.processes)]
+    if contender.key == "ceiling":
+        return [[sys.executable, str(HERE / "contender_ceiling.py"), *common,
+                 "--result", result[0]]]
+    if contender.key == "quix":
+        assert run.quix is not None
+        return [[str(run.quix), str(HERE / "contender_quix.py"), *common, "--result", result[0]]]
+    guarantee = "exactly-once" if contender.key == "project-eos" else "at-least-once"
+    cmds = []
+    for i in range(contender.processes):
+        cmd = [sys.executable, str(HERE / "contender_project.py"), *common,
+               "--result", result[i], "--guarantee", guarantee, "--instance", str(i)]
+        if profile is not None:
+            cmd += ["--profile", str(profile)]
+        cmds.append(cmd)
+    return cmds
+
+
+def _stop(processes: Sequence[subprocess.Popen[bytes]], peaks: dict[int, int],
+          timeout: float = 60.0) -> None:
+    for p in processes:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(p.poll() is None for p in processes):
+        for p in processes:
+            if p.poll() is None:
+                harness.peak_rss(harness.descendants(p.pid), peaks)
+        time.sleep(0.1)
+    for p in processes:
+        if p.poll() is None:
+            say(f"pid {p.pid} did not stop in {timeout:.0f}s: killing it")
+            p.kill()
+            p.wait(10)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text("utf-8", "replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def run_contender(contender: Contender, run: Run, profile: Path | None = None) -> Row:
+    import json
+
+    row = Row(contender.key, contender.label, contender.processes)
+    output = f"bench-out-{contender.key}-{run.run_id}"
+    group = f"bench-{contender.key}-{run.run_id}"
+    harness.create_topic(run.bootstrap, output, run.partitions,
+                         {"message.timestamp.type": "LogAppendTime"})
+    cmds = commands(contender, run, output, group, profile)
+    logs = [run.workdir / f"{contender.key}-{i}.log" for i in range(len(cmds))]
+    say(f"{contender.label}: starting ({len(cmds)} process(es)); log {logs[0]}")
+    probe = harness.Probe(run.bootstrap, group)
+    processes: list[subprocess.Popen[bytes]] = []
+    peaks: dict[int, int] = {}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    began = time.monotonic()
+    committed_at: float | None = None
+    try:
+        for cmd, log in zip(cmds, logs, strict=True):
+            with open(log, "wb") as fh:
+                processes.append(subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
+                                                  cwd=ROOT, env=env))
+        last_report = began
+        last_done = 0
+        while True:
+            time.sleep(0.25)
+            for p in processes:
+                harness.peak_rss(harness.descendants(p.pid), peaks)
+            dead = [p for p in processes if p.poll() is not None]
+            if dead:
+                log = logs[processes.index(dead[0])]
+                row.note = f"exited early with code {dead[0].returncode}"
+                say(f"{contender.label}: {row.note}; last lines of {log}:\n{_tail(log)}")
+                return row
+            done = probe.committed(run.input_topic)
+            now = time.monotonic()
+            if done >= run.count:
+                committed_at = time.time()
+                break
+            if now - began > run.timeout:
+                row.note = f"timed out after {run.timeout:.0f}s ({done:,} committed)"
+                say(f"{contender.label}: {row.note}")
+                return row
+            if now - last_report >= 3.0:
+                written = probe.high_watermarks(output)
+                say(f"{contender.label}: {done:,} / {run.count:,} input committed, "
+                    f"{written:,} output offsets ({(done - last_done) / (now - last_report):,.0f}"
+                    "/s committed lately)")
+                last_report, last_done = now, done
+    finally:
+        _stop(processes, peaks)
+        probe.close()
+    say(f"{contender.label}: all {run.count:,} input offsets committed; reading output back")
+
+    results: list[dict[str, Any]] = []
+    for i in range(len(cmds)):
+        path = run.workdir / f"{contender.key}-{i}.json"
+        if path.is_file():
+            results.append(json.loads(path.read_text("utf-8")))
+    back = harness.read_back(run.bootstrap, output, run.count, say)
+    row.details = {"reports": results, "output_records": back.records,
+                   "not_log_append_time": back.not_log_append_time}
+    firsts = [r["first_consumed"] for r in results if r.get("first_consumed")]
+    if firsts:
+        start = min(firsts)
+    elif back.first_handled_ms is not None:
+        start = back.first_handled_ms / 1000.0
+        row.details["start"] = "from the first transform stamp (no report)"
+    else:
+        row.note = "no output"
+        return row
+    if back.last_append_ms is None:
+        row.note = "no output"
+        return row
+    end = back.last_append_ms / 1000.0
+    row.seconds = max(end - start, 1e-3)
+    row.count = run.count
+    row.rate = run.count / row.seconds
+    row.mb_per_s = run.input_bytes / row.seconds / report.MB
+    row.duplicates = back.duplicates
+    row.invalid = back.invalid
+    row.missing = run.count - back.unique
+    row.commit_lag_s = committed_at - end if committed_at is not None else None
+    lat = sorted(back.latencies_ms)
+    if lat:
+        row.p50_ms = float(lat[(len(lat) - 1) // 2])
+        row.p99_ms = float(lat[int(0.99 * (len(lat) - 1))])
+    per_process = sorted(peaks.values(), reverse=True)
+    own = [int(r.get("peak_rss_bytes", 0)) for r in results]
+    # /proc sampling catches every process of the tree; a contender's own report is exact.
+    tops = per_process[: contender.processes] or own
+    row.peak_rss_bytes = max([*tops, *own], default=0)
+    row.total_rss_bytes = sum(per_process[: contender.processes]) or sum(own)
+    row.ok = row.missing == 0 and row.invalid == 0
+    if not row.ok:
+        row.note = f"{row.missing} missing, {row.invalid} invalid outputs"
+    with contextlib.suppress(Exception):
+        harness.delete_topic(run.bootstrap, output)
+    say(f"{contender.label}: {row.rate:,.0f} artifacts/s over {row.seconds:.2f}s, "
+        f"p50 {row.p50_ms} ms, p99 {row.p99_ms} ms, peak RSS {row.peak_rss_bytes / 1e6:.0f} MB")
+    return row
+
+
+# --- conditions ---------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def conditions(args: argparse.Namespace, run: Run, broker: str, rows: Sequence[Row],
+               ) -> dict[str, Any]:
+    import fastavro
+
+    versions: dict[str, str] = {}
+    for row in rows:
+        for rep in row.details.get("reports", []):
+            for name, version in rep.get("versions", {}).items():
+                versions.setdefault(f"{row.key}: {name}", version)
+    return {
+        "artifacts": f"{run.count:,} pre-loaded, mean {run.input_bytes / run.count:.0f} bytes "
+                     f"encoded (--size {args.size}), {run.input_bytes / 1e6:,.1f} MB",
+        "partitions": f"{run.partitions} (input and every output topic), replication 1",
+        "producer settings (every contender)": ", ".join(
+            f"{k}={v}" for k, v in workload.PRODUCER_SETTINGS.items()),
+        "consumer settings (every contender)": ", ".join(
+            f"{k}={v}" for k, v in workload.CONSUMER_SETTINGS.items()),
+        "consume batch": f"{workload.BATCH_SIZE} records (ceiling and project; Quix polls "
+                         "one record at a time, its design)",
+        "commit interval": f"{workload.COMMIT_INTERVAL}s for every contender",
+        "broker": broker,
+        "machine": f"{os.cpu_count()} cores ({cpu_model()}), broker, harness and "
+                   "contenders share them",
+        "python": platform.python_version(),
+        "project confluent-kafka / librdkafka": " / ".join(workload.client_versions().values()),
+        "fastavro": fastavro.__version__,
+        **{f"reported by {k}": v for k, v in versions.items() if not k.startswith("project")},
+    }
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench",
+        description="Side-by-side throughput, latency and memory of this project's stage, "
+        "a hand-written ceiling and Quix Streams on a local Apache Kafka.",
+    )
+    parser.add_argument("--count", type=int, default=1_000_000,
+                        help="artifacts to pre-load (default: %(default)s)")
+    parser.add_argument("--partitions", type=int, default=6,
+                        help="partitions of every topic (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=300,
+                        help="approximate encoded size of an artifact in bytes (default: "
+                        "%(default)s)")
+    parser.add_argument("--only", metavar="ROW[,ROW]",
+                        help=f"run only these rows, of: {', '.join(KEYS)}")
+    parser.add_argument("--skip-quix", action="store_true", help="leave the Quix row out")
+    parser.add_argument("--bootstrap-servers", metavar="HOST:PORT",
+                        help="use this Kafka instead of starting a local one")
+    parser.add_argument("--timeout", type=float,
+                        help="seconds each contender may take (default: scales with --count)")
+    parser.add_argument("--profile", action="store_true",
+                        help="run only the project's 1-process stage under cProfile and "
+                        "write the top functions to benchmarks/results/profile.txt")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="where to write latest.json/.md/.png (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.count < 1 or args.partitions < 1 or args.size < 100:
+        parser.error("--count and --partitions must be positive, --size at least 100")
+    return args
+
+
+def selected(args: argparse.Namespace) -> list[Contender]:
+    if args.profile:
+        return [c for c in CONTENDERS if c.key == "project-alo"]
+    keys = list(KEYS)
+    if args.only:
+        keys = [k.strip() for k in args.only.split(",") if k.strip()]
+        unknown = [k for k in keys if k not in KEYS]
+        if unknown:
+            raise SystemExit(f"bench: unknown row(s) {', '.join(unknown)}; rows: {', '.join(KEYS)}")
+    if args.skip_quix and "quix" in keys:
+        keys.remove("quix")
+    return [c for c in CONTENDERS if c.key in keys]
+
+
+@contextlib.contextmanager
+def kafka(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
+    if args.bootstrap_servers:
+        yield args.bootstrap_servers, f"existing Kafka at {args.bootstrap_servers}"
+        return
+    from processor.kafka_local import KAFKA_VERSION, THROUGHPUT_JVM_FLAGS, LocalKafka
+
+    heap = "1g"
+    say(f"starting a local Apache Kafka {KAFKA_VERSION} (1 node, KRaft, heap {heap})")
+    with LocalKafka(nodes=1, fast_start=False, heap=heap, start_timeout=120) as local:
+        say(f"Kafka ready at {local.bootstrap_servers} in {local.startup_seconds or 0:.1f}s")
+        yield local.bootstrap_servers, (
+            f"Apache Kafka {KAFKA_VERSION}, 1 local node (KRaft, combined broker+controller) "
+            f"on 127.0.0.1, heap {heap}, JVM {' '.join(THROUGHPUT_JVM_FLAGS)}")
+        say("stopping the local Kafka")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    chosen = selected(args)
+    notes: list[str] = []
+    quix: Path | None = None
+    if any(c.key == "quix" for c in chosen):
+        quix, why = quix_python()
+        if quix is None:
+            note = f"Quix Streams row skipped: {why}"
+            say(note)
+            notes.append(note)
+            chosen = [c for c in chosen if c.key != "quix"]
+    elif not args.profile and (args.skip_quix or args.only):
+        notes.append("Quix Streams row not requested")
+    if not args.profile:
+        why = ensure_matplotlib()
+        if why is not None:
+            notes.append(f"no chart: {why}")
+    if not chosen:
+        say("nothing to run")
+        return 1
+    timeout = args.timeout or max(180.0, args.count / 2500 + 120)
+    args.results.mkdir(parents=True, exist_ok=True)
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, kafka(args) as (bootstrap, broker):
+        run_id = uuid.uuid4().hex[:8]
+        topic = f"bench-in-{run_id}"
+        harness.create_topic(bootstrap, topic, args.partitions)
+        say(f"pre-loading {args.count:,} artifacts of ~{args.size} bytes into {topic} "
+            f"({args.partitions} partitions)")
+        pre = harness.preload(bootstrap, topic, args.count, args.partitions, args.size, say)
+        say(f"pre-loaded {pre.count:,} artifacts ({pre.total_bytes / 1e6:,.1f} MB, mean "
+            f"{pre.mean_size:.0f} bytes) in {pre.seconds:.1f}s")
+        run = Run(bootstrap, topic, args.count, args.partitions, pre.total_bytes, run_id,
+                  Path(tmp), timeout, quix)
+        if args.profile:
+            return profile_run(chosen[0], run)
+        for contender in chosen:
+            try:
+                rows.append(run_contender(contender, run))
+            except Exception as exc:
+                say(f"{contender.label}: failed: {type(exc).__name__}: {exc}")
+                rows.append(Row(contender.key, contender.label, contender.processes,
+                                note=f"{type(exc).__name__}: {exc}"))
+        cond = conditions(args, run, broker, rows)
+    by_key = {r.key: r for r in rows}
+    ceiling = by_key.get("ceiling")
+    for row in rows:
+        if ceiling is not None and ceiling.ok and row.ok:
+            row.ratio = row.rate / ceiling.rate
+    targets = report.compute_targets(by_key, args.count)
+    command = "bench.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    print()
+    print(report.render_text(rows, targets, cond, notes))
+    report.write_json(args.results / "latest.json", rows, targets, cond, notes)
+    (args.results / "latest.md").write_text(
+        report.render_markdown(rows, targets, cond, notes, command), "utf-8")
+    why = report.write_chart(args.results / "latest.png", rows,
+                             f"{args.count:,} artifacts, {args.partitions} partitions, "
+                             f"{os.cpu_count()} cores")
+    if why:
+        say(why)
+    say(f"results written to {args.results}/latest.json, latest.md"
+        f"{'' if why else ', latest.png'}")
+    return 0 if all(r.ok for r in rows) else 1
+
+
+def profile_run(contender: Contender, run: Run) -> int:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    prof = run.workdir / "stage.prof"
+    row = run_contender(contender, run, profile=prof)
+    text_path = prof.with_suffix(".txt")
+    if not text_path.is_file():
+        say(f"no profile written: {row.note}")
+        return 1
+    header = (
+        f"cProfile of the project's stage (at-least-once, 1 process) over {run.count:,} "
+        f"pre-loaded artifacts, {run.partitions} partitions.\n"
+        f"Under the profiler: {row.rate:,.0f} artifacts/s over {row.seconds:.2f}s "
+        "(the profiler itself slows the loop; compare shares, not absolute times).\n"
+        "Written by benchmarks/bench.py --profile.\n\n"
+    )
+    out = RESULTS / "profile.txt"
+    out.write_text(header + text_path.read_text("utf-8"), "utf-8")
+    say(f"profile written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The ceiling: the tightest hand-written confluent-kafka + fastavro loop doing the work.
+
+Batch consume, schemaless decode with the schema parsed once, verify the checksum, the
+shared transform, schemaless encode (the verified checksum is kept), produce; every
+`COMMIT_INTERVAL` seconds flush the producer and then commit the consumed offsets
+synchronously (at-least-once: offsets are committed only after their outputs were
+acknowledged). No metrics, no dead letters, no error policy: a bad record is counted and
+skipped. Runs until SIGTERM, then flushes, commits and writes its report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import signal
+import sys
+import time
+from io import BytesIO
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import workload
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bootstrap-servers", required=True)
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--group", required=True)
+    parser.add_argument("--result", required=True)
+    args = parser.parse_args()
+
+    stop = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    schema = parse_schema(workload.load_schema_json())
+    consumer = Consumer({
+        "bootstrap.servers": args.bootstrap_servers,
+        "group.id": args.group,
+        "client.id": "bench-ceiling",
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        **workload.CONSUMER_SETTINGS,
+    })
+    producer = Producer({
+        "bootstrap.servers": args.bootstrap_servers,
+        "client.id": "bench-ceiling",
+        **workload.PRODUCER_SETTINGS,
+    })
+    failures: list[str] = []
+
+    def on_delivery(err: Any, msg: Any) -> None:
+        if err is not None:
+            failures.append(str(err))
+
+    consumer.subscribe([args.input])
+    out_topic = args.output
+    consume = consumer.consume
+    produce = producer.produce
+    poll = producer.poll
+    sha256 = hashlib.sha256
+    transform = workload.transform_record
+    offsets: dict[tuple[str, int], int] = {}
+    consumed = produced = bad = commits = 0
+    first_consumed: float | None = None
+    last_commit = time.monotonic()
+
+    def commit() -> None:
+        nonlocal commits
+        if producer.flush(30.0):
+            raise KafkaException("outputs not acknowledged within 30 s")
+        if failures:
+            raise KafkaException(f"delivery failed: {failures[0]}")
+        if offsets:
+            consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                asynchronous=False,
+            )
+            offsets.clear()
+            commits += 1
+
+    while not stop:
+        batch = consume(num_messages=workload.BATCH_SIZE, timeout=0.1)
+        if batch:
+            if first_consumed is None:
+                first_consumed = time.time()
+            for msg in batch:
+                if msg.error() is not None:
+                    continue
+                value = msg.value()
+                record = schemaless_reader(BytesIO(value), schema, None)
+                offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
+                consumed += 1
+                if sha256(record["payload"]).digest() != record["checksum"]:
+                    bad += 1
+                    continue
+                transform(record)
+                out = BytesIO()
+                schemaless_writer(out, schema, record)
+                while True:
+                    try:
+                        produce(out_topic, out.getvalue(), msg.key(), on_delivery=on_delivery)
+                        break
+                    except BufferError:
+                        poll(0.05)  # the local queue is full: serve deliveries, retry
+                produced += 1
+            poll(0)
+        now = time.monotonic()
+        if now - last_commit >= workload.COMMIT_INTERVAL:
+            commit()
+            last_commit = now
+    commit()
+    consumer.close()
+    workload.write_result(
+        args.result,
+        contender="ceiling",
+        first_consumed=first_consumed,
+        consumed=consumed,
+        produced=produced,
+        bad=bad,
+        commits=commits,
+        versions=workload.client_versions(),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

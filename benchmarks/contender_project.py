@@ -1,0 +1,108 @@
+"""This project: one `Stage` on `KafkaBroker`, built the way `processor run` builds a worker
+(Prometheus stage metrics and health state included), with the shared transform as its
+handler. At-least-once or exactly-once. Runs until SIGTERM (the stage drains, commits and
+closes), then writes its report. With `--profile FILE` the whole run is under cProfile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import workload
+from processor.backends.kafka import KafkaBroker
+
+from processor.artifact import Artifact
+from processor.health import HealthState
+from processor.metrics import StageMetrics
+from processor.policy import StageOptions
+from processor.stage import Stage
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bootstrap-servers", required=True)
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--group", required=True)
+    parser.add_argument("--result", required=True)
+    parser.add_argument("--guarantee", choices=("at-least-once", "exactly-once"),
+                        default="at-least-once")
+    parser.add_argument("--instance", type=int, default=0)
+    parser.add_argument("--profile", metavar="FILE")
+    args = parser.parse_args()
+
+    first: list[float] = []
+    handled_key = workload.HANDLED_KEY
+    state = workload.TRANSFORMED_STATE
+    clock = time.time_ns
+
+    def handle(artifact: Artifact) -> Artifact:
+        """The shared transform, written as a handler of this project."""
+        if not first:
+            first.append(time.time())
+        return artifact.with_meta(handled_key, clock() // 1_000_000).with_state(state)
+
+    options = StageOptions(
+        name="bench",
+        input_topic=args.input,
+        output_topic=args.output,
+        group=args.group,
+        guarantee=args.guarantee,
+        batch_size=workload.BATCH_SIZE,
+        commit_interval=workload.COMMIT_INTERVAL,
+        transactional_id=f"bench-{args.group}-{args.instance}",
+    )
+    broker = KafkaBroker(args.bootstrap_servers)
+    stage = Stage(
+        options, broker, handle,
+        metrics=StageMetrics(options.name, options.input_topic, options.output_topic,
+                             options.guarantee),
+        health=HealthState(),
+        consumer_settings=dict(workload.CONSUMER_SETTINGS),
+        producer_settings=dict(workload.PRODUCER_SETTINGS),
+    )
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stage.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    profiler = cProfile.Profile() if args.profile else None
+    if profiler is not None:
+        profiler.enable()
+    stats = stage.run()
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(args.profile)
+        text = io.StringIO()
+        report = pstats.Stats(profiler, stream=text)
+        report.sort_stats("tottime").print_stats(40)
+        report.sort_stats("cumulative").print_stats(40)
+        Path(args.profile).with_suffix(".txt").write_text(text.getvalue(), "utf-8")
+
+    workload.write_result(
+        args.result,
+        contender=f"project-{args.guarantee}",
+        first_consumed=first[0] if first else None,
+        consumed=stats.consumed,
+        produced=stats.produced,
+        bad=stats.dead_lettered + stats.failed,
+        commits=stats.commits,
+        versions=workload.client_versions(),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""The results: one table (text and Markdown), the targets, JSON and a PNG chart."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+MB = 1_000_000
+
+DEFINITIONS = (
+    "throughput: N input artifacts / (last output's broker append time - the contender's "
+    "first consumed record); MB/s counts the input bytes.",
+    "latency (p50/p99): per output record, its broker append time (output topics use "
+    "LogAppendTime) minus the wall-clock stamp the transform put in it: the time from a "
+    "record being handled to its output being stored by the broker (client batching, "
+    "produce queue, network, append). The input is a pre-loaded backlog, so time spent "
+    "waiting in the backlog is not latency and is left out. For exactly-once the output "
+    "becomes visible to read_committed readers only at the transaction commit (up to one "
+    "commit interval later); that wait is not in this figure.",
+    "peak RSS: the largest VmHWM of any one process of the contender, read from /proc "
+    "while it runs (for 2 processes, the sum is shown after the slash).",
+)
+
+
+@dataclass
+class Row:
+    key: str
+    label: str
+    processes: int
+    ok: bool = False
+    note: str = ""
+    count: int = 0
+    seconds: float = 0.0
+    rate: float = 0.0
+    mb_per_s: float = 0.0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    peak_rss_bytes: int = 0
+    total_rss_bytes: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    missing: int = 0
+    commit_lag_s: float | None = None
+    """From the last output appended to the harness seeing every input offset committed."""
+    ratio: float | None = None
+    targets: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Target:
+    name: str
+    row: str
+    measured: float | None
+    required: float
+    unit: str
+    higher_is_better: bool = True
+    note: str = ""
+    short: str = ""
+
+    @property
+    def verdict(self) -> str:
+        if self.measured is None:
+            return "n/a"
+        ok = (self.measured >= self.required if self.higher_is_better
+              else self.measured < self.required)
+        return "PASS" if ok else "FAIL"
+
+    def text(self) -> str:
+        if self.measured is None:
+            return f"{self.name}: n/a{f' ({self.note})' if self.note else ''}"
+        sign = ">=" if self.higher_is_better else "<"
+        value = f"{self.measured:.2f}{self.unit}"
+        extra = f" ({self.note})" if self.note else ""
+        return f"{self.name}: {value} ({sign} {self.required:g}{self.unit}) {self.verdict}{extra}"
+
+
+def _rate(rows: Mapping[str, Row], key: str) -> float | None:
+    row = rows.get(key)
+    return row.rate if row is not None and row.ok and row.rate > 0 else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def compute_targets(rows: Mapping[str, Row], count: int) -> list[Target]:
+    ceiling = _rate(rows, "ceiling")
+    alo = _rate(rows, "project-alo")
+    eos = _rate(rows, "project-eos")
+    two = _rate(rows, "project-alo-2p")
+    quix = _rate(rows, "quix")
+    targets = [
+        Target("ALO 1 process vs ceiling", "project-alo", _ratio(alo, ceiling), 0.8, "x",
+               short=">=0.8x ceiling"),
+        Target("ALO 1 process vs Quix Streams", "project-alo", _ratio(alo, quix), 2.0, "x",
+               short=">=2x Quix"),
+        Target("exactly-once vs ALO", "project-eos", _ratio(eos, alo), 0.7, "x",
+               short=">=0.7x ALO"),
+        Target("2 processes vs 1 process", "project-alo-2p", _ratio(two, alo), 1.7, "x",
+               short=">=1.7x 1 process"),
+    ]
+    stage_rss = [rows[k].peak_rss_bytes / MB for k in ("project-alo", "project-eos")
+                 if k in rows and rows[k].ok and rows[k].peak_rss_bytes]
+    note = "" if count >= 1_000_000 else f"backlog of {count:,}, target is set for 1,000,000"
+    targets.append(Target("peak RSS of a stage", "project-alo",
+                          max(stage_rss) if stage_rss else None, 250.0, " MB",
+                          higher_is_better=False, note=note, short="RSS<250MB"))
+    for t in targets:
+        if t.row in rows:
+            rows[t.row].targets.append(f"{t.short} {t.verdict}")
+    return targets
+
+
+def _fmt_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _fmt_rss(row: Row) -> str:
+    if not row.peak_rss_bytes:
+        return "-"
+    text = f"{row.peak_rss_bytes / MB:,.0f}"
+    if row.processes > 1 and row.total_rss_bytes:
+        text += f" / {row.total_rss_bytes / MB:,.0f}"
+    return text
+
+
+HEADERS = ("contender", "artifacts/s", "MB/s", "p50 ms", "p99 ms", "peak RSS MB",
+           "x ceiling", "targets")
+
+
+def table_cells(rows: Sequence[Row]) -> list[tuple[str, ...]]:
+    cells = []
+    for row in rows:
+        if not row.ok:
+            cells.append((row.label, "-", "-", "-", "-", _fmt_rss(row), "-",
+                          f"not measured: {row.note}"))
+            continue
+        cells.append((
+            row.label,
+            f"{row.rate:,.0f}",
+            f"{row.mb_per_s:,.1f}",
+            _fmt_ms(row.p50_ms),
+            _fmt_ms(row.p99_ms),
+            _fmt_rss(row),
+            "-" if row.ratio is None else f"{row.ratio:.2f}",
+            "; ".join(row.targets) or "-",
+        ))
+    return cells
+
+
+def text_table(rows: Sequence[Row]) -> str:
+    cells = [HEADERS, *table_cells(rows)]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(HEADERS))]
+    lines = []
+    for n, line in enumerate(cells):
+        lines.append("  ".join(
+            c.ljust(w) if i in (0, len(HEADERS) - 1) else c.rjust(w)
+            for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        ).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(rows: Sequence[Row]) -> str:
+    lines = ["| " + " | ".join(HEADERS) + " |",
+             "|" + "|".join(["---", *["---:"] * (len(HEADERS) - 2), "---"]) + "|"]
+    for line in table_cells(rows):
+        lines.append("| " + " | ".join(line) + " |")
+    return "\n".join(lines)
+
+
+def conditions_lines(conditions: Mapping[str, Any]) -> list[str]:
+    return [f"{k}: {v}" for k, v in conditions.items()]
+
+
+def checks_lines(rows: Sequence[Row]) -> list[str]:
+    lines = []
+    for row in rows:
+        if not row.ok:
+            continue
+        commit = "-" if row.commit_lag_s is None else f"{row.commit_lag_s:.2f}s"
+        lines.append(
+            f"{row.label}: {row.count:,} artifacts in {row.seconds:.2f}s; output "
+            f"duplicates {row.duplicates}, missing {row.missing}, invalid {row.invalid}; "
+            f"all input committed {commit} after the last output"
+        )
+    return lines
+
+
+def render_text(rows: Sequence[Row], targets: Sequence[Target],
+                conditions: Mapping[str, Any], notes: Sequence[str]) -> str:
+    out = [text_table(rows), "", "targets:"]
+    out += [f"  {t.text()}" for t in targets]
+    out += ["", "checks:"] + [f"  {c}" for c in checks_lines(rows)]
+    out += ["", "definitions:"] + [f"  {d}" for d in DEFINITIONS]
+    out += ["", "conditions:"] + [f"  {c}" for c in conditions_lines(conditions)]
+    if notes:
+        out += ["", "notes:"] + [f"  {n}" for n in notes]
+    return "\n".join(out)
+
+
+def render_markdown(rows: Sequence[Row], targets: Sequence[Target],
+                    conditions: Mapping[str, Any], notes: Sequence[str],
+                    command: str) -> str:
+    out = ["# Benchmark results", "", f"Command: `{command}`", "", markdown_table(rows), "",
+           "## Targets", "", "| target | measured | required | verdict |", "|---|---:|---:|---|"]
+    for t in targets:
+        sign = ">=" if t.higher_is_better else "<"
+        measured = "-" if t.measured is None else f"{t.measured:.2f}{t.unit}"
+        verdict = t.verdict + (f" ({t.note})" if t.note else "")
+        out.append(f"| {t.name} | {measured} | {sign} {t.required:g}{t.unit} | {verdict} |")
+    out += ["", "## Checks", ""] + [f"- {c}" for c in checks_lines(rows)]
+    out += ["", "## Definitions", ""] + [f"- {d}" for d in DEFINITIONS]
+    out += ["", "## Conditions", ""] + [f"- {c}" for c in conditions_lines(conditions)]
+    if notes:
+        out += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(out) + "\n"
+
+
+def write_json(path: Path, rows: Sequence[Row], targets: Sequence[Target],
+               conditions: Mapping[str, Any], notes: Sequence[str]) -> None:
+    data = {
+        "conditions": dict(conditions),
+        "definitions": list(DEFINITIONS),
+        "rows": [{k: v for k, v in asdict(r).items()} for r in rows],
+        "targets": [{**asdict(t), "verdict": t.verdict} for t in targets],
+        "notes": list(notes),
+    }
+    path.write_text(json.dumps(data, indent=1, default=str) + "\n", "utf-8")
+
+
+def write_chart(path: Path, rows: Sequence[Row], title: str) -> str | None:
+    """A bar chart of throughput (with p99 latency and RSS beside); None, or why not."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        return f"no chart: matplotlib is not available ({exc})"
+    measured = [r for r in rows if r.ok]
+    if not measured:
+        return "no chart: no row was measured"
+    labels = [r.label.replace(", ", "\n") for r in measured]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5), gridspec_kw={"width_ratios": [2, 1, 1]})
+    colours = ["#7f7f7f" if r.key == "ceiling" else "#e377c2" if r.key == "quix"
+               else "#1f77b4" for r in measured]
+    ax = axes[0]
+    bars = ax.bar(labels, [r.rate for r in measured], color=colours)
+    for bar, row in zip(bars, measured, strict=True):
+        text = f"{row.rate:,.0f}" + ("" if row.ratio is None else f"\n{row.ratio:.2f}x")
+        ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("artifacts/s")
+    ax.set_title("throughput (x ceiling)")
+    ax.tick_params(axis="x", labelsize=7)
+    ax = axes[1]
+    ax.bar(labels, [r.p99_ms or 0 for r in measured], color=colours, alpha=0.5, label="p99")
+    ax.bar(labels, [r.p50_ms or 0 for r in measured], color=colours, label="p50")
+    ax.set_ylabel("ms")
+    ax.set_title("handle -> broker append latency")
+    ax.legend(fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+    ax = axes[2]
+    ax.bar(labels, [r.peak_rss_bytes / MB for r in measured], color=colours)
+    ax.axhline(250, color="red", linestyle="--", linewidth=1, label="stage target 250 MB")
+    ax.set_ylabel("MB")
+    ax.set_title("peak RSS (one process)")
+    ax.legend(fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
