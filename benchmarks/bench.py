@@ -57,7 +57,7 @@ CONTENDERS = (
     Contender("ceiling", "ceiling: confluent-kafka + fastavro loop", 1),
     Contender("project-alo", "project, at-least-once, 1 process", 1),
     Contender("project-eos", "project, exactly-once, 1 process", 1),
-    Contender("project-alo-2p", "project, at-least-once, 2 processes", 2),
+    Contender("project-alo-2p", "project, at-least-once, 2 processes (processor run)", 2),
     Contender("quix", "Quix Streams, at-least-once, 1 process", 1),
 )
 KEYS = tuple(c.key for c in CONTENDERS)
@@ -145,7 +145,7 @@ def commands(contender: Contender, run: Run, output: str, group: str,
              profile: Path | None) -> list[list[str]]:
     common = ["--bootstrap-servers", run.bootstrap, "--input", run.input_topic,
               "--output", output, "--group", group]
-    result = [str(run.workdir / f"{contender.key}-{i}.json") for i in range(contender.processes)]
+    result = [str(run.workdir / f"{contender.key}-0.json")]
     if contender.key == "ceiling":
         return [[sys.executable, str(HERE / "contender_ceiling.py"), *common,
                  "--result", result[0]]]
@@ -153,14 +153,25 @@ def commands(contender: Contender, run: Run, output: str, group: str,
         assert run.quix is not None
         return [[str(run.quix), str(HERE / "contender_quix.py"), *common, "--result", result[0]]]
     guarantee = "exactly-once" if contender.key == "project-eos" else "at-least-once"
-    cmds = []
-    for i in range(contender.processes):
-        cmd = [sys.executable, str(HERE / "contender_project.py"), *common,
-               "--result", result[i], "--guarantee", guarantee, "--instance", str(i)]
-        if profile is not None:
-            cmd += ["--profile", str(profile)]
-        cmds.append(cmd)
-    return cmds
+    if contender.processes > 1:
+        # The project's own multi-process runner: N workers in one consumer group.
+        settings = {**workload.CONSUMER_SETTINGS, **workload.PRODUCER_SETTINGS}
+        cmd = [str(Path(sys.executable).with_name("processor")), "run",
+               "--bootstrap-servers", run.bootstrap, "--input-topic", run.input_topic,
+               "--output-topic", output, "--group", group, "--name", "bench",
+               "--handler", "project_handler:transform", "--guarantee", guarantee,
+               "--batch-size", str(workload.BATCH_SIZE),
+               "--commit-interval", str(workload.COMMIT_INTERVAL),
+               "--processes", str(contender.processes),
+               "--metrics-port", "0", "--metrics-host", "127.0.0.1", "--log-level", "WARNING"]
+        for key, value in settings.items():
+            cmd += ["--set", f"{key}={str(value).lower() if isinstance(value, bool) else value}"]
+        return [cmd]
+    cmd = [sys.executable, str(HERE / "contender_project.py"), *common,
+           "--result", result[0], "--guarantee", guarantee]
+    if profile is not None:
+        cmd += ["--profile", str(profile)]
+    return [cmd]
 
 
 def _stop(processes: Sequence[subprocess.Popen[bytes]], peaks: dict[int, int],
@@ -202,7 +213,8 @@ def run_contender(contender: Contender, run: Run, profile: Path | None = None) -
     probe = harness.Probe(run.bootstrap, group)
     processes: list[subprocess.Popen[bytes]] = []
     peaks: dict[int, int] = {}
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
     began = time.monotonic()
     committed_at: float | None = None
     try:
@@ -280,7 +292,8 @@ def run_contender(contender: Contender, run: Run, profile: Path | None = None) -
     # /proc sampling catches every process of the tree; a contender's own report is exact.
     tops = per_process[: contender.processes] or own
     row.peak_rss_bytes = max([*tops, *own], default=0)
-    row.total_rss_bytes = sum(per_process[: contender.processes]) or sum(own)
+    row.total_rss_bytes = sum(per_process) or sum(own)
+    row.details["peak_rss_per_process"] = per_process
     row.ok = row.missing == 0 and row.invalid == 0
     if not row.ok:
         row.note = f"{row.missing} missing, {row.invalid} invalid outputs"

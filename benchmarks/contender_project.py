@@ -12,16 +12,15 @@ import io
 import pstats
 import signal
 import sys
-import time
 from pathlib import Path
 from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import project_handler
 import workload
 from processor.backends.kafka import KafkaBroker
 
-from processor.artifact import Artifact
 from processor.health import HealthState
 from processor.metrics import StageMetrics
 from processor.policy import StageOptions
@@ -41,17 +40,6 @@ def main() -> int:
     parser.add_argument("--profile", metavar="FILE")
     args = parser.parse_args()
 
-    first: list[float] = []
-    handled_key = workload.HANDLED_KEY
-    state = workload.TRANSFORMED_STATE
-    clock = time.time_ns
-
-    def handle(artifact: Artifact) -> Artifact:
-        """The shared transform, written as a handler of this project."""
-        if not first:
-            first.append(time.time())
-        return artifact.with_meta(handled_key, clock() // 1_000_000).with_state(state)
-
     options = StageOptions(
         name="bench",
         input_topic=args.input,
@@ -64,7 +52,7 @@ def main() -> int:
     )
     broker = KafkaBroker(args.bootstrap_servers)
     stage = Stage(
-        options, broker, handle,
+        options, broker, project_handler.transform,
         metrics=StageMetrics(options.name, options.input_topic, options.output_topic,
                              options.guarantee),
         health=HealthState(),
@@ -94,7 +82,7 @@ def main() -> int:
     workload.write_result(
         args.result,
         contender=f"project-{args.guarantee}",
-        first_consumed=first[0] if first else None,
+        first_consumed=project_handler.FIRST_CALL[0] if project_handler.FIRST_CALL else None,
         consumed=stats.consumed,
         produced=stats.produced,
         bad=stats.dead_lettered + stats.failed,

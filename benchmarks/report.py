@@ -21,7 +21,8 @@ DEFINITIONS = (
     "becomes visible to read_committed readers only at the transaction commit (up to one "
     "commit interval later); that wait is not in this figure.",
     "peak RSS: the largest VmHWM of any one process of the contender, read from /proc "
-    "while it runs (for 2 processes, the sum is shown after the slash).",
+    "while it runs; for 2 processes the sum over the whole process tree (the runner's "
+    "parent included) follows the slash.",
 )
 
 
