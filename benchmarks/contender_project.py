@@ -19,8 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import project_handler
 import workload
-from processor.backends.kafka import KafkaBroker
 
+from processor.backends.kafka import KafkaBroker
+from processor.errors import RebalanceInProgress
 from processor.health import HealthState
 from processor.metrics import StageMetrics
 from processor.policy import StageOptions
@@ -51,17 +52,16 @@ def main() -> int:
         transactional_id=f"bench-{args.group}-{args.instance}",
     )
     broker = KafkaBroker(args.bootstrap_servers)
-    stage = Stage(
-        options, broker, project_handler.transform,
-        metrics=StageMetrics(options.name, options.input_topic, options.output_topic,
-                             options.guarantee),
-        health=HealthState(),
-        consumer_settings=dict(workload.CONSUMER_SETTINGS),
-        producer_settings=dict(workload.PRODUCER_SETTINGS),
-    )
+    metrics = StageMetrics(options.name, options.input_topic, options.output_topic,
+                           options.guarantee)
+    stopping = False
+    current: list[Stage] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        stage.stop()
+        nonlocal stopping
+        stopping = True
+        for stage in current:
+            stage.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -69,7 +69,33 @@ def main() -> int:
     profiler = cProfile.Profile() if args.profile else None
     if profiler is not None:
         profiler.enable()
-    stats = stage.run()
+    totals = {"consumed": 0, "produced": 0, "bad": 0, "commits": 0}
+    restarts: list[str] = []
+    while True:
+        stage = Stage(
+            options, broker, project_handler.transform,
+            metrics=metrics,
+            health=HealthState(),
+            consumer_settings=dict(workload.CONSUMER_SETTINGS),
+            producer_settings=dict(workload.PRODUCER_SETTINGS),
+        )
+        current[:] = [stage]
+        crashed = False
+        try:
+            stage.run()
+        except RebalanceInProgress as exc:
+            crashed = True
+            # The stage stops on a commit that lost a race with a rebalance; a supervisor
+            # would start it again, and so does the benchmark (counted and reported).
+            restarts.append(str(exc))
+            workload.log("project", f"stage stopped ({exc}); starting it again")
+        finally:
+            totals["consumed"] += stage.stats.consumed
+            totals["produced"] += stage.stats.produced
+            totals["bad"] += stage.stats.dead_lettered + stage.stats.failed
+            totals["commits"] += stage.stats.commits
+        if not crashed or stopping:
+            break
     if profiler is not None:
         profiler.disable()
         profiler.dump_stats(args.profile)
@@ -83,10 +109,8 @@ def main() -> int:
         args.result,
         contender=f"project-{args.guarantee}",
         first_consumed=project_handler.FIRST_CALL[0] if project_handler.FIRST_CALL else None,
-        consumed=stats.consumed,
-        produced=stats.produced,
-        bad=stats.dead_lettered + stats.failed,
-        commits=stats.commits,
+        **totals,
+        restarts=restarts,
         versions=workload.client_versions(),
     )
     return 0

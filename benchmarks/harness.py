@@ -164,6 +164,42 @@ def preload(bootstrap: str, topic: str, count: int, partitions: int, size: int,
     return Preloaded(count, partitions, total, seconds)
 
 
+# --- warm-up -------------------------------------------------------------------------------
+
+
+def warm_up(bootstrap: str, partitions: int) -> None:
+    """Make the broker create and load its internal topics (consumer offsets, transaction
+    state) before anything is timed: one committed consumer group and one committed
+    transaction with offsets, the first of which costs a fresh broker seconds."""
+    topic = f"bench-warm-{uuid.uuid4().hex[:8]}"
+    create_topic(bootstrap, topic, partitions)
+    group = f"bench-warm-{uuid.uuid4().hex[:8]}"
+    producer = Producer({"bootstrap.servers": bootstrap, "log_level": 4,
+                         "transactional.id": f"bench-warm-{uuid.uuid4().hex[:8]}"})
+    producer.init_transactions(60)
+    producer.begin_transaction()
+    for p in range(partitions):
+        producer.produce(topic, b"warm-up", partition=p)
+    producer.commit_transaction(60)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "log_level": 4,
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "isolation.level": "read_committed"})
+    consumer.subscribe([topic])
+    seen = 0
+    deadline = time.monotonic() + 60
+    while seen < partitions and time.monotonic() < deadline:
+        seen += len(consumer.consume(partitions, 0.5))
+    consumer.commit(asynchronous=False)
+    producer.begin_transaction()
+    producer.produce(topic, b"warm-up", partition=0)
+    producer.send_offsets_to_transaction(
+        [TopicPartition(topic, p, 1) for p in range(partitions)],
+        consumer.consumer_group_metadata(), 60)
+    producer.commit_transaction(60)
+    consumer.close()
+    delete_topic(bootstrap, topic)
+
+
 # --- probes ------------------------------------------------------------------------------
 
 
