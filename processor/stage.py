@@ -160,6 +160,8 @@ class Stage:
         self._assigned: set[TopicPartition] = set()
         self._sample = 0
         self._last_lag = 0.0
+        # Partitions paused because the producer has too much unacknowledged output.
+        self._throttled: set[TopicPartition] = set()
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -231,6 +233,7 @@ class Stage:
             self.health.beat()
         if self._blocked:
             self._retry_due()
+        self._flow_control()
         messages = self.consumer.consume(self.options.batch_size, self.options.poll_timeout)
         n = len(messages)
         if n:
@@ -247,6 +250,37 @@ class Stage:
             self._last_lag = now
             self._report_lag()
         return n
+
+    def _flow_control(self) -> None:
+        """Pause every partition while too much output is unacknowledged; resume at half.
+
+        The consumer keeps polling while paused, so the member stays in its group, and
+        memory stays bounded however large the backlog of the input topic is.
+        """
+        outstanding = self.producer.outstanding()
+        limit = self.options.max_in_flight
+        if not self._throttled:
+            if outstanding < limit:
+                return
+            self._throttled = {tp for tp in self._assigned if tp not in self._blocked}
+            if self._throttled:
+                self.consumer.pause(sorted(self._throttled))
+                lifecycle(logger, "pause", partitions=self._throttled, stage=self.options.name,
+                          reason="backpressure", unacknowledged=outstanding)
+            else:
+                self._throttled = {TopicPartition("", -1)}  # nothing assigned: a marker
+            self.producer.poll(0)
+            return
+        self.producer.poll(0)
+        if outstanding > limit // 2:
+            return
+        resume = sorted(tp for tp in self._throttled
+                        if tp in self._assigned and tp not in self._blocked)
+        self._throttled = set()
+        if resume:
+            self.consumer.resume(resume)
+            lifecycle(logger, "resume", partitions=resume, stage=self.options.name,
+                      reason="backpressure")
 
     def _process(self, messages: Sequence[Message]) -> None:
         """The hot path: every record of one batch."""
@@ -536,12 +570,20 @@ class Stage:
         else:
             remaining = self.producer.flush(timeout)
             errors = self.producer.take_delivery_errors()
-            if remaining or errors:
-                first = errors[0].reason if errors else f"{remaining} records unacknowledged"
+            if errors:
                 raise DeliveryFailed(
-                    f"stage {self.options.name}: outputs not acknowledged ({first}); "
-                    "input offsets are not committed, the records will be processed again"
+                    f"stage {self.options.name}: {len(errors)} outputs failed "
+                    f"({errors[0].reason}); input offsets are not committed, the records "
+                    "will be processed again"
                 )
+            if remaining:
+                # The broker is slow or away; librdkafka keeps retrying. Commit later.
+                logger.warning(
+                    "stage %s: %d outputs not yet acknowledged after %.1fs; commit postponed",
+                    self.options.name, remaining, timeout,
+                )
+                self._last_commit = self.clock()
+                return
             if offsets:
                 self.consumer.commit(offsets)
             if self.metrics is not None:
@@ -574,6 +616,9 @@ class Stage:
 
     def _on_assign(self, partitions: list[TopicPartition]) -> None:
         self._assigned.update(partitions)
+        if self._throttled:
+            self._throttled.update(partitions)
+            self.consumer.pause(partitions)
         if self.health is not None:
             self.health.set_assigned(len(self._assigned))
         if self.metrics is not None:
@@ -609,6 +654,7 @@ class Stage:
             self._pending.pop(tp, None)
             self._txn_start.pop(tp, None)
             self._blocked.pop(tp, None)
+            self._throttled.discard(tp)
         if self.health is not None:
             self.health.set_assigned(len(self._assigned))
         if self.metrics is not None:
