@@ -1,0 +1,114 @@
+"""The command line end to end: produce -> run -> tail -> lag, and its error paths."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from processor.backends.kafka import KafkaBroker
+from tests.procs import ROOT, group_caught_up, processor_cmd, start, stop, wait_for
+
+pytestmark = pytest.mark.kafka
+
+
+def cli(
+    *args: str, stdin: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(processor_cmd(*args), input=stdin, capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def test_produce_run_tail_and_lag(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    broker = KafkaBroker(kafka_bootstrap)
+    admin = broker.admin()
+    src, dst, dlq, copy = (unique_name(n) for n in ("cin", "cout", "cdlq", "ccopy"))
+    for topic in (src, dst, dlq, copy):
+        admin.create_topic(topic, partitions=2)
+    orders = tmp_path / "orders.jsonl"
+    lines = [json.dumps({"order": f"o{i}", "customer": "c1", "amount": i + 1,
+                         "currency": "eur"}) for i in range(40)]
+    lines.insert(5, "{not json")
+    orders.write_text("\n".join(lines) + "\n")
+
+    produced = cli("produce", "--bootstrap-servers", kafka_bootstrap, "--topic", src,
+                   str(orders), "--key-field", "customer")
+    assert produced.returncode == 1  # one line skipped, and said so
+    assert "line 6 skipped" in produced.stderr
+    assert "40 artifacts written" in produced.stderr
+
+    group = unique_name("cgroup")
+    proc = start(["run", "--bootstrap-servers", kafka_bootstrap, "--input-topic", src,
+                  "--output-topic", dst, "--group", group, "--handler", "validate",
+                  "--handler", "processor.demo:transform", "--dlq-topic", dlq,
+                  "--metrics-port", "0", "--metrics-host", "127.0.0.1"],
+                 tmp_path / "run.log")
+    try:
+        wait_for(lambda: group_caught_up(broker, group, src), 90, "the stage to catch up")
+    finally:
+        assert stop(proc) == 0, (tmp_path / "run.log").read_text()[-2000:]
+
+    tailed = cli("tail", "--bootstrap-servers", kafka_bootstrap, "--topic", dst,
+                 "--from-beginning", "--count", "40", "--timeout", "20")
+    assert tailed.returncode == 0, tailed.stderr
+    out = [json.loads(line) for line in tailed.stdout.splitlines()]
+    assert len(out) == 40
+    assert {json.loads(a["payload"])["order"] for a in out} == {f"o{i}" for i in range(40)}
+    assert all(a["state"] == "transformed" for a in out)
+
+    # What tail prints, produce --artifacts reads back unchanged.
+    again = cli("produce", "--bootstrap-servers", kafka_bootstrap, "--topic", copy,
+                "--artifacts", "-", stdin=tailed.stdout)
+    assert again.returncode == 0, again.stderr
+    copied = cli("tail", "--bootstrap-servers", kafka_bootstrap, "--topic", copy,
+                 "--from-beginning", "--count", "40", "--timeout", "20")
+    assert sorted(copied.stdout.splitlines()) == sorted(tailed.stdout.splitlines())
+
+    lag = cli("lag", "--bootstrap-servers", kafka_bootstrap, "--group", group)
+    assert lag.returncode == 0, lag.stderr
+    assert src in lag.stdout
+    total = [line for line in lag.stdout.splitlines() if line.lower().startswith("total")]
+    assert total and total[0].split()[-1] == "0", lag.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["tail", "--bootstrap-servers", "127.0.0.1:1", "--topic", "t"],
+        ["produce", "--bootstrap-servers", "127.0.0.1:1", "--topic", "t", "--generate", "3"],
+        ["run", "--bootstrap-servers", "127.0.0.1:1", "--input-topic", "a", "--output-topic",
+         "b", "--group", "g", "--handler", "validate", "--metrics-port", "0",
+         "--metrics-host", "127.0.0.1"],
+        ["lag", "--bootstrap-servers", "127.0.0.1:1", "--group", "g"],
+    ],
+    ids=["tail", "produce", "run", "lag"],
+)
+def test_an_unreachable_broker_is_one_clear_line(args: list[str]) -> None:
+    result = cli(*args, timeout=90)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert errors, result.stderr
+    assert "127.0.0.1:1" in result.stderr or "reach" in result.stderr.lower(), result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["run", "--guarantee", "maybe"], "invalid choice: 'maybe'"),
+        (["run", "--input-topic", "a", "--group", "g"], "handler"),
+        (["demo", "--count", "0"], "must be at least 1"),
+        (["tail", "--topic", "t"], "--bootstrap-servers is required"),
+        (["nonsense"], "invalid choice"),
+    ],
+)
+def test_bad_flags_are_one_clear_line(args: list[str], expected: str) -> None:
+    env_free = cli(*args)
+    assert env_free.returncode != 0
+    assert "Traceback" not in env_free.stderr
+    assert expected in env_free.stderr
