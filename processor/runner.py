@@ -9,6 +9,7 @@ their exit codes.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import logging
 import multiprocessing
 import os
@@ -19,7 +20,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from processor.errors import ConfigError, ProcessorError
 
@@ -62,11 +63,31 @@ def _scrub_secrets(cfg: StageConfig) -> None:
         register_secret(value)
 
 
-def _transactional_id(cfg: StageConfig, index: int) -> str:
-    # Stable across restarts of the same worker on the same host, so a restarted worker
-    # fences the zombie it replaces; unique across hosts and worker indexes.
-    base = cfg.options.transactional_id or f"{cfg.options.name}-{cfg.options.group}"
-    return f"{base}-{socket.gethostname()}-{index}"
+def claim_transactional_id(base: str, lock_dir: Path | None = None,
+                           slots: int = 1024) -> tuple[str, IO[bytes]]:
+    """A transactional id for this process: `<base>-<host>-<slot>`, with the lowest slot
+    no other live process on this host holds.
+
+    The slot is held by an advisory lock on a file, released by the kernel when the
+    process dies, however it dies. So two replicas on one host never share an id (they
+    would fence each other), while a replica restarted after a crash gets its old slot
+    back and with it the old id: its `init_transactions` then aborts what the dead one
+    left open at once, instead of after `transaction.timeout.ms`. Keep the returned file
+    open for the life of the process.
+    """
+    directory = lock_dir or Path(tempfile.gettempdir()) / "processor-txn-slots"
+    directory.mkdir(parents=True, exist_ok=True)
+    host = socket.gethostname()
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in base)
+    for slot in range(slots):
+        handle = (directory / f"{safe}-{slot}.lock").open("ab")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        return f"{base}-{host}-{slot}", handle
+    raise ProcessorError(f"no free transactional id slot for {base!r} ({slots} in use)")
 
 
 def run_worker(cfg: StageConfig, index: int, serve_metrics: bool) -> int:
@@ -78,7 +99,9 @@ def run_worker(cfg: StageConfig, index: int, serve_metrics: bool) -> int:
     from processor.stage import Stage
 
     assert cfg.bootstrap_servers is not None
-    options = replace(cfg.options, transactional_id=_transactional_id(cfg, index))
+    base = cfg.options.transactional_id or f"{cfg.options.name}-{cfg.options.group}"
+    txn_id, _slot_lock = claim_transactional_id(base)
+    options = replace(cfg.options, transactional_id=txn_id)
     handler = registry.resolve_all(cfg.handlers)
     broker = KafkaBroker(cfg.bootstrap_servers, cfg.kafka)
     broker.admin().list_topics()  # fail fast, with one clear line, when unreachable
