@@ -295,12 +295,14 @@ def run_contender(contender: Contender, run: Run, profile: Path | None = None,
     if lat:
         row.p50_ms = float(lat[(len(lat) - 1) // 2])
         row.p99_ms = float(lat[int(0.99 * (len(lat) - 1))])
+    # /proc sampling sees every process of the tree; a contender's own report (getrusage,
+    # at exit) is exact and also covers the last moments the sampling missed.
+    for r in results:
+        pid, own = int(r.get("pid", 0)), int(r.get("peak_rss_bytes", 0))
+        peaks[pid] = max(peaks.get(pid, 0), own)
     per_process = sorted(peaks.values(), reverse=True)
-    own = [int(r.get("peak_rss_bytes", 0)) for r in results]
-    # /proc sampling catches every process of the tree; a contender's own report is exact.
-    tops = per_process[: contender.processes] or own
-    row.peak_rss_bytes = max([*tops, *own], default=0)
-    row.total_rss_bytes = sum(per_process) or sum(own)
+    row.peak_rss_bytes = per_process[0] if per_process else 0
+    row.total_rss_bytes = sum(per_process)
     row.details["peak_rss_per_process"] = per_process
     row.ok = row.missing == 0 and row.invalid == 0
     if not row.ok:
@@ -485,7 +487,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ceiling is not None and ceiling.ok and row.ok:
             row.ratio = row.rate / ceiling.rate
     targets = report.compute_targets(by_key, args.count)
-    command = "bench.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    command = "bench.py " + (shlex.join(sys.argv[1:] if argv is None else list(argv))
+                             or "(defaults)")
     print()
     print(report.render_text(rows, targets, cond, notes))
     report.write_json(args.results / "latest.json", rows, targets, cond, notes)

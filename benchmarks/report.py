@@ -107,7 +107,7 @@ def compute_targets(rows: Mapping[str, Row], count: int) -> list[Target]:
     stage_rss = [rows[k].peak_rss_bytes / MB for k in ("project-alo", "project-eos")
                  if k in rows and rows[k].ok and rows[k].peak_rss_bytes]
     note = "" if count >= 1_000_000 else f"backlog of {count:,}, target is set for 1,000,000"
-    targets.append(Target("peak RSS of a stage", "project-alo",
+    targets.append(Target("peak RSS of a 1-process stage (ALO or EOS)", "project-alo",
                           max(stage_rss) if stage_rss else None, 250.0, " MB",
                           higher_is_better=False, note=note, short="RSS<250MB"))
     for t in targets:
@@ -247,7 +247,10 @@ def write_chart(path: Path, rows: Sequence[Row], title: str) -> str | None:
     measured = [r for r in rows if r.ok]
     if not measured:
         return "no chart: no row was measured"
-    labels = [r.label.replace(", ", "\n") for r in measured]
+    short = {"ceiling": "ceiling", "project-alo": "project\nALO 1p",
+             "project-eos": "project\nEOS 1p", "project-alo-2p": "project\nALO 2p",
+             "quix": "Quix\nStreams"}
+    labels = [short.get(r.key, r.key) for r in measured]
     fig, axes = plt.subplots(1, 3, figsize=(15, 5), gridspec_kw={"width_ratios": [2, 1, 1]})
     colours = ["#7f7f7f" if r.key == "ceiling" else "#e377c2" if r.key == "quix"
                else "#1f77b4" for r in measured]

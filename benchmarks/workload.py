@@ -78,7 +78,18 @@ def load_schema_json(path: Path = SCHEMA_PATH) -> dict[str, Any]:
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set size (Linux reports kilobytes)."""
+    """This process's peak resident set size: VmHWM of /proc/self/status.
+
+    Not `getrusage().ru_maxrss`: Linux carries that over an exec from the process that
+    forked, so a contender started by a big harness would report the harness's size.
+    """
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
