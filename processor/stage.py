@@ -667,10 +667,10 @@ class Stage:
         for tp in list(self._assigned):
             try:
                 position = self.consumer.position(tp)
-                _, high = self.consumer.watermarks(tp, timeout=1.0)
+                _, high = self.consumer.watermarks(tp, cached=True)
             except ProcessorError:
                 continue
-            if position is not None and position >= 0:
+            if position is not None and position >= 0 and high >= 0:
                 self.metrics.lag(tp.partition, max(0, high - position))
         if self.health is not None:
             self.health.set_broker_ok(True)

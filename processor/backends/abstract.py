@@ -122,8 +122,13 @@ class Consumer(ABC):
         """The offset of the next record this member will read from `partition`."""
 
     @abstractmethod
-    def watermarks(self, partition: TopicPartition, timeout: float = 10.0) -> tuple[int, int]:
-        """(low, high): the first offset still stored and the offset after the last one."""
+    def watermarks(self, partition: TopicPartition, timeout: float = 10.0,
+                   cached: bool = False) -> tuple[int, int]:
+        """(low, high): the first offset still stored and the offset after the last one.
+
+        `cached=True` answers from what the client last learnt while fetching, without
+        asking the broker (cheap enough for a lag gauge); an unknown value is -1.
+        """
 
     @abstractmethod
     def group_metadata(self) -> GroupMetadata:

@@ -793,7 +793,8 @@ class MemoryConsumer(Consumer):
         with self._broker._lock:
             return self._positions.get(partition)
 
-    def watermarks(self, partition: TopicPartition, timeout: float = 10.0) -> tuple[int, int]:
+    def watermarks(self, partition: TopicPartition, timeout: float = 10.0,
+                   cached: bool = False) -> tuple[int, int]:
         with self._broker._lock:
             part = self._broker._partition(partition)
             if part is None:
