@@ -304,6 +304,7 @@ def run_contender(contender: Contender, run: Run, profile: Path | None = None,
     row.peak_rss_bytes = per_process[0] if per_process else 0
     row.total_rss_bytes = sum(per_process)
     row.details["peak_rss_per_process"] = per_process
+    row.details["load_average"] = [round(x, 2) for x in os.getloadavg()]
     row.ok = row.missing == 0 and row.invalid == 0
     if not row.ok:
         row.note = f"{row.missing} missing, {row.invalid} invalid outputs"
@@ -348,6 +349,8 @@ def conditions(args: argparse.Namespace, run: Run, broker: str, rows: Sequence[R
         "broker": broker,
         "machine": f"{os.cpu_count()} cores ({cpu_model()}), broker, harness and "
                    "contenders share them",
+        "load average (1, 5, 15 min) at the end": ", ".join(
+            f"{x:.2f}" for x in os.getloadavg()),
         "python": platform.python_version(),
         "project confluent-kafka / librdkafka": " / ".join(workload.client_versions().values()),
         "fastavro": fastavro.__version__,
@@ -444,6 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     timeout = args.timeout or max(180.0, args.count / 2500 + 120)
     args.results.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp, kafka(args) as (bootstrap, broker):
         run_id = uuid.uuid4().hex[:8]
         topic = f"bench-in-{run_id}"
@@ -475,6 +479,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                              f"{contender.processes} stage subprocesses in one group instead")
             rows.append(row)
         cond = conditions(args, run, broker, rows)
+        cond["load average (1, 5, 15 min) at the start"] = ", ".join(
+            f"{x:.2f}" for x in load_start)
+        if max(load_start[0], os.getloadavg()[0]) > (os.cpu_count() or 1):
+            notes.append("other work was running on the machine during the run (load average "
+                         "above the core count): absolute rates are low, compare rows")
     for row in rows:
         restarts = [r for rep in row.details.get("reports", []) for r in rep.get("restarts", [])]
         if restarts:

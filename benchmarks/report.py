@@ -185,10 +185,12 @@ def checks_lines(rows: Sequence[Row]) -> list[str]:
         if not row.ok:
             continue
         commit = "-" if row.commit_lag_s is None else f"{row.commit_lag_s:.2f}s"
+        load = row.details.get("load_average")
+        load_text = "" if not load else f"; load average {load[0]:.2f} when done"
         lines.append(
             f"{row.label}: {row.count:,} artifacts in {row.seconds:.2f}s; output "
             f"duplicates {row.duplicates}, missing {row.missing}, invalid {row.invalid}; "
-            f"all input committed {commit} after the last output"
+            f"all input committed {commit} after the last output{load_text}"
         )
     return lines
 
