@@ -220,8 +220,8 @@ def run_contender(contender: Contender, run: Run, profile: Path | None = None,
     probe = harness.Probe(run.bootstrap, group)
     processes: list[subprocess.Popen[bytes]] = []
     peaks: dict[int, int] = {}
-    path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
+    pythonpath = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath}
     began = time.monotonic()
     committed_at: float | None = None
     try:

@@ -18,7 +18,7 @@ import time
 from io import BytesIO
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -104,9 +104,9 @@ def main() -> int:
             for msg in batch:
                 if msg.error() is not None:
                     continue
-                value = msg.value()
-                record = schemaless_reader(BytesIO(value), schema, None)
-                offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
+                record = cast(dict[str, Any],
+                              schemaless_reader(BytesIO(msg.value() or b""), schema, None))
+                offsets[(msg.topic() or "", msg.partition() or 0)] = (msg.offset() or 0) + 1
                 consumed += 1
                 if sha256(record["payload"]).digest() != record["checksum"]:
                     bad += 1

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Any
+from typing import Any, cast
 
 import workload
 from confluent_kafka import (
@@ -24,7 +24,8 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 Progress = Callable[[str], None]
@@ -306,12 +307,13 @@ def read_back(bootstrap: str, topic: str, expected: int, progress: Progress,
                 if msg.error() is not None:
                     continue
                 result.records += 1
-                reached[msg.partition()] = msg.offset() + 1
+                reached[msg.partition() or 0] = (msg.offset() or 0) + 1
                 ts_type, append_ms = msg.timestamp()
                 if ts_type != TIMESTAMP_LOG_APPEND_TIME:
                     result.not_log_append_time += 1
                 try:
-                    record = schemaless_reader(BytesIO(msg.value()), schema, None)
+                    record = cast(dict[str, Any],
+                                  schemaless_reader(BytesIO(msg.value() or b""), schema, None))
                 except Exception:
                     result.invalid += 1
                     continue

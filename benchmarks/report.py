@@ -134,7 +134,7 @@ HEADERS = ("contender", "artifacts/s", "MB/s", "p50 ms", "p99 ms", "peak RSS MB"
 
 
 def table_cells(rows: Sequence[Row]) -> list[tuple[str, ...]]:
-    cells = []
+    cells: list[tuple[str, ...]] = []
     for row in rows:
         if not row.ok:
             cells.append((row.label, "-", "-", "-", "-", _fmt_rss(row), "-",
