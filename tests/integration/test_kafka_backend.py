@@ -1,0 +1,158 @@
+"""What only the Kafka backend has: settings it refuses, an unreachable cluster, a full
+local producer queue, and a three-node cluster losing a node (all on real brokers)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+import pytest
+
+from processor.backends.abstract import TopicPartition
+from processor.backends.kafka import KafkaBroker
+from processor.errors import BrokerUnavailable, ConfigError
+from processor.kafka_local import LocalKafka, free_ports
+
+Name = Callable[[str], str]
+
+# A port nothing listens on: settings are refused before any connection is tried.
+NOWHERE = f"127.0.0.1:{free_ports(1)[0]}"
+
+
+@pytest.mark.parametrize(
+    ("settings", "read_committed", "message"),
+    [
+        ({"enable.auto.commit": True}, False, "enable.auto.commit"),
+        ({"enable.auto.commit": "true"}, False, "enable.auto.commit"),
+        ({"enable.auto.offset.store": "true"}, False, "enable.auto.offset.store"),
+        ({"isolation.level": "read_uncommitted"}, True, "isolation.level"),
+        ({"isolation.level": "read_committed"}, False, "isolation.level"),
+        ({"group.id": "someone-else"}, False, "group.id"),
+        ({"auto.offset.reset": "latest"}, False, "auto.offset.reset"),
+        ({"enable.auto.commit": "maybe"}, False, "true or false"),
+    ],
+)
+def test_unsafe_consumer_settings_are_refused(
+    settings: Mapping[str, object], read_committed: bool, message: str
+) -> None:
+    broker = KafkaBroker(NOWHERE)
+    with pytest.raises(ConfigError, match=message):
+        broker.consumer("group", read_committed=read_committed, settings=settings)
+    with pytest.raises(ConfigError, match=message):
+        KafkaBroker(NOWHERE, settings).consumer("group", read_committed=read_committed)
+
+
+@pytest.mark.parametrize(
+    ("settings", "transactional_id", "message"),
+    [
+        ({"enable.idempotence": False}, "txn-1", "enable.idempotence=false"),
+        ({"enable.idempotence": "false"}, "txn-1", "enable.idempotence=false"),
+        ({"acks": "1"}, None, "acks=1"),
+        ({"acks": 0}, "txn-1", "acks=0"),
+        ({"transactional.id": "sneaky"}, None, "transactional.id"),
+    ],
+)
+def test_unsafe_producer_settings_are_refused(
+    settings: Mapping[str, object], transactional_id: str | None, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        KafkaBroker(NOWHERE).producer(transactional_id=transactional_id, settings=settings)
+
+
+def test_conflicting_bootstrap_setting_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"bootstrap\.servers"):
+        KafkaBroker(NOWHERE, {"bootstrap.servers": "elsewhere:9092"})
+    with pytest.raises(ConfigError, match="empty"):
+        KafkaBroker(" ")
+
+
+@pytest.mark.timeout(30)
+def test_unreachable_cluster_raises_broker_unavailable_quickly() -> None:
+    broker = KafkaBroker(NOWHERE, connect_timeout=2.0)
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match=NOWHERE.replace(".", r"\.")):
+        broker.admin()
+    with pytest.raises(BrokerUnavailable):
+        broker.producer()
+    with pytest.raises(BrokerUnavailable):
+        broker.consumer("group")
+    assert time.monotonic() - started < 15
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+def test_other_librdkafka_settings_pass_through(kafka_broker: KafkaBroker) -> None:
+    producer = kafka_broker.producer(settings={"linger.ms": 50, "compression.type": "zstd"})
+    producer.close()
+    consumer = kafka_broker.consumer("g", settings={"fetch.wait.max.ms": 50,
+                                                    "partition.assignment.strategy": "range"})
+    consumer.close()
+    with pytest.raises(ConfigError, match=r"no\.such\.setting"):
+        kafka_broker.producer(settings={"no.such.setting": 1})
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+def test_full_local_queue_blocks_instead_of_dropping(
+    kafka_broker: KafkaBroker, unique_name: Name
+) -> None:
+    topic = unique_name("topic")
+    kafka_broker.admin().create_topic(topic, partitions=2)
+    producer = kafka_broker.producer(settings={"queue.buffering.max.messages": 5})
+    for i in range(3000):
+        producer.produce(topic, b"%d" % i)
+    assert producer.flush(60) == 0
+    assert producer.take_delivery_errors() == []
+    assert sum(kafka_broker.admin().high_watermarks(topic).values()) == 3000
+    producer.close()
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_three_node_cluster_survives_losing_a_node(unique_name: Name) -> None:
+    """acks=all with min.insync.replicas=2 keeps producing, without loss or duplicates,
+    while one node of three is down; the node rejoins afterwards."""
+    with LocalKafka(nodes=3) as cluster:
+        broker = KafkaBroker(cluster.bootstrap_servers)
+        admin = broker.admin()
+        topic = unique_name("topic")
+        admin.create_topic(topic, partitions=3, replication=3)
+        producer = broker.producer(settings={"message.timeout.ms": 60_000})
+        sent = 0
+
+        def produce(count: int) -> None:
+            nonlocal sent
+            for _ in range(count):
+                producer.produce(topic, b"%06d" % sent, key=b"k%d" % (sent % 17))
+                sent += 1
+            assert producer.flush(90) == 0
+            assert producer.take_delivery_errors() == []
+
+        produce(500)
+        cluster.kill_node(1)
+        produce(1000)  # two in-sync replicas remain: acks=all still succeeds
+
+        group = unique_name("group")
+        consumer = broker.consumer(group)
+        consumer.subscribe([topic])
+        seen: list[bytes] = []
+        deadline = time.monotonic() + 90
+        while len(seen) < sent and time.monotonic() < deadline:
+            seen.extend(m.value() or b"" for m in consumer.consume(500, 0.5))
+        assert len(seen) == sent, f"{sent - len(seen)} records missing"
+        assert sorted(seen) == [b"%06d" % i for i in range(sent)], "lost or duplicated"
+        consumer.commit({TopicPartition(topic, p): h
+                         for p, h in enumerate(consumer_highs(broker, topic))})
+        consumer.close()
+
+        cluster.start_node(1)
+        produce(200)
+        assert sum(admin.high_watermarks(topic).values()) == sent
+        assert sum(admin.group_offsets(group, [topic]).values()) == sent - 200
+        producer.close()
+
+
+def consumer_highs(broker: KafkaBroker, topic: str) -> list[int]:
+    highs = broker.admin().high_watermarks(topic)
+    return [highs[TopicPartition(topic, p)] for p in range(len(highs))]
