@@ -386,7 +386,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "write the top functions to benchmarks/results/profile.txt")
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help="where to write latest.json/.md/.png (default: %(default)s)")
-    args = parser.parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == ["--"]:
+        given = given[1:]  # `processor bench -- ARGS` hands the separator on
+    args = parser.parse_args(given)
     if args.count < 1 or args.partitions < 1 or args.size < 100:
         parser.error("--count and --partitions must be positive, --size at least 100")
     return args
