@@ -6,13 +6,28 @@
 
 from __future__ import annotations
 
+import copyreg
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final, Literal
 
 from processor.errors import ConfigError
+
+
+def read_only(mapping: dict[str, object]) -> MappingProxyType[str, object]:
+    return MappingProxyType(mapping)
+
+
+def _pickle_mapping_proxy(
+    proxy: MappingProxyType[str, object],
+) -> tuple[Callable[[dict[str, object]], MappingProxyType[str, object]], tuple[object, ...]]:
+    return read_only, (dict(proxy),)
+
+
+# Options hold read-only mappings and cross to `--processes` workers by pickle.
+copyreg.pickle(MappingProxyType, _pickle_mapping_proxy)
 
 Guarantee = Literal["at-least-once", "exactly-once"]
 ErrorPolicy = Literal["dead-letter", "fail"]

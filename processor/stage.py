@@ -44,6 +44,7 @@ from processor.errors import (
     InvalidArtifact,
     ProcessorError,
     ProducerFenced,
+    RebalanceInProgress,
     RetryableError,
     TransactionError,
 )
@@ -585,7 +586,15 @@ class Stage:
                 self._last_commit = self.clock()
                 return
             if offsets:
-                self.consumer.commit(offsets)
+                try:
+                    self.consumer.commit(offsets)
+                except RebalanceInProgress as exc:
+                    # The group moved on under us; the revocation that follows commits
+                    # again, or the new owner re-reads (at-least-once allows that).
+                    logger.warning("stage %s: commit refused during a rebalance: %s",
+                                   self.options.name, exc)
+                    self._last_commit = self.clock()
+                    return
             if self.metrics is not None:
                 self.metrics.commit_latency(time.perf_counter() - t0)
         self.stats.commits += 1

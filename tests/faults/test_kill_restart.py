@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from processor.backends.kafka import KafkaBroker
 
+from processor.backends.kafka import KafkaBroker
 from tests.procs import group_caught_up, produce_artifacts, read_topic, start, stop, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -51,8 +51,12 @@ def test_sigkill_and_restart_loses_nothing(
             before = sum(admin.high_watermarks(sink).values())
             proc = running = start(args, log)
             # Kill it once it is visibly mid-stream: outputs written since it started.
-            wait_for(lambda b=before, p=running: sum(admin.high_watermarks(sink).values())
-                     > b + 500 or p.poll() is not None, 90, "the stage to produce")
+
+            def moving(b: int = before, p: subprocess.Popen[bytes] = running) -> bool:
+                return sum(admin.high_watermarks(sink).values()) > b + 500 or (
+                    p.poll() is not None)
+
+            wait_for(moving, 90, "the stage to produce")
             time.sleep(rng.uniform(0.1, 0.6))
             assert proc.poll() is None, log.read_text()[-2000:]
             proc.send_signal(signal.SIGKILL)
