@@ -25,6 +25,7 @@ unchanged is passed through as its original bytes.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -60,6 +61,26 @@ logger = logging.getLogger(__name__)
 
 LATENCY_SAMPLE_EVERY = 16
 """Handler and end-to-end latency are observed for one record in this many."""
+
+
+GC_THRESHOLDS = (20_000, 50, 100)
+"""Collector thresholds while a stage runs (CPython's defaults are (700, 10, 10))."""
+
+
+def tune_gc() -> None:
+    """Make the garbage collector cheap for a stage's loop, once per process.
+
+    The records of a batch are short-lived tuples and dicts without reference cycles:
+    reference counting frees them, and frequent generation-0 collections only re-scan the
+    batch in hand. Everything alive at start-up (modules, schemas, clients) is moved out
+    of the collector's sight with `gc.freeze()`, and generation 0 is collected every
+    20,000 allocations instead of every 700. The profile of the loop showed about a sixth
+    of its time in the collector before this.
+    """
+    if gc.get_threshold() != GC_THRESHOLDS:
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
 
 
 class StageFailed(ProcessorError):
@@ -183,6 +204,7 @@ class Stage:
     def run(self, max_records: int | None = None, idle_timeout: float | None = None) -> StageStats:
         """Process until `stop()`, or until `max_records` were consumed, or until no record
         arrived for `idle_timeout` seconds; then drain, commit and close."""
+        tune_gc()
         self.start()
         last_record = self.clock()
         try:
