@@ -32,11 +32,9 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-kafka-jars: system-deps
-	@test -f $(KAFKA_HOME)/.complete || { \
-	  echo "resolving Apache Kafka $(KAFKA_VERSION) jars from Maven into $(KAFKA_HOME)"; \
-	  mvn -q -B -f deploy/kafka-local/pom.xml dependency:copy-dependencies \
-	    -DoutputDirectory=$(KAFKA_HOME)/libs && touch $(KAFKA_HOME)/.complete; }
+kafka-jars: system-deps $(STAMP)
+	PROCESSOR_KAFKA_HOME=$(KAFKA_HOME) $(BIN)/python -c \
+	  "from processor.kafka_local import ensure_jars; print('Apache Kafka jars in', ensure_jars())"
 
 lint: $(STAMP)
 	$(BIN)/ruff check processor tests benchmarks
