@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterable, Sequence
-from typing import NamedTuple, TypeAlias
+from typing import NamedTuple, TypeAlias, TypeVar
 
 from processor.artifact import Artifact
 from processor.errors import HandlerNotFound
@@ -148,6 +148,11 @@ class Registry:
         found = self._handlers.get(ref)
         if found is not None:
             return found
+        if ":" not in ref and self is registry:
+            _load_builtin_handlers()
+            found = self._handlers.get(ref)
+            if found is not None:
+                return found
         if ":" not in ref:
             known = ", ".join(self.names()) or "none"
             raise HandlerNotFound(
@@ -177,11 +182,23 @@ class Registry:
         return chain(*resolved)
 
 
+BUILTIN_HANDLER_MODULES = ("processor.demo",)
+"""Modules whose `@handler` functions can be named without importing them first."""
+
+
+def _load_builtin_handlers() -> None:
+    for module in BUILTIN_HANDLER_MODULES:
+        importlib.import_module(module)
+
+
 registry = Registry()
 """The process-wide registry used by `@handler` and the CLI."""
 
 
-def handler(name: str | None = None) -> Callable[[Handler], Handler]:
+H = TypeVar("H", bound=Handler)
+
+
+def handler(name: str | None = None) -> Callable[[H], H]:
     """Register a function under `name` (default: its `module:qualname`).
 
     >>> @handler("upper")
@@ -189,7 +206,7 @@ def handler(name: str | None = None) -> Callable[[Handler], Handler]:
     ...     return a.with_payload(a.payload.upper())
     """
 
-    def register(h: Handler) -> Handler:
+    def register(h: H) -> H:
         registry.register(name or handler_name(h), h)
         return h
 

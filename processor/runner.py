@@ -99,12 +99,31 @@ def run_worker(cfg: StageConfig, index: int, serve_metrics: bool) -> int:
     from processor.stage import Stage
 
     assert cfg.bootstrap_servers is not None
+    stopping: list[str] = []
+    current: list[Stage] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        # Installed first, so a signal during start-up also ends in a clean exit.
+        stopping.append(signal.Signals(signum).name)
+        logger.info("stage %s: %s received, shutting down", cfg.options.name, stopping[-1])
+        for stage in current:
+            stage.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     base = cfg.options.transactional_id or f"{cfg.options.name}-{cfg.options.group}"
     txn_id, _slot_lock = claim_transactional_id(base)
     options = replace(cfg.options, transactional_id=txn_id)
     handler = registry.resolve_all(cfg.handlers)
     broker = KafkaBroker(cfg.bootstrap_servers, cfg.kafka)
-    broker.admin().list_topics()  # fail fast, with one clear line, when unreachable
+    # Fail fast, with one clear line, when the broker is unreachable or a topic is missing.
+    topics = broker.admin().list_topics()
+    wanted = [options.input_topic, options.output_topic, options.dlq_topic,
+              *options.outputs.values()]
+    missing = [t for t in wanted if t is not None and t not in topics]
+    if missing:
+        raise ConfigError(f"topic(s) {', '.join(missing)} do not exist on "
+                          f"{cfg.bootstrap_servers}; create them first")
     health = HealthState()
     metrics = StageMetrics(options.name, options.input_topic, options.output_topic or "")
     server = None
@@ -114,14 +133,9 @@ def run_worker(cfg: StageConfig, index: int, serve_metrics: bool) -> int:
         logger.info("metrics on http://%s:%d/metrics", cfg.metrics_host, server.port)
     stage = Stage(options, broker, handler, metrics=metrics, health=health)
     health.set_broker_ok(True)
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        logger.info("stage %s: %s received, shutting down", options.name,
-                    signal.Signals(signum).name)
+    current.append(stage)
+    if stopping:
         stage.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     try:
         stage.run()
     finally:

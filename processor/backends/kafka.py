@@ -23,12 +23,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn, cast
 
 from confluent_kafka import Consumer as _Consumer
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka import Message as _Message
 from confluent_kafka import Producer as _Producer
 from confluent_kafka import TopicPartition as _TP
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.admin._listoffsets import OffsetSpec
 from confluent_kafka.cimpl import NewTopic
 
 from processor.backends.abstract import (
@@ -373,7 +372,7 @@ class KafkaBroker(Broker):
         self.ensure_reachable()
         config = self._config({}, {k: v for k, v in self.settings.items()
                                    if not callable(v)}, {})
-        return KafkaAdmin(AdminClient(config))
+        return KafkaAdmin(AdminClient(config), client_config=config)
 
 
 # --- consumer ----------------------------------------------------------------------------
@@ -802,12 +801,46 @@ class KafkaProducer(Producer):
 # --- admin -------------------------------------------------------------------------------
 
 
+# Answers a partition gives for a moment after its topic was created or its leader moved.
+_SETTLING = frozenset({
+    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION,
+    KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+})
+
+
 class KafkaAdmin(Admin):
     """Topic management and group inspection through the admin API."""
 
-    def __init__(self, client: AdminClient, timeout: float = 30.0) -> None:
+    def __init__(self, client: AdminClient, timeout: float = 30.0,
+                 client_config: Mapping[str, object] | None = None) -> None:
         self._a = client
         self._timeout = timeout
+        self._client_config = dict(client_config or {})
+
+    def _reader(self, group: str) -> _Consumer:
+        """A consumer that never joins its group: it only answers offset questions.
+
+        Offsets are read through a consumer rather than the admin API: confluent-kafka's
+        `list_consumer_group_offsets` crashes the process while a fresh cluster is still
+        loading its group coordinator, and `list_offsets` fails with NOT_LEADER for a
+        moment after a topic is created; the consumer calls retry both internally.
+        """
+        config: dict[str, object] = {
+            k: v for k, v in self._client_config.items()
+            if k in ("bootstrap.servers", "client.id") or k.startswith(("security.", "sasl.",
+                                                                        "ssl."))
+        }
+        config.update({"group.id": group, "enable.auto.commit": False,
+                       "logger": _rdkafka_logger})
+        return _Consumer(config)
+
+    def _partitions(self, topic: str) -> list[int]:
+        found = self._metadata_topic(topic)
+        if found is None:
+            raise UnknownTopic(f"unknown topic {topic!r}")
+        return sorted(found.partitions)
 
     def _metadata_topic(self, name: str) -> Any:
         try:
@@ -868,37 +901,49 @@ class KafkaAdmin(Admin):
 
     def group_offsets(self, group: str, topics: Sequence[str] | None = None
                       ) -> dict[TopicPartition, int]:
-        request = [ConsumerGroupTopicPartitions(group)]
-        futures = self._a.list_consumer_group_offsets(request_timeout=self._timeout,
-                                                      list_consumer_group_offsets_request=request)
+        names = list(topics) if topics is not None else sorted(self.list_topics())
+        wanted = [_TP(t, p) for t in names for p in self._partitions(t)]
+        if not wanted:
+            return {}
+        reader = self._reader(group)
+        deadline = time.monotonic() + self._timeout
         try:
-            result = futures[group].result(timeout=self._timeout + 5)
-        except KafkaException as exc:
-            error = _error_of(exc)
-            if error is not None and error.code() == KafkaError.GROUP_ID_NOT_FOUND:
-                return {}
-            _raise_kafka(exc, f"offsets of group {group!r}")
-        wanted = None if topics is None else set(topics)
-        offsets: dict[TopicPartition, int] = {}
-        for ctp in result.topic_partitions or []:
-            if wanted is not None and ctp.topic not in wanted:
-                continue
-            if ctp.error is None and ctp.offset >= 0:
-                offsets[TopicPartition(ctp.topic, ctp.partition)] = ctp.offset
-        return offsets
+            while True:
+                try:
+                    result = reader.committed(wanted, timeout=self._timeout)
+                    break
+                except KafkaException as exc:
+                    error = _error_of(exc)
+                    passing = error is not None and (
+                        error.retriable() or error.code() in _SETTLING)
+                    if not passing or time.monotonic() > deadline:
+                        _raise_kafka(exc, f"offsets of group {group!r}")
+                    time.sleep(0.2)
+        finally:
+            reader.close()
+        return {TopicPartition(c.topic, c.partition): c.offset
+                for c in result if c.error is None and c.offset >= 0}
 
     def high_watermarks(self, topic: str) -> dict[TopicPartition, int]:
-        found = self._metadata_topic(topic)
-        if found is None:
-            raise UnknownTopic(f"unknown topic {topic!r}")
-        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
-        request = {_TP(topic, p): latest for p in found.partitions}
-        futures = self._a.list_offsets(request, request_timeout=self._timeout)
+        partitions = self._partitions(topic)
+        reader = self._reader("processor-watermarks")
         answer: dict[TopicPartition, int] = {}
-        for ctp, future in futures.items():
-            try:
-                info = future.result(timeout=self._timeout + 5)
-            except KafkaException as exc:
-                _raise_kafka(exc, f"high watermark of {ctp.topic}[{ctp.partition}]")
-            answer[TopicPartition(ctp.topic, ctp.partition)] = info.offset
-        return dict(sorted(answer.items()))
+        deadline = time.monotonic() + self._timeout
+        try:
+            for p in partitions:
+                while True:
+                    try:
+                        _, high = reader.get_watermark_offsets(_TP(topic, p),
+                                                               timeout=self._timeout)
+                        break
+                    except KafkaException as exc:
+                        error = _error_of(exc)
+                        passing = error is not None and (
+                            error.retriable() or error.code() in _SETTLING)
+                        if not passing or time.monotonic() > deadline:
+                            _raise_kafka(exc, f"high watermark of {topic}[{p}]")
+                        time.sleep(0.1)
+                answer[TopicPartition(topic, p)] = high
+        finally:
+            reader.close()
+        return answer

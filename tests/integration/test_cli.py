@@ -112,3 +112,23 @@ def test_bad_flags_are_one_clear_line(args: list[str], expected: str) -> None:
     assert env_free.returncode != 0
     assert "Traceback" not in env_free.stderr
     assert expected in env_free.stderr
+
+
+def test_run_names_missing_topics_and_exits_cleanly_on_sigterm_at_start(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    result = cli("run", "--bootstrap-servers", kafka_bootstrap, "--input-topic",
+                 unique_name("absent"), "--group", "g", "--handler", "validate",
+                 "--metrics-port", "0", "--metrics-host", "127.0.0.1")
+    assert result.returncode == 1
+    assert "do not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    topic = unique_name("present")
+    KafkaBroker(kafka_bootstrap).admin().create_topic(topic)
+    proc = start(["run", "--bootstrap-servers", kafka_bootstrap, "--input-topic", topic,
+                  "--group", unique_name("g"), "--handler", "validate",
+                  "--metrics-port", "0", "--metrics-host", "127.0.0.1"], tmp_path / "r.log")
+    wait_for(lambda: "start" in (tmp_path / "r.log").read_text(), 60, "the stage to start")
+    assert stop(proc) == 0, (tmp_path / "r.log").read_text()[-2000:]
+    assert "shutting down" in (tmp_path / "r.log").read_text()

@@ -1,0 +1,110 @@
+"""Handler outcomes, chaining, the registry and the demo handlers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from processor.artifact import Artifact, MediaType
+from processor.errors import HandlerNotFound, InvalidArtifact
+from processor.handlers import DEFAULT_OUTPUT, Outcome, Registry, Routed, chain, outcomes, registry
+
+
+def upper(a: Artifact) -> Outcome:
+    return a.with_payload(a.payload.upper())
+
+
+def split(a: Artifact) -> Outcome:
+    return [a.with_payload(part) for part in a.payload.split(b",")]
+
+
+def drop_b(a: Artifact) -> Outcome:
+    return None if a.payload == b"B" else a
+
+
+def test_outcomes_normalise_every_result_shape() -> None:
+    a = Artifact.new("x")
+    assert outcomes(None) == []
+    assert outcomes(a) == [Routed(DEFAULT_OUTPUT, a)]
+    assert outcomes(Routed("audit", a)) == [Routed("audit", a)]
+    assert outcomes([a, Routed("audit", a)]) == [Routed("", a), Routed("audit", a)]
+    with pytest.raises(TypeError, match="expected Artifact or Routed"):
+        outcomes(["nope"])  # type: ignore[list-item]
+
+
+def test_a_chain_fans_out_filters_and_keeps_identity_when_nothing_changed() -> None:
+    a = Artifact.new("a,b,c")
+    result = chain(split, upper, drop_b)(a)
+    assert isinstance(result, list)
+    assert [r.artifact.payload for r in result] == [b"A", b"C"]
+    assert all(r.output == DEFAULT_OUTPUT for r in result)
+    same = chain(lambda x: x, drop_b)
+    assert same(a) is a
+    assert chain(split, lambda x: None)(a) is None
+
+
+def test_a_routed_artifact_leaves_the_chain_at_once() -> None:
+    seen: list[bytes] = []
+
+    def record(x: Artifact) -> Outcome:
+        seen.append(x.payload)
+        return x
+
+    a = Artifact.new("r")
+    result = chain(lambda x: Routed("side", x), record)(a)
+    assert result == [Routed("side", a)]
+    assert seen == []
+
+
+def test_a_chain_refuses_a_result_of_the_wrong_type() -> None:
+    with pytest.raises(TypeError, match="a handler returned int"):
+        chain(lambda x: x, lambda x: 3)(Artifact.new("x"))  # type: ignore[arg-type,return-value]
+
+
+def test_the_registry_resolves_names_and_module_functions() -> None:
+    local = Registry()
+    local.register("up", upper)
+    assert local.resolve("up") is upper
+    assert local.resolve("tests.unit.test_handlers:upper") is upper
+    with pytest.raises(ValueError, match="registered already"):
+        local.register("up", split)
+    with pytest.raises(HandlerNotFound, match="no handler named 'nope'"):
+        local.resolve("nope")
+    with pytest.raises(HandlerNotFound, match="cannot import"):
+        local.resolve("no.such.module:f")
+    with pytest.raises(HandlerNotFound, match="has no 'missing'"):
+        local.resolve("tests.unit.test_handlers:missing")
+    with pytest.raises(HandlerNotFound, match="not a callable"):
+        local.resolve("processor.handlers:DEFAULT_OUTPUT")
+
+
+def test_built_in_handlers_are_known_by_name_without_an_import() -> None:
+    from processor import demo
+
+    assert registry.resolve("validate") is demo.validate
+    assert registry.resolve("enrich") is demo.enrich
+
+
+def test_the_demo_handlers() -> None:
+    from processor.demo import enrich, transform, validate
+
+    order = Artifact.new(json.dumps({"order": "o1", "customer": "c", "amount": 1234.5,
+                                     "currency": "eur"}), media_type=MediaType.JSON)
+    checked = validate(order)
+    assert checked.get("validated") is True
+    moved = transform(checked)
+    assert moved is not None
+    assert json.loads(moved.payload) == {"order": "o1", "customer": "c",
+                                         "amount_cents": 123450, "currency": "EUR"}
+    rich = enrich(moved)
+    assert rich.get("tier") == "large"
+    assert rich.get("review") is False
+    zero = validate(Artifact.new(json.dumps({"order": "o", "customer": "c", "amount": 0,
+                                             "currency": "eur"})))
+    assert transform(zero) is None
+    for bad, why in [("nope", "not JSON"), ("[]", "JSON object"),
+                     ('{"order": "o"}', "missing customer"),
+                     ('{"order":"o","customer":"c","amount":-1,"currency":"x"}', "amount")]:
+        with pytest.raises(InvalidArtifact, match=why):
+            validate(Artifact.new(bad))
