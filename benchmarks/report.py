@@ -249,7 +249,8 @@ def write_chart(path: Path, rows: Sequence[Row], title: str) -> str | None:
     measured = [r for r in rows if r.ok]
     if not measured:
         return "no chart: no row was measured"
-    short = {"ceiling": "ceiling", "project-alo": "project\nALO 1p",
+    short = {"ceiling": "ceiling", "ceiling-codec": "loop with\nour codec",
+             "project-alo": "project\nALO 1p",
              "project-eos": "project\nEOS 1p", "project-alo-2p": "project\nALO 2p",
              "quix": "Quix\nStreams"}
     labels = [short.get(r.key, r.key) for r in measured]
