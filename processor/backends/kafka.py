@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 from confluent_kafka import Consumer as _Consumer
 from confluent_kafka import KafkaError, KafkaException
@@ -53,6 +53,7 @@ from processor.errors import (
     UnknownTopic,
 )
 
+_T = TypeVar("_T")
 logger = logging.getLogger(__name__)
 # librdkafka's own log lines, routed through Python logging instead of stderr.
 _rdkafka_logger = logging.getLogger(__name__ + ".librdkafka")
@@ -906,19 +907,9 @@ class KafkaAdmin(Admin):
         if not wanted:
             return {}
         reader = self._reader(group)
-        deadline = time.monotonic() + self._timeout
         try:
-            while True:
-                try:
-                    result = reader.committed(wanted, timeout=self._timeout)
-                    break
-                except KafkaException as exc:
-                    error = _error_of(exc)
-                    passing = error is not None and (
-                        error.retriable() or error.code() in _SETTLING)
-                    if not passing or time.monotonic() > deadline:
-                        _raise_kafka(exc, f"offsets of group {group!r}")
-                    time.sleep(0.2)
+            result = self._settled(lambda: reader.committed(wanted, timeout=self._timeout),
+                                   f"offsets of group {group!r}")
         finally:
             reader.close()
         return {TopicPartition(c.topic, c.partition): c.offset
@@ -928,22 +919,29 @@ class KafkaAdmin(Admin):
         partitions = self._partitions(topic)
         reader = self._reader("processor-watermarks")
         answer: dict[TopicPartition, int] = {}
-        deadline = time.monotonic() + self._timeout
         try:
             for p in partitions:
-                while True:
-                    try:
-                        _, high = reader.get_watermark_offsets(_TP(topic, p),
-                                                               timeout=self._timeout)
-                        break
-                    except KafkaException as exc:
-                        error = _error_of(exc)
-                        passing = error is not None and (
-                            error.retriable() or error.code() in _SETTLING)
-                        if not passing or time.monotonic() > deadline:
-                            _raise_kafka(exc, f"high watermark of {topic}[{p}]")
-                        time.sleep(0.1)
-                answer[TopicPartition(topic, p)] = high
+                tp = _TP(topic, p)
+
+                def ask(tp: _TP = tp) -> tuple[int, int]:
+                    low, high = reader.get_watermark_offsets(tp, timeout=self._timeout)
+                    return low, high
+
+                answer[TopicPartition(topic, p)] = self._settled(
+                    ask, f"high watermark of {topic}[{p}]")[1]
         finally:
             reader.close()
         return answer
+
+    def _settled(self, call: Callable[[], _T], what: str) -> _T:
+        """`call()`, retried while the cluster answers that it is still settling."""
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                return call()
+            except KafkaException as exc:
+                error = _error_of(exc)
+                passing = error is not None and (error.retriable() or error.code() in _SETTLING)
+                if not passing or time.monotonic() > deadline:
+                    _raise_kafka(exc, what)
+                time.sleep(0.1)
