@@ -56,6 +56,7 @@ class Contender:
 CONTENDERS = (
     Contender("ceiling", "ceiling: confluent-kafka + fastavro loop", 1),
     Contender("ceiling-codec", "hand-written loop with the project's codec", 1),
+    Contender("ceiling-2p", "ceiling loop, 2 processes (the machine's scaling bound)", 2),
     Contender("project-alo", "project, at-least-once, 1 process", 1),
     Contender("project-eos", "project, exactly-once, 1 process", 1),
     Contender("project-alo-2p", "project, at-least-once, 2 processes (processor run)", 2),
@@ -148,10 +149,10 @@ def commands(contender: Contender, run: Run, output: str, group: str,
     common = ["--bootstrap-servers", run.bootstrap, "--input", run.input_topic,
               "--output", output, "--group", group]
     result = [str(run.workdir / f"{contender.key}-{i}.json") for i in range(contender.processes)]
-    if contender.key in ("ceiling", "ceiling-codec"):
+    if contender.key.startswith("ceiling"):
         codec = "project" if contender.key == "ceiling-codec" else "fastavro"
         return [[sys.executable, str(HERE / "contender_ceiling.py"), *common,
-                 "--result", result[0], "--codec", codec]]
+                 "--result", result[i], "--codec", codec] for i in range(contender.processes)]
     if contender.key == "quix":
         assert run.quix is not None
         return [[str(run.quix), str(HERE / "contender_quix.py"), *common, "--result", result[0]]]

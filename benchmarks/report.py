@@ -94,6 +94,9 @@ def compute_targets(rows: Mapping[str, Row], count: int) -> list[Target]:
     eos = _rate(rows, "project-eos")
     two = _rate(rows, "project-alo-2p")
     quix = _rate(rows, "quix")
+    ceiling_two = _ratio(_rate(rows, "ceiling-2p"), ceiling)
+    if ceiling_two is not None and "ceiling-2p" in rows:
+        rows["ceiling-2p"].targets.append(f"{ceiling_two:.2f}x ceiling 1 process")
     targets = [
         Target("ALO 1 process vs ceiling", "project-alo", _ratio(alo, ceiling), 0.8, "x",
                short=">=0.8x ceiling"),
@@ -250,6 +253,7 @@ def write_chart(path: Path, rows: Sequence[Row], title: str) -> str | None:
     if not measured:
         return "no chart: no row was measured"
     short = {"ceiling": "ceiling", "ceiling-codec": "loop with\nour codec",
+             "ceiling-2p": "ceiling\n2p",
              "project-alo": "project\nALO 1p",
              "project-eos": "project\nEOS 1p", "project-alo-2p": "project\nALO 2p",
              "quix": "Quix\nStreams"}
