@@ -327,3 +327,17 @@ def test_docs_mention_every_metric() -> None:
     for name in ENV_RE.findall(text):
         if not name.endswith("_"):
             assert is_known_env_var(name) or name.startswith("PROCESSOR_KAFKA__"), name
+
+
+def test_the_image_build_copies_what_the_package_links_to() -> None:
+    """A symlink in the package (the wire schema) must resolve inside the build stage."""
+    copied = [args.split()[0].rstrip("/") for word, args in dockerfile_instructions()
+              if word == "COPY" and not args.startswith("--from")]
+    package = ROOT / "processor"
+    links = [p for p in package.rglob("*") if p.is_symlink()]
+    assert links, "the schema link is expected in the package"
+    for link in links:
+        target = link.resolve().relative_to(ROOT)
+        assert any(str(target).startswith(c) for c in copied), (link, target, copied)
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert "schemas" not in ignored and "processor" not in ignored
