@@ -72,6 +72,8 @@ REDACTED: Final = "***"
 _FOREIGN_ENV: Final = frozenset({
     "PROCESSOR_ARCHITECTURE", "PROCESSOR_ARCHITEW6432", "PROCESSOR_IDENTIFIER",
     "PROCESSOR_LEVEL", "PROCESSOR_REVISION",
+    # Read by `processor.kafka_local` (where the local broker's jars and configs live).
+    "PROCESSOR_KAFKA_HOME", "PROCESSOR_KAFKA_DEPLOY",
 })
 
 Kind = Literal["str", "opt_str", "int", "float", "choice", "port"]

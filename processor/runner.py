@@ -26,11 +26,30 @@ from processor.errors import ConfigError, ProcessorError
 
 if TYPE_CHECKING:
     from processor.config import StageConfig
+    from processor.stage import Stage
 
 logger = logging.getLogger(__name__)
 
 
+_STOP_REQUESTS: list[str] = []
+_RUNNING: list[Stage] = []
+
+
+def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
+    _STOP_REQUESTS.append(signal.Signals(signum).name)
+    logger.info("%s received, shutting down", _STOP_REQUESTS[-1])
+    for stage in _RUNNING:
+        stage.stop()
+
+
+def _catch_stop_signals() -> None:
+    """SIGTERM/SIGINT stop the stage, or keep it from starting: a clean exit either way."""
+    signal.signal(signal.SIGTERM, _on_stop_signal)
+    signal.signal(signal.SIGINT, _on_stop_signal)
+
+
 def run_from_args(args: argparse.Namespace) -> int:
+    _catch_stop_signals()
     from processor.config import load_config
     from processor.logs import configure_logging
 
@@ -99,18 +118,7 @@ def run_worker(cfg: StageConfig, index: int, serve_metrics: bool) -> int:
     from processor.stage import Stage
 
     assert cfg.bootstrap_servers is not None
-    stopping: list[str] = []
-    current: list[Stage] = []
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        # Installed first, so a signal during start-up also ends in a clean exit.
-        stopping.append(signal.Signals(signum).name)
-        logger.info("stage %s: %s received, shutting down", cfg.options.name, stopping[-1])
-        for stage in current:
-            stage.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    _catch_stop_signals()
     base = cfg.options.transactional_id or f"{cfg.options.name}-{cfg.options.group}"
     txn_id, _slot_lock = claim_transactional_id(base)
     options = replace(cfg.options, transactional_id=txn_id)
@@ -133,8 +141,8 @@ def run_worker(cfg: StageConfig, index: int, serve_metrics: bool) -> int:
         logger.info("metrics on http://%s:%d/metrics", cfg.metrics_host, server.port)
     stage = Stage(options, broker, handler, metrics=metrics, health=health)
     health.set_broker_ok(True)
-    current.append(stage)
-    if stopping:
+    _RUNNING.append(stage)
+    if _STOP_REQUESTS:
         stage.stop()
     try:
         stage.run()

@@ -833,7 +833,10 @@ class KafkaAdmin(Admin):
             if k in ("bootstrap.servers", "client.id") or k.startswith(("security.", "sasl.",
                                                                         "ssl."))
         }
+        # read_uncommitted: committed() must not wait for offsets pending in an open
+        # transaction (librdkafka asks for stable offsets under read_committed).
         config.update({"group.id": group, "enable.auto.commit": False,
+                       "isolation.level": "read_uncommitted",
                        "logger": _rdkafka_logger})
         return _Consumer(config)
 
