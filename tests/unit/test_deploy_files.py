@@ -341,3 +341,11 @@ def test_the_image_build_copies_what_the_package_links_to() -> None:
         assert any(str(target).startswith(c) for c in copied), (link, target, copied)
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert "schemas" not in ignored and "processor" not in ignored
+
+
+def test_the_example_stage_file_is_valid() -> None:
+    from processor.config import check_file
+
+    cfg = check_file(ROOT / "deploy" / "stage.example.yaml")
+    assert cfg.options.input_topic == "orders.raw"
+    assert cfg.handlers == ("validate",)
