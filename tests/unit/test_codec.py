@@ -30,6 +30,7 @@ from processor.codec import (
     write_container,
 )
 from processor.errors import ChecksumMismatch, DecodeError, EmptyInput, EncodeError, SchemaError
+from tests.strategies import artifacts
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_FILE = REPO / "schemas" / "artifact.avsc"
@@ -159,35 +160,6 @@ def test_every_schema_field_has_a_doc_and_follows_the_artifact_order() -> None:
 
 
 # --- round trips ------------------------------------------------------------------------
-
-LONGS = st.integers(min_value=-(2**63), max_value=2**63 - 1)
-META_VALUES = st.one_of(
-    st.text(), st.booleans(), LONGS, st.floats(allow_nan=False), st.binary(max_size=16)
-)
-OPTIONAL_BYTES = st.none() | st.binary(max_size=64)
-
-
-@st.composite
-def artifacts(draw: st.DrawFn) -> Artifact:
-    payload = draw(st.binary(max_size=256))
-    return Artifact(
-        id=draw(st.text(max_size=40)),
-        timestamp=draw(LONGS),
-        media_type=draw(st.text(max_size=20)),
-        role=draw(st.text(max_size=10)),
-        scope=draw(st.text(max_size=10)),
-        origin=draw(st.text(max_size=10)),
-        issuer=draw(st.text(max_size=10)),
-        state=draw(st.text(max_size=10)),
-        meta=MappingProxyType(draw(st.dictionaries(st.text(max_size=8), META_VALUES, max_size=6))),
-        payload=payload,
-        checksum=checksum_of(payload),
-        encrypted_payload=draw(OPTIONAL_BYTES),
-        encrypted_key=draw(OPTIONAL_BYTES),
-        ephemeral_public_key=draw(OPTIONAL_BYTES),
-        signature=draw(OPTIONAL_BYTES),
-    )
-
 
 @given(artifacts())
 def test_round_trip_keeps_every_field_and_type(artifact: Artifact) -> None:
