@@ -7,8 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from processor.backends.kafka import KafkaBroker
 
+from processor.backends.kafka import KafkaBroker
 from tests.procs import produce_artifacts, read_topic, start, stop, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
