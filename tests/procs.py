@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -103,3 +104,48 @@ def group_caught_up(broker: Broker, group: str, topic: str) -> bool:
 def committed_total(broker: Broker, group: str, topic: str) -> int:
     return sum(v for tp, v in broker.admin().group_offsets(group, [topic]).items()
                if isinstance(tp, TopicPartition) and v > 0)
+
+
+class Feeder:
+    """Produces artifacts in the background at a steady rate, so that a test's stages have
+    work left at every step (a pre-loaded topic can be drained before a test's next step).
+    """
+
+    def __init__(self, broker: Broker, topic: str, count: int, keys: int = 50,
+                 per_second: int = 2_000, chunk: int = 200) -> None:
+        self.sent: list[Artifact] = []
+        self._args = (broker, topic, count, keys, per_second, chunk)
+        self._thread = threading.Thread(target=self._run, name="feeder", daemon=True)
+        self.error: BaseException | None = None
+
+    def _run(self) -> None:
+        broker, topic, count, keys, per_second, chunk = self._args
+        try:
+            start_at = time.monotonic()
+            while len(self.sent) < count:
+                n = min(chunk, count - len(self.sent))
+                self.sent.extend(produce_artifacts(broker, topic, n, keys=keys,
+                                                   start=len(self.sent)))
+                ahead = len(self.sent) / per_second - (time.monotonic() - start_at)
+                if ahead > 0:
+                    time.sleep(ahead)
+        except BaseException as exc:  # reported by join()
+            self.error = exc
+
+    def start(self) -> Feeder:
+        self._thread.start()
+        return self
+
+    def __enter__(self) -> Feeder:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.join()
+
+    def join(self, timeout: float = 120.0) -> list[Artifact]:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise AssertionError("the feeder did not finish in time")
+        if self.error is not None:
+            raise AssertionError(f"the feeder failed: {self.error}") from self.error
+        return self.sent

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from processor.backends.kafka import KafkaBroker
-from tests.procs import group_caught_up, produce_artifacts, read_topic, start, stop, wait_for
+from tests.procs import Feeder, group_caught_up, read_topic, start, stop, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -35,7 +35,8 @@ def test_sigkill_and_restart_loses_nothing(
     for topic in (source, sink, dlq):
         admin.create_topic(topic, partitions=3)
     group = unique_name("kill-group")
-    sent = produce_artifacts(broker, source, COUNT, keys=30)
+    # Fed while the stage is killed and restarted (about 30 s), so it dies mid-stream.
+    feeder = Feeder(broker, source, COUNT, keys=30, per_second=1_000).start()
     args = ["run", "--bootstrap-servers", kafka_bootstrap, "--input-topic", source,
             "--output-topic", sink, "--group", group, "--name", "killme",
             "--handler", "tests.integration.chain_handlers:hop", "--dlq-topic", dlq,
@@ -63,6 +64,7 @@ def test_sigkill_and_restart_loses_nothing(
             proc.wait(10)
             kills += 1
         proc = start(args, log)
+        sent = feeder.join()
         wait_for(lambda: group_caught_up(broker, group, source), 180, "the group to catch up")
     finally:
         code = stop(proc) if proc is not None else 0
