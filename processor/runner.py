@@ -36,8 +36,11 @@ _RUNNING: list[Stage] = []
 
 
 def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
+    from processor.logs import lifecycle
+
     _STOP_REQUESTS.append(signal.Signals(signum).name)
-    logger.info("%s received, shutting down", _STOP_REQUESTS[-1])
+    lifecycle(logger, "shutdown", signal=_STOP_REQUESTS[-1],
+              stages=[s.options.name for s in _RUNNING])
     for stage in _RUNNING:
         stage.stop()
 

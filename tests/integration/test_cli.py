@@ -131,4 +131,4 @@ def test_run_names_missing_topics_and_exits_cleanly_on_sigterm_at_start(
                   "--metrics-port", "0", "--metrics-host", "127.0.0.1"], tmp_path / "r.log")
     wait_for(lambda: "start" in (tmp_path / "r.log").read_text(), 60, "the stage to start")
     assert stop(proc) == 0, (tmp_path / "r.log").read_text()[-2000:]
-    assert "shutting down" in (tmp_path / "r.log").read_text()
+    assert "event=shutdown signal=SIGTERM" in (tmp_path / "r.log").read_text()
