@@ -582,15 +582,22 @@ class KafkaConsumer(Consumer):
 
     def watermarks(self, partition: TopicPartition, timeout: float = 10.0,
                    cached: bool = False) -> tuple[int, int]:
-        try:
-            found = self._c.get_watermark_offsets(_tp(partition), timeout=timeout,
-                                                  cached=cached)
-            if found is None:  # cached, and nothing fetched yet
-                return -1, -1
-            low, high = found
-        except KafkaException as exc:
-            _raise_kafka(exc, f"watermarks of {partition}")
-        return low, high
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                found = self._c.get_watermark_offsets(_tp(partition), timeout=timeout,
+                                                      cached=cached)
+                if found is None:  # cached, and nothing fetched yet
+                    return -1, -1
+                low, high = found
+                return low, high
+            except KafkaException as exc:
+                # Right after a topic is created its leader may not be known yet.
+                error = _error_of(exc)
+                if (cached or error is None or error.code() not in _SETTLING
+                        or time.monotonic() > deadline):
+                    _raise_kafka(exc, f"watermarks of {partition}")
+                time.sleep(0.1)
 
     # -- offsets --
 
