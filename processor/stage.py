@@ -32,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from processor.artifact import Artifact
 from processor.backends.abstract import Broker, Consumer, Message, Producer, TopicPartition
@@ -49,7 +49,7 @@ from processor.errors import (
     RetryableError,
     TransactionError,
 )
-from processor.handlers import DEFAULT_OUTPUT, Handler, Routed
+from processor.handlers import DEFAULT_OUTPUT, Handler, Routed, outcomes
 from processor.logs import lifecycle
 from processor.policy import EXACTLY_ONCE, StageOptions
 
@@ -393,8 +393,6 @@ class Stage:
                 if type(result) is artifact_type:
                     pairs = [Routed(DEFAULT_OUTPUT, result)]
                 else:
-                    from processor.handlers import outcomes
-
                     try:
                         pairs = outcomes(result)
                     except TypeError as exc:
@@ -526,10 +524,7 @@ class Stage:
 
     def _process_one_retry(self, first: Message, attempt: int, rest: deque[Message]) -> None:
         tp = TopicPartition(first.topic() or "", first.partition() or 0)
-        try:
-            self._process([first])
-        except StageFailed:
-            raise
+        self._process([first])
         if tp in self._blocked:
             # It failed again: `_process` held it at attempt 1; carry the real count.
             held = self._blocked[tp]
@@ -706,13 +701,3 @@ class Stage:
         if self.health is not None:
             self.health.set_broker_ok(True)
 
-
-def describe(stats: StageStats) -> dict[str, Any]:
-    return {
-        "consumed": stats.consumed,
-        "produced": stats.produced,
-        "dropped": stats.dropped,
-        "dead_lettered": stats.dead_lettered,
-        "retried": stats.retried,
-        "failed": stats.failed,
-    }
