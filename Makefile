@@ -34,7 +34,7 @@ system-deps:
 
 kafka-jars: system-deps $(STAMP)
 	PROCESSOR_KAFKA_HOME=$(KAFKA_HOME) $(BIN)/python -c \
-	  "from processor.kafka_local import ensure_jars; print('Apache Kafka jars in', ensure_jars())"
+	  "from processor.devtools.local_kafka import ensure_jars; print('Apache Kafka jars in', ensure_jars())"
 
 lint: $(STAMP)
 	$(BIN)/ruff check processor tests benchmarks

@@ -417,7 +417,7 @@ def kafka(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
     if args.bootstrap_servers:
         yield args.bootstrap_servers, f"existing Kafka at {args.bootstrap_servers}"
         return
-    from processor.kafka_local import KAFKA_VERSION, THROUGHPUT_JVM_FLAGS, LocalKafka
+    from processor.devtools.local_kafka import KAFKA_VERSION, THROUGHPUT_JVM_FLAGS, LocalKafka
 
     heap = "1g"
     say(f"starting a local Apache Kafka {KAFKA_VERSION} (1 node, KRaft, heap {heap})")

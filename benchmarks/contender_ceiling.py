@@ -85,8 +85,8 @@ def main() -> int:
     first_consumed: float | None = None
     last_commit = time.monotonic()
 
-    from processor.codec import Codec
-    from processor.errors import DecodeError
+    from processor.core.errors import DecodeError
+    from processor.serde.codec import Codec
 
     codec = Codec()
     decode, encode = codec.decode, codec.encode

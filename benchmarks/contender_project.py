@@ -21,11 +21,11 @@ import project_handler
 import workload
 
 from processor.backends.kafka import KafkaBroker
-from processor.errors import RebalanceInProgress
-from processor.health import HealthState
-from processor.metrics import StageMetrics
-from processor.policy import StageOptions
-from processor.stage import Stage
+from processor.core.errors import RebalanceInProgress
+from processor.ops.health import HealthState
+from processor.ops.metrics import StageMetrics
+from processor.runtime.options import StageOptions
+from processor.runtime.stage import Stage
 
 
 def main() -> int:

@@ -10,7 +10,7 @@ import time
 
 import workload
 
-from processor.artifact import Artifact
+from processor.core.artifact import Artifact
 
 FIRST_CALL: list[float] = []
 """Wall-clock time of the first call in this process (when the first record arrived)."""

@@ -4,8 +4,8 @@ The public surface most users need is re-exported here: the `Artifact` value typ
 the handler outcome types and the `Buffer`.
 """
 
-from processor.artifact import Artifact, MediaType, Role, Scope
-from processor.errors import (
+from processor.core.artifact import Artifact, MediaType, Role, Scope
+from processor.core.errors import (
     InvalidArtifact,
     ProcessorError,
     RetryableError,

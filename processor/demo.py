@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from processor.artifact import Artifact, MediaType, Role, State
 from processor.backends.abstract import Broker
-from processor.codec import Codec
-from processor.errors import InvalidArtifact
-from processor.handlers import handler
-from processor.jsonform import artifact_to_json
-from processor.policy import StageOptions
-from processor.stage import Stage
+from processor.core.artifact import Artifact, MediaType, Role, State
+from processor.core.errors import InvalidArtifact
+from processor.core.handlers import handler
+from processor.runtime.options import StageOptions
+from processor.runtime.stage import Stage
+from processor.serde.codec import Codec
+from processor.serde.jsonform import artifact_to_json
 
 CURRENCIES = ("eur", "usd", "gbp", "chf")
 
@@ -161,7 +161,7 @@ def run_demo(
     for t in topics:
         admin.create_topic(t, partitions=partitions)
     admin.create_topic("orders.dlq", partitions=1)
-    from processor.handlers import registry
+    from processor.core.handlers import registry
 
     stages = [
         Stage(
@@ -237,7 +237,7 @@ def main_demo(count: int, input_file: Path | None, show: int = 3,
     from processor.backends.memory import MemoryBroker
 
     # Dead letters are expected here and summed up below, not logged one by one.
-    logging.getLogger("processor.stage").setLevel(logging.ERROR)
+    logging.getLogger("processor.runtime.stage").setLevel(logging.ERROR)
     inputs = list(read_jsonl(input_file) if input_file else generate(count))
     source = str(input_file) if input_file else f"{len(inputs):,} generated orders"
     out.write(f"processor demo: validate -> transform -> enrich on the in-memory broker\n"

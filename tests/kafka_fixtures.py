@@ -3,7 +3,7 @@
 `kafka_bootstrap` finds an Apache Kafka broker, in this order:
 
 1. `KAFKA_BOOTSTRAP_SERVERS`, when set (a broker someone else runs);
-2. a local one-node KRaft cluster (`processor.kafka_local.LocalKafka`), started once per
+2. a local one-node KRaft cluster (`processor.devtools.local_kafka.LocalKafka`), started once per
    test session and stopped at its end -- needs `java` and `mvn`;
 3. testcontainers' Kafka module, when it is installed and a Docker engine answers.
 
@@ -64,7 +64,7 @@ def kafka_bootstrap() -> Iterator[str]:
         yield configured
         return
 
-    from processor.kafka_local import LocalKafka, LocalKafkaError, ToolMissing
+    from processor.devtools.local_kafka import LocalKafka, LocalKafkaError, ToolMissing
 
     local: LocalKafka | None = None
     missing: ToolMissing | None = None

@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from processor.artifact import Artifact
 from processor.backends.abstract import Broker, TopicPartition
-from processor.codec import Codec
+from processor.core.artifact import Artifact
+from processor.serde.codec import Codec
 
 ROOT = Path(__file__).resolve().parent.parent
 

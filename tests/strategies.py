@@ -6,7 +6,7 @@ from types import MappingProxyType
 
 from hypothesis import strategies as st
 
-from processor.artifact import Artifact, checksum_of
+from processor.core.artifact import Artifact, checksum_of
 
 LONGS = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 META_VALUES = st.one_of(

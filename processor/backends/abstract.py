@@ -2,7 +2,7 @@
 
 Two implementations exist: `processor.backends.memory` (an in-memory broker, for unit tests
 and the demo) and `processor.backends.kafka` (confluent-kafka on Apache Kafka). Both raise
-the errors of `processor.errors` and pass one conformance suite (`tests/conformance`).
+the errors of `processor.core.errors` and pass one conformance suite (`tests/conformance`).
 
 Conventions (as in Kafka itself):
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from processor.backends.abstract import Broker, TopicPartition
-from processor.errors import UnknownTopic
+from processor.core.errors import UnknownTopic
 from tests.conformance.helpers import consume_until, produce_values, values, wait_for
 
 NewTopic = Callable[[int], str]

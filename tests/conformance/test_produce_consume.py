@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from processor.backends.abstract import Broker, TopicPartition
-from processor.errors import UnknownTopic
+from processor.core.errors import UnknownTopic
 from tests.conformance.helpers import (
     by_partition,
     consume_for,

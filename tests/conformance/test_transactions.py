@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from processor.backends.abstract import Broker, Producer, TopicPartition
-from processor.errors import ProducerFenced, TransactionError
+from processor.core.errors import ProducerFenced, TransactionError
 from tests.conformance.helpers import (
     consume_for,
     consume_until,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from processor.artifact import Artifact
+from processor.core.artifact import Artifact
 
 
 def hop(artifact: Artifact) -> Artifact:

@@ -10,8 +10,8 @@ import pytest
 
 from processor.backends.abstract import TopicPartition
 from processor.backends.kafka import KafkaBroker
-from processor.errors import BrokerUnavailable, ConfigError
-from processor.kafka_local import LocalKafka, free_ports
+from processor.core.errors import BrokerUnavailable, ConfigError
+from processor.devtools.local_kafka import LocalKafka, free_ports
 
 Name = Callable[[str], str]
 

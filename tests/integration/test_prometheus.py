@@ -26,9 +26,9 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from processor.artifact import Artifact
-from processor.codec import encode
-from processor.lag import main_lag
+from processor.core.artifact import Artifact
+from processor.ops.lag import main_lag
+from processor.serde.codec import encode
 from tests.procs import start, stop, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

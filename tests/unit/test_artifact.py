@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from processor.artifact import Artifact, MediaType, Role, Scope, State, checksum_of
+from processor.core.artifact import Artifact, MediaType, Role, Scope, State, checksum_of
 
 
 def test_new_sets_identity_time_and_checksum() -> None:

@@ -8,11 +8,11 @@ from collections.abc import Callable
 
 import pytest
 
-from processor.artifact import Artifact
-from processor.buffer import Buffer
-from processor.codec import decode, encode
-from processor.errors import BufferClosed, BufferEmpty, BufferFull, EmptyInput, InvalidArtifact
-from processor.handlers import Outcome, Routed
+from processor.core.artifact import Artifact
+from processor.core.errors import BufferClosed, BufferEmpty, BufferFull, EmptyInput, InvalidArtifact
+from processor.core.handlers import Outcome, Routed
+from processor.inproc.buffer import Buffer
+from processor.serde.codec import decode, encode
 
 JOIN = 10.0
 

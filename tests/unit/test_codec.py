@@ -15,9 +15,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processor import codec
-from processor.artifact import Artifact, MetaValue, checksum_of
-from processor.codec import (
+from processor.core.artifact import Artifact, MetaValue, checksum_of
+from processor.core.errors import (
+    ChecksumMismatch,
+    DecodeError,
+    EmptyInput,
+    EncodeError,
+    SchemaError,
+)
+from processor.serde import codec
+from processor.serde.codec import (
     SCHEMA_HEADER,
     Codec,
     decode,
@@ -29,7 +36,6 @@ from processor.codec import (
     schema_fingerprint,
     write_container,
 )
-from processor.errors import ChecksumMismatch, DecodeError, EmptyInput, EncodeError, SchemaError
 from tests.strategies import artifacts
 
 REPO = Path(__file__).resolve().parents[2]

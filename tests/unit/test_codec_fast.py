@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from processor import codec
-from processor.artifact import Artifact, MetaValue, checksum_of
-from processor.codec import Codec, decode, encode, load_schema
-from processor.errors import DecodeError, EncodeError
+from processor.core.artifact import Artifact, MetaValue, checksum_of
+from processor.core.errors import DecodeError, EncodeError
+from processor.serde import codec
+from processor.serde.codec import Codec, decode, encode, load_schema
 
 SCHEMA = fastavro.parse_schema(load_schema())
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from processor.config import (
+from processor.core.errors import ConfigError
+from processor.ops.settings import (
     DEFAULT_METRICS_PORT,
     ENV_VARS,
     KNOWN_KEYS,
@@ -20,11 +21,10 @@ from processor.config import (
     load_config,
     redact,
 )
-from processor.errors import ConfigError
-from processor.policy import StageOptions
+from processor.runtime.options import StageOptions
 
 MINIMAL = {"PROCESSOR_INPUT_TOPIC": "in", "PROCESSOR_GROUP": "g",
-           "PROCESSOR_HANDLERS": "processor.handlers:chain"}
+           "PROCESSOR_HANDLERS": "processor.core.handlers:chain"}
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -90,7 +90,7 @@ def test_defaults_with_only_the_required_fields() -> None:
     assert config.metrics_port == DEFAULT_METRICS_PORT == 9100
     assert config.metrics_host == "0.0.0.0"
     assert (config.log_format, config.log_level, config.processes) == ("text", "INFO", 1)
-    assert config.handlers == ("processor.handlers:chain",)
+    assert config.handlers == ("processor.core.handlers:chain",)
     assert dict(config.kafka) == {}
     assert config.sources["batch_size"] == "default"
     assert config.sources["name"] == "the group"

@@ -19,8 +19,8 @@ from typing import Any, cast
 import pytest
 import yaml
 
-from processor import metrics
-from processor.config import (
+from processor.ops import metrics
+from processor.ops.settings import (
     DEFAULT_METRICS_PORT,
     StageConfig,
     add_run_arguments,
@@ -67,8 +67,8 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 
 def cli_parser() -> argparse.ArgumentParser:
     """The real CLI parser when the CLI exists; otherwise a `run` parser from config."""
-    if importlib.util.find_spec("processor.cli") is not None:
-        from processor.cli import build_parser
+    if importlib.util.find_spec("processor.cli.main") is not None:
+        from processor.cli.main import build_parser
 
         return build_parser()
     parser = argparse.ArgumentParser(prog="processor")
@@ -88,14 +88,14 @@ def parses(argv: list[str]) -> bool:
 def stage_config(env: Mapping[str, str]) -> StageConfig:
     for name in env:
         if name.startswith("PROCESSOR_"):
-            assert is_known_env_var(name), f"{name} is not read by processor.config"
+            assert is_known_env_var(name), f"{name} is not read by processor.ops.settings"
     return load_config(None, {k: str(v) for k, v in env.items()}, {})
 
 
 def check_handlers(config: StageConfig) -> None:
     if importlib.util.find_spec("processor.demo") is None:
         pytest.skip("processor.demo is not there yet")
-    from processor.handlers import registry
+    from processor.core.handlers import registry
 
     for ref in config.handlers:
         assert callable(registry.resolve(ref)), ref
@@ -344,7 +344,7 @@ def test_the_image_build_copies_what_the_package_links_to() -> None:
 
 
 def test_the_example_stage_file_is_valid() -> None:
-    from processor.config import check_file
+    from processor.ops.settings import check_file
 
     cfg = check_file(ROOT / "deploy" / "stage.example.yaml")
     assert cfg.options.input_topic == "orders.raw"

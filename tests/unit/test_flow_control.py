@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from processor.artifact import Artifact
 from processor.backends.abstract import Admin, Consumer
 from processor.backends.memory import MemoryBroker, MemoryProducer
-from processor.codec import Codec
-from processor.policy import StageOptions
-from processor.stage import Stage
+from processor.core.artifact import Artifact
+from processor.runtime.options import StageOptions
+from processor.runtime.stage import Stage
+from processor.serde.codec import Codec
 
 
 class SlowAcks(MemoryBroker):

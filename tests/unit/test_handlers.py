@@ -6,9 +6,17 @@ import json
 
 import pytest
 
-from processor.artifact import Artifact, MediaType
-from processor.errors import HandlerNotFound, InvalidArtifact
-from processor.handlers import DEFAULT_OUTPUT, Outcome, Registry, Routed, chain, outcomes, registry
+from processor.core.artifact import Artifact, MediaType
+from processor.core.errors import HandlerNotFound, InvalidArtifact
+from processor.core.handlers import (
+    DEFAULT_OUTPUT,
+    Outcome,
+    Registry,
+    Routed,
+    chain,
+    outcomes,
+    registry,
+)
 
 
 def upper(a: Artifact) -> Outcome:
@@ -76,7 +84,7 @@ def test_the_registry_resolves_names_and_module_functions() -> None:
     with pytest.raises(HandlerNotFound, match="has no 'missing'"):
         local.resolve("tests.unit.test_handlers:missing")
     with pytest.raises(HandlerNotFound, match="not a callable"):
-        local.resolve("processor.handlers:DEFAULT_OUTPUT")
+        local.resolve("processor.core.handlers:DEFAULT_OUTPUT")
 
 
 def test_built_in_handlers_are_known_by_name_without_an_import() -> None:

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processor.artifact import Artifact, checksum_of
-from processor.errors import InvalidArtifact
-from processor.jsonform import (
+from processor.core.artifact import Artifact, checksum_of
+from processor.core.errors import InvalidArtifact
+from processor.serde.jsonform import (
     artifact_from_json,
     artifact_from_json_dict,
     artifact_to_json,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from processor.kafka_local import (
+from processor.devtools.local_kafka import (
     LocalKafka,
     NodeConfig,
     ToolMissing,

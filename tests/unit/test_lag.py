@@ -6,7 +6,7 @@ import io
 import socket
 import time
 
-from processor.lag import LagRow, format_table, main_lag
+from processor.ops.lag import LagRow, format_table, main_lag
 
 
 def test_lag_rows() -> None:

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from processor.backends.abstract import TopicPartition
-from processor.errors import ConfigError
-from processor.logs import configure_logging, lifecycle, register_secret
+from processor.core.errors import ConfigError
+from processor.ops.logs import configure_logging, lifecycle, register_secret
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ def test_bad_format_or_level() -> None:
 
 def test_lifecycle_lines(stream: io.StringIO) -> None:
     configure_logging("json", "INFO", stream=stream)
-    log = logging.getLogger("processor.stage")
+    log = logging.getLogger("processor.runtime.stage")
     lifecycle(log, "assignment", partitions=[TopicPartition("in", 0), TopicPartition("in", 2)],
               stage="validate")
     lifecycle(log, "shutdown", stage="validate", reason="SIGTERM")

@@ -10,7 +10,7 @@ import pytest
 
 from processor.backends.abstract import TopicPartition
 from processor.backends.memory import MemoryBroker, MemoryConsumer, murmur2
-from processor.errors import (
+from processor.core.errors import (
     BackendError,
     ConfigError,
     OffsetOutOfRange,

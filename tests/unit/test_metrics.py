@@ -15,9 +15,9 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from processor import metrics
-from processor.health import HealthState, MetricsServer
-from processor.metrics import REGISTRY, StageMetrics, record_librdkafka_stats
+from processor.ops import metrics
+from processor.ops.health import HealthState, MetricsServer
+from processor.ops.metrics import REGISTRY, StageMetrics, record_librdkafka_stats
 
 
 def value(name: str, **labels: str) -> float | None:
@@ -236,7 +236,7 @@ def test_unreadable_librdkafka_stats_are_counted_not_raised(
 
 WORKER = textwrap.dedent("""
     import sys
-    from processor.metrics import StageMetrics
+    from processor.ops.metrics import StageMetrics
     m = StageMetrics("mp", "in", "out")
     n = int(sys.argv[1])
     m.consumed(n, n * 10)
@@ -247,7 +247,7 @@ WORKER = textwrap.dedent("""
 PARENT = textwrap.dedent("""
     import os, subprocess, sys
     from prometheus_client import generate_latest
-    from processor import metrics
+    from processor.ops import metrics
     metrics.enable_multiprocess(sys.argv[1])
     for n, partition in ((3, 0), (4, 1)):
         subprocess.run([sys.executable, "-c", sys.argv[2], str(n), str(partition)], check=True)

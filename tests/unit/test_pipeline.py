@@ -6,12 +6,12 @@ import threading
 
 import pytest
 
-from processor.artifact import Artifact
-from processor.buffer import Buffer
-from processor.codec import decode, encode
-from processor.errors import BufferClosed, RetryableError
-from processor.handlers import Handler, Outcome
-from processor.pipeline import Feedback, Pipeline
+from processor.core.artifact import Artifact
+from processor.core.errors import BufferClosed, RetryableError
+from processor.core.handlers import Handler, Outcome
+from processor.inproc.buffer import Buffer
+from processor.inproc.pipeline import Feedback, Pipeline
+from processor.serde.codec import decode, encode
 
 JOIN = 10.0
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from processor.runner import claim_transactional_id
+from processor.runtime.runner import claim_transactional_id
 
 
 def test_live_replicas_get_distinct_ids_and_a_freed_slot_is_reused(tmp_path: Path) -> None:
@@ -28,7 +28,7 @@ def test_live_replicas_get_distinct_ids_and_a_freed_slot_is_reused(tmp_path: Pat
 def test_a_killed_process_releases_its_slot(tmp_path: Path) -> None:
     code = (
         "import sys, time; from pathlib import Path;"
-        "from processor.runner import claim_transactional_id as c;"
+        "from processor.runtime.runner import claim_transactional_id as c;"
         f"i, h = c('s', Path({str(tmp_path)!r})); print(i, flush=True); time.sleep(60)"
     )
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

@@ -7,15 +7,23 @@ from collections.abc import Callable
 
 import pytest
 
-from processor.artifact import Artifact
 from processor.backends.abstract import Broker, Message, TopicPartition
 from processor.backends.memory import MemoryBroker
-from processor.codec import Codec
-from processor.dlq import H_ATTEMPTS, H_OFFSET, H_PARTITION, H_REASON, H_STAGE, H_TOPIC, header_dict
-from processor.errors import InvalidArtifact, RetryableError
-from processor.handlers import Outcome, Routed
-from processor.policy import QUICK_RETRY, RetryPolicy, StageOptions
-from processor.stage import Stage, StageFailed
+from processor.core.artifact import Artifact
+from processor.core.errors import InvalidArtifact, RetryableError
+from processor.core.handlers import Outcome, Routed
+from processor.runtime.dead_letters import (
+    H_ATTEMPTS,
+    H_OFFSET,
+    H_PARTITION,
+    H_REASON,
+    H_STAGE,
+    H_TOPIC,
+    header_dict,
+)
+from processor.runtime.options import QUICK_RETRY, RetryPolicy, StageOptions
+from processor.runtime.stage import Stage, StageFailed
+from processor.serde.codec import Codec
 
 CODEC = Codec()
 

@@ -15,7 +15,7 @@ partition is paused while it waits, so the consumer keeps polling and stays in t
 
 Bad input never stops the stage and is never lost: undecodable bytes, checksum mismatches
 and invalid artifacts go to the dead-letter topic with headers saying why
-(`processor.dlq`). Every consumed record is accounted for:
+(`processor.runtime.dead_letters`). Every consumed record is accounted for:
 `consumed == produced_from + dropped + dead_lettered (+ waiting for retry)`.
 
 The hot path runs once per record. It is one method with locals bound up front; counters
@@ -34,11 +34,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from processor.artifact import Artifact
 from processor.backends.abstract import Broker, Consumer, Message, Producer, TopicPartition
-from processor.codec import Codec
-from processor.dlq import Reason, dead_letter_headers
-from processor.errors import (
+from processor.core.artifact import Artifact
+from processor.core.errors import (
     ChecksumMismatch,
     DecodeError,
     DeliveryFailed,
@@ -49,13 +47,15 @@ from processor.errors import (
     RetryableError,
     TransactionError,
 )
-from processor.handlers import DEFAULT_OUTPUT, Handler, Routed, outcomes
-from processor.logs import lifecycle
-from processor.policy import EXACTLY_ONCE, StageOptions
+from processor.core.handlers import DEFAULT_OUTPUT, Handler, Routed, outcomes
+from processor.ops.logs import lifecycle
+from processor.runtime.dead_letters import Reason, dead_letter_headers
+from processor.runtime.options import EXACTLY_ONCE, StageOptions
+from processor.serde.codec import Codec
 
 if TYPE_CHECKING:
-    from processor.health import HealthState
-    from processor.metrics import StageMetrics
+    from processor.ops.health import HealthState
+    from processor.ops.metrics import StageMetrics
 
 logger = logging.getLogger(__name__)
 

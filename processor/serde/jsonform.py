@@ -15,10 +15,10 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from processor.errors import InvalidArtifact
+from processor.core.errors import InvalidArtifact
 
 if TYPE_CHECKING:
-    from processor.artifact import Artifact, MetaValue
+    from processor.core.artifact import Artifact, MetaValue
 
 _OPTIONAL_BYTES = ("encrypted_payload", "encrypted_key", "ephemeral_public_key", "signature")
 
@@ -104,7 +104,7 @@ def _meta_from_json(raw: Any) -> dict[str, MetaValue]:
 
 def artifact_from_json_dict(data: Mapping[str, Any]) -> Artifact:
     """An artifact from its JSON form; missing fields take the defaults of `Artifact.new`."""
-    from processor.artifact import Artifact, MediaType
+    from processor.core.artifact import Artifact, MediaType
 
     if not isinstance(data, Mapping):
         raise InvalidArtifact("an artifact must be a JSON object")

@@ -25,7 +25,7 @@ import threading
 from types import TracebackType
 from typing import Protocol
 
-from processor.errors import BufferClosed
+from processor.core.errors import BufferClosed
 
 logger = logging.getLogger(__name__)
 

@@ -60,7 +60,7 @@ from processor.backends.abstract import (
     Producer,
     TopicPartition,
 )
-from processor.errors import (
+from processor.core.errors import (
     BackendError,
     ConfigError,
     OffsetOutOfRange,

@@ -6,7 +6,7 @@
 * `/readyz` (readiness) answers 200 only when the stage has partitions assigned
   (`set_assigned(n)` with n > 0) and the broker answered its last request
   (`set_broker_ok(True)`); otherwise 503 with the reason in the body.
-* `/metrics` serves the Prometheus exposition of `processor.metrics` (aggregated over
+* `/metrics` serves the Prometheus exposition of `processor.ops.metrics` (aggregated over
   every worker in multiprocess mode).
 
 The clock is injectable (`HealthState(clock=...)`) so tests drive time by hand.
@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from processor import metrics
+from processor.ops import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class MetricsServer:
     """A threaded HTTP server for `/metrics`, `/healthz` and `/readyz`.
 
     `port=0` picks a free port; after `start()`, `.port` is the port actually bound.
-    Without `registry`, `/metrics` serves `processor.metrics.registry_for_exposition()`
+    Without `registry`, `/metrics` serves `processor.ops.metrics.registry_for_exposition()`
     (which aggregates all workers in multiprocess mode).
     """
 

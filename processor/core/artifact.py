@@ -273,7 +273,7 @@ class Artifact(NamedTuple):
 
     def to_json_dict(self) -> dict[str, Any]:
         """A JSON-friendly view: bytes as base64 text, text payloads as text."""
-        from processor.jsonform import artifact_to_json_dict
+        from processor.serde.jsonform import artifact_to_json_dict
 
         return artifact_to_json_dict(self)
 

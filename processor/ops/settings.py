@@ -46,8 +46,8 @@ from typing import Any, Final, Literal, cast
 
 import yaml
 
-from processor.errors import ConfigError
-from processor.policy import ERROR_POLICIES, GUARANTEES, RetryPolicy, StageOptions
+from processor.core.errors import ConfigError
+from processor.runtime.options import ERROR_POLICIES, GUARANTEES, RetryPolicy, StageOptions
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ REDACTED: Final = "***"
 _FOREIGN_ENV: Final = frozenset({
     "PROCESSOR_ARCHITECTURE", "PROCESSOR_ARCHITEW6432", "PROCESSOR_IDENTIFIER",
     "PROCESSOR_LEVEL", "PROCESSOR_REVISION",
-    # Read by `processor.kafka_local` (where the local broker's jars and configs live).
+    # Read by `processor.devtools.local_kafka` (where the local broker's jars and configs live).
     "PROCESSOR_KAFKA_HOME", "PROCESSOR_KAFKA_DEPLOY",
 })
 

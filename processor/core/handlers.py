@@ -22,8 +22,8 @@ import importlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple, TypeAlias, TypeVar
 
-from processor.artifact import Artifact
-from processor.errors import HandlerNotFound
+from processor.core.artifact import Artifact
+from processor.core.errors import HandlerNotFound
 
 DEFAULT_OUTPUT = ""
 """The name of a stage's default output (its output topic)."""

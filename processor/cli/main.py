@@ -13,9 +13,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from processor.errors import ProcessorError
+from processor.core.errors import ProcessorError
 
-logger = logging.getLogger("processor.cli")
+logger = logging.getLogger("processor.cli.main")
 
 EPILOG = """\
 examples:
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         "PROCESSOR_* environment variables and a YAML file (--config), in that order of "
         "precedence.",
     )
-    from processor.config import add_run_arguments
+    from processor.ops.settings import add_run_arguments
 
     add_run_arguments(run)
 
@@ -151,7 +151,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from processor.runner import run_from_args
+    from processor.runtime.runner import run_from_args
 
     return run_from_args(args)
 
@@ -168,12 +168,12 @@ def _lines(path: str) -> Iterator[tuple[int, str]]:
 
 
 def cmd_produce(args: argparse.Namespace, err: IO[str] = sys.stderr) -> int:
-    from processor.artifact import Artifact, MediaType
     from processor.backends.kafka import KafkaBroker
-    from processor.codec import Codec
+    from processor.core.artifact import Artifact, MediaType
+    from processor.core.errors import InvalidArtifact
     from processor.demo import generate
-    from processor.errors import InvalidArtifact
-    from processor.jsonform import artifact_from_json
+    from processor.serde.codec import Codec
+    from processor.serde.jsonform import artifact_from_json
 
     broker = KafkaBroker(_need_bootstrap(args))
     producer = broker.producer(client_id="processor-produce")
@@ -240,9 +240,9 @@ def cmd_produce(args: argparse.Namespace, err: IO[str] = sys.stderr) -> int:
 
 def cmd_tail(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
     from processor.backends.kafka import KafkaBroker
-    from processor.codec import Codec
-    from processor.errors import DecodeError
-    from processor.jsonform import artifact_to_json
+    from processor.core.errors import DecodeError
+    from processor.serde.codec import Codec
+    from processor.serde.jsonform import artifact_to_json
 
     broker = KafkaBroker(_need_bootstrap(args))
     if args.topic not in broker.admin().list_topics():
@@ -289,19 +289,19 @@ def cmd_tail(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from processor.kafka_local import main_broker
+    from processor.devtools.local_kafka import main_broker
 
     return main_broker(args.nodes)
 
 
 def cmd_lag(args: argparse.Namespace) -> int:
-    from processor.lag import main_lag
+    from processor.ops.lag import main_lag
 
     return main_lag(_need_bootstrap(args), args.group, args.topics)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from processor.config import check_file
+    from processor.ops.settings import check_file
 
     cfg = check_file(args.file)
     print(f"{args.file}: valid")

@@ -46,8 +46,8 @@ from fastavro import parse_schema, reader, schemaless_reader, schemaless_writer,
 from fastavro.read import SchemaResolutionError
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from processor.artifact import Artifact, MetaValue
-from processor.errors import (
+from processor.core.artifact import Artifact, MetaValue
+from processor.core.errors import (
     ChecksumMismatch,
     DecodeError,
     EmptyInput,
@@ -89,7 +89,8 @@ _READ_ERRORS: Final = (
 
 def load_schema() -> Schema:
     """The artifact schema shipped with the package, as a fresh (unparsed) JSON object."""
-    text = resources.files("processor").joinpath("schemas", "artifact.avsc").read_text("utf-8")
+    schema_file = resources.files("processor.serde").joinpath("schemas", "artifact.avsc")
+    text = schema_file.read_text("utf-8")
     loaded: Schema = json.loads(text)
     return loaded
 

@@ -59,7 +59,8 @@ LATENCY_SAMPLE_EVERY: Final = 16
 """The stage observes latency histograms for one record in this many."""
 
 DLQ_REASONS: Final = ("decode", "checksum", "invalid", "retries-exhausted", "handler-error")
-"""The `reason` label values of `processor_dead_lettered_total` (see `processor.dlq.Reason`)."""
+"""The `reason` label values of `processor_dead_lettered_total`
+(see `processor.runtime.dead_letters.Reason`)."""
 
 REBALANCE_KINDS: Final = ("assign", "revoke", "lost")
 """The `kind` label values of `processor_rebalances_total`."""

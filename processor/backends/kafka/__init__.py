@@ -42,7 +42,7 @@ from processor.backends.abstract import (
     Producer,
     TopicPartition,
 )
-from processor.errors import (
+from processor.core.errors import (
     BackendError,
     BrokerUnavailable,
     ConfigError,
@@ -206,7 +206,7 @@ def _error_of(exc: KafkaException) -> KafkaError | None:
 
 def _raise_kafka(exc: KafkaException, what: str, *, transactional: bool = False,
                  fatal_hint: KafkaError | None = None) -> NoReturn:
-    """Raise the `processor.errors` exception for a KafkaException of operation `what`."""
+    """Raise the `processor.core.errors` exception for a KafkaException of operation `what`."""
     error = _error_of(exc)
     if error is None:
         raise BackendError(f"{what}: {exc}") from exc

@@ -1,6 +1,6 @@
 """A local Apache Kafka 4.x cluster (KRaft) for tests, `processor broker` and benchmarks.
 
-The broker's jars come from Maven Central: `deploy/kafka-local/pom.xml` depends on
+The broker's jars come from Maven Central: the package data file `kafka/pom.xml` depends on
 `org.apache.kafka:kafka_2.13` plus a Log4j 2 binding, and `mvn dependency:copy-dependencies`
 copies them once into a cache directory (`~/.cache/processor/kafka-4.1.1/libs`, or
 `$PROCESSOR_KAFKA_HOME/libs`). Every node is a combined broker and controller listening on
@@ -36,7 +36,7 @@ from pathlib import Path
 from string import Template
 from types import FrameType, TracebackType
 
-from processor.errors import ProcessorError
+from processor.core.errors import ProcessorError
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ FAST_START_JVM_FLAGS: tuple[str, ...] = (
 )
 THROUGHPUT_JVM_FLAGS: tuple[str, ...] = ("-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20")
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+_PACKAGE_DATA = Path(__file__).resolve().parent / "kafka"
 _MARKER = ".complete"
 
 
@@ -126,13 +126,12 @@ def kafka_home() -> Path:
 
 
 def deploy_dir() -> Path:
-    """`deploy/kafka-local`: the pom and the configuration templates."""
-    configured = os.environ.get("PROCESSOR_KAFKA_DEPLOY")
-    directory = Path(configured) if configured else _REPO_ROOT / "deploy" / "kafka-local"
+    """The pom and the configuration templates, shipped as package data (`kafka/`)."""
+    directory = _PACKAGE_DATA
     if not (directory / "pom.xml").is_file():
         raise LocalKafkaError(
-            f"{directory / 'pom.xml'} not found; run from a source checkout or set "
-            "PROCESSOR_KAFKA_DEPLOY to the deploy/kafka-local directory"
+            f"{directory / 'pom.xml'} not found: the package is installed without its data "
+            "files; reinstall it"
         )
     return directory
 

@@ -22,11 +22,11 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING
 
-from processor.errors import ConfigError, ProcessorError
+from processor.core.errors import ConfigError, ProcessorError
 
 if TYPE_CHECKING:
-    from processor.config import StageConfig
-    from processor.stage import Stage
+    from processor.ops.settings import StageConfig
+    from processor.runtime.stage import Stage
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ _RUNNING: list[Stage] = []
 
 
 def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
-    from processor.logs import lifecycle
+    from processor.ops.logs import lifecycle
 
     _STOP_REQUESTS.append(signal.Signals(signum).name)
     lifecycle(logger, "shutdown", signal=_STOP_REQUESTS[-1],
@@ -53,8 +53,8 @@ def _catch_stop_signals() -> None:
 
 def run_from_args(args: argparse.Namespace) -> int:
     _catch_stop_signals()
-    from processor.config import load_config
-    from processor.logs import configure_logging
+    from processor.ops.logs import configure_logging
+    from processor.ops.settings import load_config
 
     flags = {k: v for k, v in vars(args).items() if k not in ("command",)}
     config_path = flags.pop("config", None)
@@ -69,7 +69,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     if not cfg.handlers:
         raise ConfigError("handlers: at least one --handler MODULE:FUNCTION is required")
     # Resolve handlers in the parent too, so a wrong reference fails before any fork.
-    from processor.handlers import registry
+    from processor.core.handlers import registry
 
     registry.resolve_all(cfg.handlers)
     if cfg.processes <= 1:
@@ -78,8 +78,8 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 def _scrub_secrets(cfg: StageConfig) -> None:
-    from processor.config import secret_values
-    from processor.logs import register_secret
+    from processor.ops.logs import register_secret
+    from processor.ops.settings import secret_values
 
     for value in secret_values(cfg.kafka):
         register_secret(value)
@@ -115,10 +115,10 @@ def claim_transactional_id(base: str, lock_dir: Path | None = None,
 def run_worker(cfg: StageConfig, index: int, serve_metrics: bool) -> int:
     """Run one stage until SIGTERM/SIGINT; returns the process exit code."""
     from processor.backends.kafka import KafkaBroker
-    from processor.handlers import registry
-    from processor.health import HealthState, MetricsServer
-    from processor.metrics import StageMetrics
-    from processor.stage import Stage
+    from processor.core.handlers import registry
+    from processor.ops.health import HealthState, MetricsServer
+    from processor.ops.metrics import StageMetrics
+    from processor.runtime.stage import Stage
 
     assert cfg.bootstrap_servers is not None
     _catch_stop_signals()
@@ -157,7 +157,7 @@ def run_worker(cfg: StageConfig, index: int, serve_metrics: bool) -> int:
 
 def _worker_main(cfg: StageConfig, index: int, multiproc_dir: str) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
-    from processor.logs import configure_logging
+    from processor.ops.logs import configure_logging
 
     configure_logging(cfg.log_format, cfg.log_level)
     _scrub_secrets(cfg)
@@ -170,8 +170,8 @@ def _worker_main(cfg: StageConfig, index: int, multiproc_dir: str) -> None:
 
 
 def _run_parent(cfg: StageConfig) -> int:
-    from processor.health import HealthState, MetricsServer
-    from processor.metrics import cleanup_multiprocess, enable_multiprocess, worker_exited
+    from processor.ops.health import HealthState, MetricsServer
+    from processor.ops.metrics import cleanup_multiprocess, enable_multiprocess, worker_exited
 
     multiproc_dir = tempfile.mkdtemp(prefix="processor-metrics-")
     enable_multiprocess(multiproc_dir)

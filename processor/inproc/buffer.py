@@ -5,7 +5,7 @@ error propagates unchanged and nothing is queued), encodes what the handler retu
 queues it. `read()` returns the next queued encoding, blocking until there is one, and
 `b""` once the buffer is closed and drained (end of stream).
 
-Outcomes, as `processor.handlers.outcomes` normalises them:
+Outcomes, as `processor.core.handlers.outcomes` normalises them:
 
 * the same artifact object: queued as the original bytes, not encoded again;
 * another artifact: encoded and queued;
@@ -35,10 +35,10 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Final
 
-from processor.artifact import Artifact
-from processor.codec import Codec, default_codec
-from processor.errors import BufferClosed, BufferEmpty, BufferFull, EmptyInput
-from processor.handlers import DEFAULT_OUTPUT, Handler, Outcome, Routed, outcomes
+from processor.core.artifact import Artifact
+from processor.core.errors import BufferClosed, BufferEmpty, BufferFull, EmptyInput
+from processor.core.handlers import DEFAULT_OUTPUT, Handler, Outcome, Routed, outcomes
+from processor.serde.codec import Codec, default_codec
 
 logger = logging.getLogger(__name__)
 

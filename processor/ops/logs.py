@@ -2,7 +2,7 @@
 
 `configure_logging("json", "INFO")` makes every record one JSON object on one line:
 
-    {"ts": "2025-01-31T12:00:00.123Z", "level": "INFO", "logger": "processor.stage",
+    {"ts": "2025-01-31T12:00:00.123Z", "level": "INFO", "logger": "processor.runtime.stage",
      "message": "assignment: orders[0], orders[1]", "event": "assignment",
      "stage": "validate", "partitions": ["orders[0]", "orders[1]"]}
 
@@ -24,7 +24,7 @@ so a log query can follow a partition through rebalances.
 
 Secrets
 -------
-Extra fields whose name looks secret (see `processor.config.is_secret_key`) are written as
+Extra fields whose name looks secret (see `processor.ops.settings.is_secret_key`) are written as
 `***`, and `register_secret(value)` (called by the CLI with the secret values of the
 configuration) replaces any occurrence of that value in a message with `***`.
 """
@@ -39,8 +39,8 @@ import time
 from collections.abc import Iterable
 from typing import Final, TextIO
 
-from processor.config import LOG_FORMATS, LOG_LEVELS, REDACTED, is_secret_key
-from processor.errors import ConfigError
+from processor.core.errors import ConfigError
+from processor.ops.settings import LOG_FORMATS, LOG_LEVELS, REDACTED, is_secret_key
 
 LIFECYCLE_EVENTS: Final = (
     "start", "assignment", "revocation", "lost", "pause", "resume", "shutdown", "stopped",
@@ -115,7 +115,7 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """`2025-01-31 12:00:00,123 INFO processor.stage: message key=value ...`"""
+    """`2025-01-31 12:00:00,123 INFO processor.runtime.stage: message key=value ...`"""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -160,7 +160,7 @@ def configure_logging(fmt: str = "text", level: str = "INFO", stream: TextIO | N
     root.addHandler(handler)
     root.setLevel(level.upper())
     # The metrics server's one line per scrape stays out, even at DEBUG.
-    logging.getLogger("processor.health").setLevel(max(root.level, logging.INFO))
+    logging.getLogger("processor.ops.health").setLevel(max(root.level, logging.INFO))
     return handler
 
 

@@ -1,7 +1,7 @@
 """Stage policies: frozen values with named presets.
 
 `StageOptions` is everything a stage needs to know besides its backend and handlers.
-`processor.config` builds it from a YAML file, the environment and CLI flags.
+`processor.ops.settings` builds it from a YAML file, the environment and CLI flags.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final, Literal
 
-from processor.errors import ConfigError
+from processor.core.errors import ConfigError
 
 
 def read_only(mapping: dict[str, object]) -> MappingProxyType[str, object]:

@@ -1,0 +1,1 @@
+"""The `processor` command: one module per command group. Nothing imports this layer."""
