@@ -480,7 +480,7 @@ def test_producer_and_consumer_threads() -> None:
         deadline = time.monotonic() + 20
         while len(received) < per_thread * threads and time.monotonic() < deadline:
             for m in consumer.consume(1000, 0.5):
-                received.append((m.partition(), m.offset(), m.value() or b""))  # type: ignore[arg-type]
+                received.append((m.partition(), m.offset(), m.value() or b""))
         consumer.close()
 
     workers = [threading.Thread(target=produce, args=(n,)) for n in range(threads)]
