@@ -143,7 +143,7 @@ def _need_bootstrap(args: argparse.Namespace) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from processor.demo import main_demo
+    from processor.demo.run import main_demo
 
     if args.input is not None and not args.input.is_file():
         raise ProcessorError(f"--input {args.input}: no such file")
@@ -171,7 +171,7 @@ def cmd_produce(args: argparse.Namespace, err: IO[str] = sys.stderr) -> int:
     from processor.backends.kafka import KafkaBroker
     from processor.core.artifact import Artifact, MediaType
     from processor.core.errors import InvalidArtifact
-    from processor.demo import generate
+    from processor.demo.run import generate
     from processor.serde.codec import Codec
     from processor.serde.jsonform import artifact_from_json
 
