@@ -22,9 +22,9 @@ import workload
 
 from processor.backends.kafka import KafkaBroker
 from processor.core.errors import RebalanceInProgress
+from processor.core.options import StageOptions
 from processor.ops.health import HealthState
 from processor.ops.metrics import StageMetrics
-from processor.runtime.options import StageOptions
 from processor.runtime.stage import Stage
 
 

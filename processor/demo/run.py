@@ -17,7 +17,7 @@ from typing import IO
 
 from processor.backends.abstract import Broker
 from processor.core.artifact import Artifact, MediaType, Role
-from processor.runtime.options import StageOptions
+from processor.core.options import StageOptions
 from processor.runtime.stage import Stage
 from processor.serde.codec import Codec
 from processor.serde.jsonform import artifact_to_json

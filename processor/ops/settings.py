@@ -1,4 +1,13 @@
-"""Stage configuration: a YAML file, the environment and CLI flags, validated at start.
+"""Stage configuration: a YAML file, the environment and CLI flags, read by pydantic-settings.
+
+One declaration per setting
+---------------------------
+A setting is one field: the stage's own on `processor.core.options.StageOptions` (and its
+`RetryPolicy`), the operational ones on `StageConfig` below. Each `Field` carries the type,
+the default, the bounds or choices and the help text. `StageSettings`, the pydantic-settings
+model `load_config` validates, is generated from those fields, and so are the YAML key, the
+environment variable, the flag of `processor run`, the `describe()` row and the error
+message. Adding a setting is adding a field.
 
 Sources and precedence
 ----------------------
@@ -8,151 +17,326 @@ Every setting can come from four places; a higher one wins, field by field:
    and does not count;
 2. environment variables `PROCESSOR_<FIELD>` (`PROCESSOR_BATCH_SIZE=500`);
 3. the YAML file (`--config stage.yaml`, or the path in `PROCESSOR_CONFIG`);
-4. the defaults below.
+4. the defaults of the fields.
 
-The YAML key, the environment variable and the flag of a field are derived from its name
-alone: `batch_size` / `PROCESSOR_BATCH_SIZE` / `--batch-size`. Exceptions:
+Names derive from the field: `batch_size` / `PROCESSOR_BATCH_SIZE` / `--batch-size`. A
+nested field is `retry: {max_attempts: 3}` / `PROCESSOR_RETRY_MAX_ATTEMPTS` /
+`--retry-max-attempts`. Mappings merge key by key across the sources; a list is replaced
+whole by a higher source. In particular:
 
-* `handlers`: a YAML list, `PROCESSOR_HANDLERS` comma-separated, `--handler` repeated.
-  A higher source replaces the whole list. Each is `module:function` or a registered name.
+* `handlers` (required): a YAML list, `PROCESSOR_HANDLERS` comma-separated, `--handler`
+  repeated. Each is `module:function` or a registered name.
 * `kafka`: librdkafka settings, passed through untouched under the one YAML key `kafka:`.
   From the environment, `PROCESSOR_KAFKA__<KEY>` where `<KEY>` is the librdkafka key
   upper-cased with dots written as underscores (`PROCESSOR_KAFKA__SASL_PASSWORD` sets
-  `sasl.password`); from flags, `--set key=value` (repeatable). Keys are merged one by
-  one across the sources.
-* `retry`: a YAML mapping (`max_attempts`, `initial_backoff`, `max_backoff`,
-  `multiplier`, `jitter`), or `PROCESSOR_RETRY_<KEY>` from the environment.
-* `outputs`: a YAML mapping of output name -> topic, or `PROCESSOR_OUTPUTS` as
-  `name=topic,name=topic`.
-* `metrics_port`: `null` (YAML) or `off` (environment, flag) disables the HTTP server;
-  0 picks a free port.
+  `sasl.password`); from flags, `--set key=value` (repeatable).
+* `outputs`: a YAML mapping of output name -> topic, `PROCESSOR_OUTPUTS` as
+  `name=topic,name=topic`, or `--output name=topic` (repeatable).
+* An optional value given as text (environment, flags) is unset by `none`, `null`, `off`,
+  `-` or nothing: `metrics_port` `off` (YAML `null`) disables the HTTP server; 0 picks a
+  free port.
 
-`input_topic` and `group` are required; `name` defaults to the group; no
-`bootstrap_servers` means the in-memory broker.
+`input_topic`, `group`, `handlers` and `bootstrap_servers` are required (`processor run`
+serves a real Kafka cluster: the in-memory broker lives inside one process, for tests and
+the demo); `name` defaults to the group.
 
-Errors are `ConfigError`s naming the field, the source and what is allowed; all problems
-of one configuration are reported together. Secret values (`redact`) are never printed.
+The `PROCESSOR_` prefix
+-----------------------
+Only these variables are read: `PROCESSOR_CONFIG`, `PROCESSOR_<FIELD>`,
+`PROCESSOR_RETRY_<KEY>` and `PROCESSOR_KAFKA__<KEY>`. Two kinds of other `PROCESSOR_*`
+names are never read as settings nor reported: those Windows sets on its own to describe
+the CPU (`PLATFORM_ENV`: `PROCESSOR_ARCHITECTURE`, `PROCESSOR_IDENTIFIER`, ...), and
+`PROCESSOR_KAFKA_HOME`, where `processor.devtools.local_kafka` and the Makefile find the
+local broker (`TOOLING_ENV`). The double underscore tells a librdkafka setting apart:
+`PROCESSOR_KAFKA__` opens one, so `PROCESSOR_KAFKA_HOME` (one underscore) is never taken
+for a `kafka.home`. Any other unknown `PROCESSOR_*` variable is ignored with a warning
+(for `PROCESSOR_KAFKA_<X>`, one that points at the double underscore).
+
+Errors and secrets
+------------------
+`load_config` raises one `ConfigError` listing every problem, each naming the key, what
+is allowed and its source (`from file stage.yaml`, `from environment PROCESSOR_GROUP`,
+`from flag --batch-size`). Secret values never print: a declared secret is a `SecretStr`,
+and in the `kafka` pass-through any key that looks secret (`is_secret_key`) is written
+`***` by `describe()` and scrubbed from logs (`secret_values`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any, Final, Literal, cast
+from types import MappingProxyType, NoneType, UnionType
+from typing import Annotated, Any, Final, Literal, Union, cast, get_args, get_origin
 
 import yaml
+from annotated_types import Ge, Gt, Le
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    SecretStr,
+    ValidationError,
+    create_model,
+)
+from pydantic.dataclasses import dataclass
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from processor.core.errors import ConfigError
-from processor.runtime.options import ERROR_POLICIES, GUARANTEES, RetryPolicy, StageOptions
+from processor.core.options import Count, Name, ReadOnly, RetryPolicy, StageOptions
 
 logger = logging.getLogger(__name__)
 
 LogFormat = Literal["text", "json"]
-LOG_FORMATS: Final = ("text", "json")
-LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LOG_FORMATS: Final[tuple[str, ...]] = get_args(LogFormat)
+LOG_LEVELS: Final[tuple[str, ...]] = get_args(LogLevel)
 DEFAULT_METRICS_PORT: Final = 9100
 DEFAULT_METRICS_HOST: Final = "0.0.0.0"
 
 ENV_PREFIX: Final = "PROCESSOR_"
 KAFKA_ENV_PREFIX: Final = "PROCESSOR_KAFKA__"
-RETRY_ENV_PREFIX: Final = "PROCESSOR_RETRY_"
 CONFIG_ENV: Final = "PROCESSOR_CONFIG"
+PLATFORM_ENV: Final = frozenset({
+    "PROCESSOR_ARCHITECTURE", "PROCESSOR_ARCHITEW6432", "PROCESSOR_IDENTIFIER",
+    "PROCESSOR_LEVEL", "PROCESSOR_REVISION",
+})
+"""Set by Windows itself: never settings."""
+TOOLING_ENV: Final = frozenset({"PROCESSOR_KAFKA_HOME"})
+"""Read by the local broker tooling (`processor.devtools.local_kafka`, the Makefile)."""
 
 SECRET_MARKERS: Final = (
     "password", "secret", "sasl.oauthbearer", "sasl.jaas", "ssl.key", "token",
     "credential", "api.key", "private",
 )
 REDACTED: Final = "***"
+_NONE_WORDS: Final = frozenset({"", "none", "null", "off", "-"})
 
-# Variables some platforms set on their own (Windows describes its CPU with them).
-_FOREIGN_ENV: Final = frozenset({
-    "PROCESSOR_ARCHITECTURE", "PROCESSOR_ARCHITEW6432", "PROCESSOR_IDENTIFIER",
-    "PROCESSOR_LEVEL", "PROCESSOR_REVISION",
-    # Read by `processor.devtools.local_kafka` (where the local broker's jars and configs live).
-    "PROCESSOR_KAFKA_HOME", "PROCESSOR_KAFKA_DEPLOY",
+
+# --- secrets -----------------------------------------------------------------------------
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a setting's value is a secret, judged by its name."""
+    normal = key.lower().replace("_", ".").replace("-", ".")
+    return any(marker in normal for marker in SECRET_MARKERS)
+
+
+def redact(mapping: Mapping[str, object]) -> dict[str, object]:
+    """A copy of `mapping` (nested mappings too) with every secret value (a `SecretStr`,
+    or under a secret-looking key) replaced by `***`. Use it on anything about to be
+    printed or logged."""
+    out: dict[str, object] = {}
+    for key, value in mapping.items():
+        if is_secret_key(str(key)) or isinstance(value, SecretStr):
+            out[key] = REDACTED
+        elif isinstance(value, Mapping):
+            out[key] = redact(cast(Mapping[str, object], value))
+        else:
+            out[key] = value
+    return out
+
+
+def secret_values(mapping: Mapping[str, object]) -> list[str]:
+    """The secret values of `mapping` (as strings), for log scrubbing."""
+    found: list[str] = []
+    for key, value in mapping.items():
+        if isinstance(value, SecretStr):
+            found.append(value.get_secret_value())
+        elif isinstance(value, Mapping):
+            found.extend(secret_values(cast(Mapping[str, object], value)))
+        elif is_secret_key(str(key)) and value is not None and str(value):
+            found.append(str(value))
+    return [value for value in found if value]
+
+
+# --- the configuration value -------------------------------------------------------------
+
+
+def _kafka_value(value: object) -> str | int | float | bool:
+    if isinstance(value, str | int | float | bool):
+        return value
+    raise PydanticCustomError("kafka_value", "librdkafka values are strings, numbers or "
+                              "booleans, got {kind}", {"kind": type(value).__name__})
+
+
+def _one_or_many(value: object) -> object:
+    return [value] if isinstance(value, str) else value
+
+
+def _upper(value: object) -> object:
+    return value.strip().upper() if isinstance(value, str) else value
+
+
+KafkaValue = Annotated[str | int | float | bool, PlainValidator(_kafka_value)]
+
+
+@dataclass(frozen=True, slots=True, config=ConfigDict(extra="forbid"))
+class StageConfig:
+    """Everything `processor run` needs; built by `load_config`. The fields after `options`
+    are the operational settings (`json_schema_extra` names the flag's group, metavar, or
+    a flag name other than the field's)."""
+
+    options: StageOptions
+    bootstrap_servers: Annotated[Name, Field(
+        description="Kafka bootstrap servers host:port[,...]",
+        json_schema_extra={"group": "kafka", "metavar": "SERVERS"})]
+    handlers: Annotated[tuple[Name, ...], BeforeValidator(_one_or_many), Field(
+        min_length=1, description="handler to run, module:function or a registered name; "
+                                  "a chain runs in order",
+        json_schema_extra={"flag": "handler", "metavar": "REF"})]
+    kafka: Annotated[Mapping[str, KafkaValue], ReadOnly, Field(
+        description="a librdkafka setting passed to every Kafka client, e.g. "
+                    "compression.type=lz4",
+        json_schema_extra={"group": "kafka", "flag": "set", "metavar": "KEY=VALUE"})] = (
+        dataclasses.field(default_factory=lambda: MappingProxyType({}), repr=False))
+    metrics_port: Annotated[Count | None, Field(
+        ge=0, le=65535, description="port of /metrics, /healthz, /readyz (0 picks a free "
+                                    "port; off disables)",
+        json_schema_extra={"group": "operations", "metavar": "PORT", "none": "off"})] = (
+        DEFAULT_METRICS_PORT)
+    metrics_host: Annotated[Name, Field(
+        description="address the metrics server binds",
+        json_schema_extra={"group": "operations", "metavar": "HOST"})] = DEFAULT_METRICS_HOST
+    log_format: Annotated[LogFormat, Field(
+        description="log format: text for a terminal, json for one object a line",
+        json_schema_extra={"group": "operations"})] = "text"
+    log_level: Annotated[LogLevel, BeforeValidator(_upper), Field(
+        description="log level", json_schema_extra={"group": "operations"})] = "INFO"
+    processes: Annotated[Count, Field(
+        ge=1, description="worker processes, each a member of the consumer group",
+        json_schema_extra={"group": "operations", "metavar": "N"})] = 1
+    sources: Annotated[Mapping[str, str], ReadOnly] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({}), compare=False, repr=False)
+    """Setting -> where its value came from ("default", "file stage.yaml", ...)."""
+
+    @property
+    def name(self) -> str:
+        return self.options.name
+
+    def value(self, key: str) -> object:
+        """The value of setting `key` (a stage option or an operational setting)."""
+        return getattr(self.options if key in _STAGE_FIELDS else self, key)
+
+    def describe(self) -> str:
+        """A human summary, secrets redacted, with where each value came from."""
+        lines = [f"stage {self.name}"]
+        for key, info in SETTINGS.items():
+            if key != "kafka":
+                lines.append(f"  {key}: {_show(key, info, self.value(key))}{self._from(key)}")
+        if self.kafka:
+            lines.append("  kafka:")
+            for key, value in sorted(redact(self.kafka).items()):
+                lines.append(f"    {key}: {value}{self._from('kafka.' + key)}")
+        return "\n".join(lines)
+
+    def _from(self, key: str) -> str:
+        found = ", ".join(dict.fromkeys(
+            where for name, where in sorted(self.sources.items())
+            if name == key or name.startswith(key + ".")))
+        return f"  ({found})" if found else ""
+
+
+def _show(key: str, info: FieldInfo, value: object) -> str:
+    if value is None:
+        return str(_extra(info).get("none", "-"))
+    if isinstance(value, SecretStr) or is_secret_key(key):
+        return REDACTED
+    if isinstance(value, tuple):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={v}" for k, v in sorted(redact(value).items())) or "-"
+    if dataclasses.is_dataclass(value):
+        return " ".join(f"{f.name}={getattr(value, f.name):g}" for f in dataclasses.fields(value))
+    return str(value)
+
+
+# --- the settings model, generated from the fields ---------------------------------------
+
+
+def _extra(info: FieldInfo) -> dict[str, Any]:
+    return dict(info.json_schema_extra) if isinstance(info.json_schema_extra, dict) else {}
+
+
+def _fields_of(cls: type) -> dict[str, FieldInfo]:
+    """The declared fields of a pydantic dataclass, in order."""
+    return cast(dict[str, FieldInfo], getattr(cls, "__pydantic_fields__"))  # noqa: B009
+
+
+_STAGE_FIELDS: Final = _fields_of(StageOptions)
+_RETRY_FIELDS: Final = _fields_of(RetryPolicy)
+_OPS_FIELDS: Final = {k: v for k, v in _fields_of(StageConfig).items()
+                      if k not in ("options", "sources")}
+
+
+def _setting(key: str, info: FieldInfo) -> tuple[Any, FieldInfo]:
+    """A field of the settings model: the option's own, optional where `load_config`
+    fills the value in (`name` from the group) or a sink needs none (`output_topic`)."""
+    if key == "name":
+        inner = cast(Any, Annotated)[(info.annotation, *info.metadata)]
+        return inner | None, FieldInfo(default=None, description=info.description)
+    if key == "output_topic":
+        return info.annotation, FieldInfo.merge_field_infos(info, default=None)
+    return info.annotation, info
+
+
+_SOURCES: ContextVar[tuple[PydanticBaseSettingsSource, ...]] = ContextVar(
+    "_SOURCES", default=())
+
+
+class _SettingsBase(BaseSettings):
+    model_config = SettingsConfigDict(extra="forbid")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return _SOURCES.get()  # flags, environment, file: highest first
+
+
+StageSettings: Final = create_model(
+    "StageSettings", __base__=_SettingsBase,
+    **cast(dict[str, Any], {key: _setting(key, info)
+                            for key, info in {**_STAGE_FIELDS, **_OPS_FIELDS}.items()}))
+"""The pydantic-settings model of one stage: every setting, flat as in the YAML file."""
+
+SETTINGS: Final[Mapping[str, FieldInfo]] = MappingProxyType(dict(StageSettings.model_fields))
+"""Top-level settings (YAML keys) in declaration order."""
+FIELDS: Final[Mapping[str, FieldInfo]] = MappingProxyType({
+    flat: info
+    for key, top in SETTINGS.items()
+    for flat, info in ([(key, top)] if key != "retry" else
+                       [(f"retry.{k}", v) for k, v in _RETRY_FIELDS.items()])
 })
-
-Kind = Literal["str", "opt_str", "int", "float", "choice", "port"]
-
-
-@dataclass(frozen=True, slots=True)
-class _Field:
-    kind: Kind
-    help: str
-    default: object = None
-    minimum: float | None = None
-    exclusive_minimum: bool = False
-    maximum: float | None = None
-    choices: tuple[str, ...] = ()
-    metavar: str | None = None
-
-
-_DEFAULT_OPTIONS = StageOptions(name="-", input_topic="-in", output_topic=None, group="-")
-
-SCALARS: Final[Mapping[str, _Field]] = MappingProxyType({
-    "name": _Field("opt_str", "stage name used in metrics and logs (default: the group)"),
-    "input_topic": _Field("str", "topic the stage reads (required)", metavar="TOPIC"),
-    "output_topic": _Field("opt_str", "topic the stage writes (none: a sink stage)",
-                           metavar="TOPIC"),
-    "group": _Field("str", "consumer group; replicas sharing it share the partitions (required)"),
-    "dlq_topic": _Field("opt_str", "dead-letter topic (none: a record that must be "
-                        "dead-lettered stops the stage, uncommitted)",
-                        metavar="TOPIC"),
-    "guarantee": _Field("choice", "delivery guarantee", _DEFAULT_OPTIONS.guarantee,
-                        choices=GUARANTEES),
-    "batch_size": _Field("int", "most records taken from the consumer in one call",
-                         _DEFAULT_OPTIONS.batch_size, minimum=1, metavar="N"),
-    "poll_timeout": _Field("float", "seconds one consume call waits for a first record",
-                           _DEFAULT_OPTIONS.poll_timeout, minimum=0, metavar="SECONDS"),
-    "commit_interval": _Field("float", "seconds between commits",
-                              _DEFAULT_OPTIONS.commit_interval, minimum=0,
-                              exclusive_minimum=True, metavar="SECONDS"),
-    "max_in_flight": _Field("int", "records produced but not committed before an early commit",
-                            _DEFAULT_OPTIONS.max_in_flight, minimum=1, metavar="N"),
-    "error_policy": _Field("choice", "what an unexpected handler exception does",
-                           _DEFAULT_OPTIONS.error_policy, choices=ERROR_POLICIES),
-    "shutdown_timeout": _Field("float", "seconds a shutdown may take to drain and commit",
-                               _DEFAULT_OPTIONS.shutdown_timeout, minimum=0,
-                               exclusive_minimum=True, metavar="SECONDS"),
-    "transactional_id": _Field("opt_str", "exactly-once: this instance's transactional id "
-                               "(default: derived from the name)", metavar="ID"),
-    "bootstrap_servers": _Field("opt_str", "Kafka bootstrap servers host:port[,...] "
-                                "(none: the in-memory broker)", metavar="SERVERS"),
-    "metrics_port": _Field("port", f"port of /metrics, /healthz, /readyz (default "
-                           f"{DEFAULT_METRICS_PORT}; 0 picks a free port; 'off' disables)",
-                           DEFAULT_METRICS_PORT, metavar="PORT"),
-    "metrics_host": _Field("str", f"address the metrics server binds (default "
-                           f"{DEFAULT_METRICS_HOST})", DEFAULT_METRICS_HOST, metavar="HOST"),
-    "log_format": _Field("choice", "log format: text for a terminal, json for one object a line",
-                         "text", choices=LOG_FORMATS),
-    "log_level": _Field("choice", "log level", "INFO", choices=LOG_LEVELS),
-    "processes": _Field("int", "worker processes, each a member of the consumer group",
-                        1, minimum=1, metavar="N"),
-})
-"""The scalar fields: YAML key -> type, help, default and limits."""
-
-RETRY_FIELDS: Final[Mapping[str, _Field]] = MappingProxyType({
-    "max_attempts": _Field("int", "attempts before dead-lettering", minimum=1),
-    "initial_backoff": _Field("float", "seconds after the first failure", minimum=0),
-    "max_backoff": _Field("float", "longest wait in seconds", minimum=0),
-    "multiplier": _Field("float", "backoff growth per attempt", minimum=1),
-    "jitter": _Field("float", "random spread, a fraction", minimum=0, maximum=1),
-})
-
-STRUCTURED: Final = ("handlers", "kafka", "retry", "outputs")
-KNOWN_KEYS: Final = tuple(sorted((*SCALARS, *STRUCTURED)))
+"""Every setting with a flag and a variable of its own: `retry` as `retry.<key>`."""
+KNOWN_KEYS: Final = tuple(sorted(SETTINGS))
 """Every top-level key a YAML file may have."""
 
+
+def env_name(key: str) -> str:
+    """`retry.max_attempts` -> `PROCESSOR_RETRY_MAX_ATTEMPTS`."""
+    return ENV_PREFIX + key.upper().replace(".", "_")
+
+
+def flag_name(key: str) -> str:
+    """`batch_size` -> `--batch-size`; `handlers` -> `--handler` (its declared flag)."""
+    return "--" + str(_extra(FIELDS[key]).get("flag", key)).replace("_", "-").replace(".", "-")
+
+
 ENV_VARS: Final[Mapping[str, str]] = MappingProxyType({
-    **{ENV_PREFIX + key.upper(): key for key in (*SCALARS, "handlers", "outputs")},
-    **{RETRY_ENV_PREFIX + key.upper(): "retry." + key for key in RETRY_FIELDS},
-    CONFIG_ENV: "config",
-})
-"""Environment variable -> the field it sets (plus `PROCESSOR_KAFKA__*` for `kafka`)."""
+    **{env_name(key): key for key in FIELDS if key != "kafka"}, CONFIG_ENV: "config"})
+"""Environment variable -> the setting it sets (plus `PROCESSOR_KAFKA__*` for `kafka`)."""
 
 
 def is_known_env_var(name: str) -> bool:
@@ -166,229 +350,82 @@ def kafka_key_from_env(name: str) -> str:
     return name[len(KAFKA_ENV_PREFIX):].lower().replace("_", ".")
 
 
-# --- secrets -----------------------------------------------------------------------------
-
-
-def is_secret_key(key: str) -> bool:
-    """Whether a setting's value is a secret, judged by its name."""
-    normal = key.lower().replace("_", ".").replace("-", ".")
-    return any(marker in normal for marker in SECRET_MARKERS)
-
-
-def redact(mapping: Mapping[str, object]) -> dict[str, object]:
-    """A copy of `mapping` (nested mappings too) with every secret value replaced by
-    `***`. Use it on anything about to be printed or logged."""
-    out: dict[str, object] = {}
-    for key, value in mapping.items():
-        if is_secret_key(str(key)):
-            out[key] = REDACTED
-        elif isinstance(value, Mapping):
-            out[key] = redact(cast(Mapping[str, object], value))
+def _kind(info: FieldInfo) -> str:
+    """int, float, str, choice, list, mapping or nested, from the field's annotation."""
+    tp: Any = info.annotation
+    while True:
+        if get_origin(tp) is Annotated:
+            tp = get_args(tp)[0]
+        elif get_origin(tp) in (Union, UnionType):
+            tp = next(a for a in get_args(tp) if a is not NoneType)
         else:
-            out[key] = value
-    return out
+            break
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "choice"
+    if origin is tuple or origin is list:
+        return "list"
+    if origin is Mapping or origin is dict:
+        return "mapping"
+    return {int: "int", float: "float", str: "str"}.get(tp, "nested")
 
 
-def secret_values(mapping: Mapping[str, object]) -> list[str]:
-    """The secret values of `mapping` (as strings), for log scrubbing."""
-    found: list[str] = []
-    for key, value in mapping.items():
-        if isinstance(value, Mapping):
-            found.extend(secret_values(cast(Mapping[str, object], value)))
-        elif is_secret_key(str(key)) and value is not None and str(value):
-            found.append(str(value))
-    return found
+def _choices(info: FieldInfo) -> tuple[str, ...]:
+    tp: Any = info.annotation
+    return tuple(get_args(tp)) if get_origin(tp) is Literal else ()
 
 
-# --- the configuration value -------------------------------------------------------------
+def _optional(info: FieldInfo) -> bool:
+    return NoneType in get_args(info.annotation)
 
 
-@dataclass(frozen=True, slots=True)
-class StageConfig:
-    """Everything `processor run` needs; built by `load_config`."""
-
-    options: StageOptions
-    bootstrap_servers: str | None = None
-    """None: the in-memory broker."""
-    kafka: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
-    """librdkafka settings passed through to every client."""
-    handlers: tuple[str, ...] = ()
-    metrics_port: int | None = DEFAULT_METRICS_PORT
-    """None: no HTTP server; 0: any free port."""
-    metrics_host: str = DEFAULT_METRICS_HOST
-    log_format: LogFormat = "text"
-    log_level: str = "INFO"
-    processes: int = 1
-    sources: Mapping[str, str] = field(
-        default_factory=lambda: MappingProxyType({}), compare=False, repr=False
-    )
-    """Field -> where its value came from ("default", "file stage.yaml", ...)."""
-
-    def __post_init__(self) -> None:
-        errors: list[str] = []
-        if not self.handlers:
-            errors.append("handlers: at least one handler is required (module:function or a "
-                          "registered name)")
-        for ref in self.handlers:
-            if not ref or not ref.strip():
-                errors.append("handlers: a handler reference must not be empty")
-        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
-            errors.append(f"metrics_port: must be between 0 and 65535, got {self.metrics_port}")
-        if self.log_format not in LOG_FORMATS:
-            errors.append(f"log_format: {self.log_format!r} is not allowed; allowed values: "
-                          f"{', '.join(LOG_FORMATS)}")
-        if self.log_level not in LOG_LEVELS:
-            errors.append(f"log_level: {self.log_level!r} is not allowed; allowed values: "
-                          f"{', '.join(LOG_LEVELS)}")
-        if self.processes < 1:
-            errors.append(f"processes: must be at least 1, got {self.processes}")
-        if errors:
-            raise ConfigError("\n".join(errors))
-        object.__setattr__(self, "kafka", MappingProxyType(dict(self.kafka)))
-        object.__setattr__(self, "sources", MappingProxyType(dict(self.sources)))
-        object.__setattr__(self, "handlers", tuple(self.handlers))
-
-    @property
-    def name(self) -> str:
-        return self.options.name
-
-    def describe(self) -> str:
-        """A human summary, secrets redacted, with where each value came from."""
-        o = self.options
-        rows: list[tuple[str, object]] = [
-            ("name", o.name), ("input_topic", o.input_topic), ("output_topic", o.output_topic),
-            ("group", o.group), ("dlq_topic", o.dlq_topic), ("guarantee", o.guarantee),
-            ("handlers", ", ".join(self.handlers)),
-            ("bootstrap_servers", self.bootstrap_servers or "(in-memory broker)"),
-            ("batch_size", o.batch_size), ("poll_timeout", o.poll_timeout),
-            ("commit_interval", o.commit_interval), ("max_in_flight", o.max_in_flight),
-            ("error_policy", o.error_policy), ("shutdown_timeout", o.shutdown_timeout),
-            ("transactional_id", o.transactional_id),
-            ("retry", f"max_attempts={o.retry.max_attempts} "
-                      f"initial_backoff={o.retry.initial_backoff:g} "
-                      f"max_backoff={o.retry.max_backoff:g} multiplier={o.retry.multiplier:g} "
-                      f"jitter={o.retry.jitter:g}"),
-            ("metrics", "off" if self.metrics_port is None
-             else f"{self.metrics_host}:{self.metrics_port}"),
-            ("log", f"{self.log_format} {self.log_level}"),
-            ("processes", self.processes),
-        ]
-        if o.outputs:
-            rows.append(("outputs", ", ".join(f"{k}={v}" for k, v in sorted(o.outputs.items()))))
-        lines = [f"stage {o.name}"]
-        for key, value in rows:
-            shown = "-" if value is None else value
-            source = self.sources.get(key)
-            lines.append(f"  {key}: {shown}" + (f"  ({source})" if source else ""))
-        if self.kafka:
-            lines.append("  kafka:")
-            for key, value in sorted(redact(self.kafka).items()):
-                source = self.sources.get("kafka." + key)
-                lines.append(f"    {key}: {value}" + (f"  ({source})" if source else ""))
-        return "\n".join(lines)
+# --- the sources -------------------------------------------------------------------------
 
 
-# --- reading the sources -----------------------------------------------------------------
-
-
-class _Collector:
-    """Gathers values with their sources, and every problem found on the way."""
+class _Source(PydanticBaseSettingsSource):
+    """The values of one source, nested as in the YAML file, with where each came from
+    (by dotted key) and the problems found reading it."""
 
     def __init__(self) -> None:
-        self.values: dict[str, object] = {}
-        self.sources: dict[str, str] = {}
-        self.errors: list[str] = []
+        super().__init__(StageSettings)
+        self.values: dict[str, Any] = {}
+        self.where: dict[str, str] = {}
+        self.problems: list[str] = []
 
-    def set(self, key: str, value: object, source: str) -> None:
-        self.values[key] = value
-        self.sources[key] = source
-
-    def error(self, message: str) -> None:
-        self.errors.append(message)
-
-
-_TRUE_NONE: Final = frozenset({"", "none", "null", "off", "-"})
-
-
-def _coerce(key: str, spec: _Field, raw: object, source: str, strict: bool) -> object:
-    """`raw` as the field's type, or raise ConfigError naming the field and source.
-
-    `strict` (YAML) wants the right type; otherwise (environment, flags) strings parse.
-    """
-    where = f" (from {source})"
-    if raw is None:
-        if spec.kind in ("opt_str", "port"):
-            return None
-        raise ConfigError(f"{key}: a value is required, got nothing{where}")
-    if spec.kind in ("str", "opt_str"):
-        if not isinstance(raw, str):
-            raise ConfigError(
-                f"{key}: expected a string, got {raw!r} ({type(raw).__name__}); "
-                f"quote it in YAML{where}")
-        if spec.kind == "opt_str" and not strict and raw.strip().lower() in _TRUE_NONE:
-            return None
-        if spec.kind == "str" and not raw.strip():
-            raise ConfigError(f"{key}: must not be empty{where}")
-        return raw.strip()
-    if spec.kind == "choice":
-        if not isinstance(raw, str):
-            raise ConfigError(f"{key}: expected one of {', '.join(spec.choices)}, got {raw!r}"
-                              f"{where}")
-        value = raw.strip().upper() if spec.choices == LOG_LEVELS else raw.strip()
-        if value not in spec.choices:
-            raise ConfigError(f"{key}: {raw!r} is not allowed; allowed values: "
-                              f"{', '.join(spec.choices)}{where}")
-        return value
-    if spec.kind == "port":
-        if isinstance(raw, str):
-            if raw.strip().lower() in _TRUE_NONE:
-                return None
-            raw = _parse_number(key, raw, int, where)
-        if isinstance(raw, bool) or not isinstance(raw, int):
-            raise ConfigError(f"{key}: expected a port number (0-65535) or off, got {raw!r}"
-                              f"{where}")
-        if not 0 <= raw <= 65535:
-            raise ConfigError(f"{key}: must be between 0 and 65535, got {raw}{where}")
-        return raw
-    number: int | float
-    if spec.kind == "int":
-        if isinstance(raw, str) and not strict:
-            number = _parse_number(key, raw, int, where)
-        elif isinstance(raw, int) and not isinstance(raw, bool):
-            number = raw
+    def put(self, key: str, value: object, where: str) -> None:
+        top, dot, sub = key.partition(".")
+        if dot:
+            self.values.setdefault(top, {})[sub] = value
         else:
-            raise ConfigError(f"{key}: expected an integer, got {raw!r} ({type(raw).__name__})"
-                              f"{where}")
-    else:
-        if isinstance(raw, str) and not strict:
-            number = _parse_number(key, raw, float, where)
-        elif isinstance(raw, int | float) and not isinstance(raw, bool):
-            number = float(raw)
+            self.values[key] = value
+        self.where[key] = where
+
+    def put_text(self, key: str, text: str | Sequence[str], where: str) -> None:
+        """A value given as text: lists split at commas, mappings as NAME=VALUE pairs."""
+        kind = _kind(FIELDS[key])
+        items = [text] if isinstance(text, str) else list(text)
+        if kind == "list":
+            self.put(key, [p.strip() for item in items for p in item.split(",") if p.strip()],
+                     where)
+        elif kind == "mapping":
+            for item in (p for i in items for p in (i.split(",") if key != "kafka" else [i])):
+                name, sep, value = item.partition("=")
+                if not sep or not name.strip():
+                    self.problems.append(f"{flag_name(key) if where.startswith('flag') else key}"
+                                         f": expected NAME=VALUE, got {item!r} (from {where})")
+                else:
+                    self.put(f"{key}.{name.strip()}", value.strip(), where)
+        elif _optional(FIELDS[key]) and isinstance(text, str) and \
+                text.strip().lower() in _NONE_WORDS:
+            self.put(key, None, where)
         else:
-            raise ConfigError(f"{key}: expected a number, got {raw!r} ({type(raw).__name__})"
-                              f"{where}")
-    _check_range(key, spec, number, where)
-    return number
+            self.put(key, text, where)
 
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.values.get(field_name), field_name, False
 
-def _parse_number(key: str, text: str, kind: type[int] | type[float], where: str) -> int:
-    try:
-        return kind(text.strip())  # type: ignore[return-value]
-    except ValueError:
-        noun = "an integer" if kind is int else "a number"
-        raise ConfigError(f"{key}: expected {noun}, got {text!r}{where}") from None
-
-
-def _check_range(key: str, spec: _Field, number: float, where: str) -> None:
-    low, high = spec.minimum, spec.maximum
-    if low is not None:
-        if spec.exclusive_minimum and number <= low:
-            raise ConfigError(f"{key}: must be greater than {low:g}, got {number:g}{where}")
-        if not spec.exclusive_minimum and number < low:
-            text = "must not be negative" if low == 0 else f"must be at least {low:g}"
-            raise ConfigError(f"{key}: {text}, got {number:g}{where}")
-    if high is not None and number > high:
-        raise ConfigError(f"{key}: must be at most {high:g}, got {number:g}{where}")
+    def __call__(self) -> dict[str, Any]:
+        return self.values
 
 
 def _read_yaml(path: Path) -> dict[str, object]:
@@ -401,11 +438,8 @@ def _read_yaml(path: Path) -> dict[str, object]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
-        if mark is not None:
-            raise ConfigError(
-                f"config file {path}: YAML syntax error at line {mark.line + 1}, column "
-                f"{mark.column + 1}: {problem}") from None
-        raise ConfigError(f"config file {path}: YAML syntax error: {problem}") from None
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path}: YAML syntax error{at}: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -414,124 +448,50 @@ def _read_yaml(path: Path) -> dict[str, object]:
     return cast(dict[str, object], data)
 
 
-def _scalar_kafka_value(key: str, value: object, source: str) -> object:
-    if isinstance(value, str | int | float | bool):
-        return value
-    raise ConfigError(f"kafka.{key}: librdkafka values are strings, numbers or booleans, got "
-                      f"{type(value).__name__} (from {source})")
+def _file_source(path: Path) -> _Source:
+    source, where = _Source(), f"file {path.name}"
+    for key, value in _read_yaml(path).items():
+        source.put(str(key), value, where)
+        if isinstance(value, dict):
+            source.where.update({f"{key}.{sub}": where for sub in value})
+    return source
 
 
-def _from_file(c: _Collector, path: Path) -> None:
-    data = _read_yaml(path)
-    source = f"file {path.name}"
-    for key, raw in data.items():
-        if not isinstance(key, str) or key not in KNOWN_KEYS:
-            c.error(f"unknown key {key!r} in {path.name}; known keys: {', '.join(KNOWN_KEYS)}")
-            continue
-        try:
-            if key in SCALARS:
-                c.set(key, _coerce(key, SCALARS[key], raw, source, strict=True), source)
-            elif key == "handlers":
-                c.set(key, _handlers_from_yaml(raw, source), source)
-            elif key == "kafka":
-                for k, v in _mapping(key, raw, source).items():
-                    c.set("kafka." + k, _scalar_kafka_value(k, v, source), source)
-            elif key == "retry":
-                for k, v in _mapping(key, raw, source).items():
-                    if k not in RETRY_FIELDS:
-                        raise ConfigError(f"retry: unknown key {k!r} in {path.name}; known keys: "
-                                          f"{', '.join(RETRY_FIELDS)}")
-                    c.set("retry." + k, _coerce("retry." + k, RETRY_FIELDS[k], v, source, True),
-                          source)
-            elif key == "outputs":
-                outputs = _mapping(key, raw, source)
-                for name, topic in outputs.items():
-                    if not isinstance(topic, str) or not topic:
-                        raise ConfigError(f"outputs.{name}: expected a topic name, got {topic!r} "
-                                          f"(from {source})")
-                c.set(key, dict(outputs), source)
-        except ConfigError as exc:
-            c.error(str(exc))
-
-
-def _mapping(key: str, raw: object, source: str) -> dict[str, object]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw):
-        raise ConfigError(f"{key}: expected a mapping of names to values, got "
-                          f"{type(raw).__name__} (from {source})")
-    return cast(dict[str, object], raw)
-
-
-def _handlers_from_yaml(raw: object, source: str) -> tuple[str, ...]:
-    if isinstance(raw, str):
-        raw = [raw]
-    if not isinstance(raw, list) or not all(isinstance(h, str) and h.strip() for h in raw):
-        raise ConfigError(f"handlers: expected a list of handler references (module:function "
-                          f"or a registered name), got {raw!r} (from {source})")
-    return tuple(h.strip() for h in raw)
-
-
-def _split_list(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def _from_env(c: _Collector, env: Mapping[str, str]) -> None:
+def _env_source(env: Mapping[str, str]) -> _Source:
+    source = _Source()
     for name in sorted(env):
-        if not name.startswith(ENV_PREFIX) or name in _FOREIGN_ENV or name == CONFIG_ENV:
+        if not name.startswith(ENV_PREFIX) or name in PLATFORM_ENV | TOOLING_ENV | {CONFIG_ENV}:
             continue
-        raw = env[name]
-        source = f"environment {name}"
-        try:
-            if name.startswith(KAFKA_ENV_PREFIX):
-                key = kafka_key_from_env(name)
-                if not key:
-                    raise ConfigError(f"{name}: name a librdkafka key after {KAFKA_ENV_PREFIX}")
-                c.set("kafka." + key, raw, source)
-                continue
-            target = ENV_VARS.get(name)
-            if target is None:
-                logger.warning("ignoring unknown environment variable %s", name)
-            elif target == "handlers":
-                c.set("handlers", _split_list(raw), source)
-            elif target == "outputs":
-                c.set("outputs", _parse_pairs("outputs", _split_list(raw), source), source)
-            elif target.startswith("retry."):
-                key = target.removeprefix("retry.")
-                c.set(target, _coerce(target, RETRY_FIELDS[key], raw, source, False), source)
+        where = f"environment {name}"
+        if name.startswith(KAFKA_ENV_PREFIX):
+            if key := kafka_key_from_env(name):
+                source.put(f"kafka.{key}", env[name], where)
             else:
-                c.set(target, _coerce(target, SCALARS[target], raw, source, False), source)
-        except ConfigError as exc:
-            c.error(str(exc))
+                source.problems.append(f"{name}: name a librdkafka key after {KAFKA_ENV_PREFIX}")
+        elif name in ENV_VARS:
+            source.put_text(ENV_VARS[name], env[name], where)
+        elif name.startswith("PROCESSOR_KAFKA_"):
+            logger.warning("ignoring unknown environment variable %s (a librdkafka setting "
+                           "is %s<KEY>, with two underscores)", name, KAFKA_ENV_PREFIX)
+        else:
+            logger.warning("ignoring unknown environment variable %s", name)
+    return source
 
 
-def _parse_pairs(key: str, items: Sequence[str], source: str) -> dict[str, str]:
-    pairs: dict[str, str] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise ConfigError(f"{key}: expected NAME=VALUE, got {item!r} (from {source})")
-        pairs[name.strip()] = value.strip()
-    return pairs
-
-
-def _from_flags(c: _Collector, flags: Mapping[str, object]) -> None:
-    for key, raw in flags.items():
-        if raw is None:
+def _flag_source(flags: Mapping[str, object]) -> _Source:
+    source = _Source()
+    for key, value in flags.items():
+        if value is None or key not in FIELDS:
             continue
-        source = f"flag --{key.replace('_', '-')}"
-        try:
-            if key in SCALARS:
-                c.set(key, _coerce(key, SCALARS[key], raw, source, strict=False), source)
-            elif key in ("handlers", "handler"):
-                refs = [raw] if isinstance(raw, str) else list(cast(Sequence[str], raw))
-                c.set("handlers", tuple(r.strip() for r in refs), "flag --handler")
-            elif key == "set":
-                items = [raw] if isinstance(raw, str) else list(cast(Sequence[str], raw))
-                for k, v in _parse_pairs("--set", items, "flag --set").items():
-                    c.set("kafka." + k, v, "flag --set")
-        except ConfigError as exc:
-            c.error(str(exc))
+        where = f"flag {flag_name(key)}"
+        if isinstance(value, str | list):
+            source.put_text(key, cast(str | list[str], value), where)
+        else:
+            source.put(key, value, where)
+    return source
+
+
+# --- loading -----------------------------------------------------------------------------
 
 
 def load_config(
@@ -542,14 +502,37 @@ def load_config(
 
     Raises `ConfigError` listing every problem found.
     """
-    c = _Collector()
     if path is None and env.get(CONFIG_ENV):
         path = Path(env[CONFIG_ENV])
+    sources = [_flag_source(flags), _env_source(env)]
     if path is not None:
-        _from_file(c, Path(path))
-    _from_env(c, env)
-    _from_flags(c, flags)
-    return _build(c)
+        sources.append(_file_source(Path(path)))
+    problems = [p for source in reversed(sources) for p in source.problems]
+    where: dict[str, str] = {}
+    for source in reversed(sources):
+        where.update(source.where)
+    token = _SOURCES.set(tuple(sources))
+    try:
+        values = dict(StageSettings())
+    except ValidationError as exc:
+        raise ConfigError("\n".join(problems + _messages(exc, where, sources))) from None
+    finally:
+        _SOURCES.reset(token)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    for key in SETTINGS:
+        if key not in where and not any(k.startswith(key + ".") for k in where):
+            where[key] = "default"
+    if values["name"] is None:
+        values["name"], where["name"] = values["group"], "the group"
+    try:
+        config = StageConfig(
+            options=StageOptions(**{k: values[k] for k in _STAGE_FIELDS}),
+            sources=where, **{k: values[k] for k in _OPS_FIELDS})
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_messages(exc, where, sources))) from None
+    logger.debug("configuration loaded: %s", config.describe())
+    return config
 
 
 def check_file(path: Path, env: Mapping[str, str] | None = None) -> StageConfig:
@@ -557,117 +540,120 @@ def check_file(path: Path, env: Mapping[str, str] | None = None) -> StageConfig:
     return load_config(path, env or {}, {})
 
 
-def _build(c: _Collector) -> StageConfig:
-    v, errors = c.values, list(c.errors)
-    sources = dict(c.sources)
-    for key, spec in SCALARS.items():
-        if key not in v:
-            v[key] = spec.default
-            sources[key] = "default"
-    for key in ("input_topic", "group"):
-        if v.get(key) is None and not any(e.startswith(key + ":") for e in errors):
-            errors.append(f"{key}: required; set {key} in the YAML file, "
-                          f"{ENV_PREFIX}{key.upper()} or --{key.replace('_', '-')}")
-    if "handlers" not in v:
-        errors.append("handlers: at least one handler is required; set handlers in the YAML "
-                      "file, PROCESSOR_HANDLERS or --handler (module:function or a "
-                      "registered name)")
-    if errors:
-        raise ConfigError("\n".join(errors))
-
-    retry_values = {k.removeprefix("retry."): val for k, val in v.items()
-                    if k.startswith("retry.")}
-    kafka = {k.removeprefix("kafka."): val for k, val in v.items() if k.startswith("kafka.")}
-    retry = RetryPolicy(**cast(dict[str, Any], retry_values))
-    name = cast(str | None, v["name"]) or cast(str, v["group"])
-    if v["name"] is None:
-        sources["name"] = "the group"
-    options = StageOptions(
-        name=name,
-        input_topic=_s(v["input_topic"]),
-        output_topic=_os(v["output_topic"]),
-        group=_s(v["group"]),
-        dlq_topic=_os(v["dlq_topic"]),
-        outputs=cast(dict[str, str], v.get("outputs") or {}),
-        guarantee=cast(_GuaranteeT, v["guarantee"]),
-        batch_size=cast(int, v["batch_size"]),
-        poll_timeout=cast(float, v["poll_timeout"]),
-        commit_interval=cast(float, v["commit_interval"]),
-        max_in_flight=cast(int, v["max_in_flight"]),
-        retry=retry,
-        error_policy=cast(_ErrorPolicyT, v["error_policy"]),
-        shutdown_timeout=cast(float, v["shutdown_timeout"]),
-        transactional_id=_os(v["transactional_id"]),
-    )
-    config = StageConfig(
-        options=options,
-        bootstrap_servers=_os(v["bootstrap_servers"]),
-        kafka=kafka,
-        handlers=cast(tuple[str, ...], v["handlers"]),
-        metrics_port=cast(int | None, v["metrics_port"]),
-        metrics_host=_s(v["metrics_host"]),
-        log_format=cast(LogFormat, v["log_format"]),
-        log_level=_s(v["log_level"]),
-        processes=cast(int, v["processes"]),
-        sources=sources,
-    )
-    logger.debug("configuration loaded: %s", config.describe())
-    return config
+# --- error messages ----------------------------------------------------------------------
 
 
-_GuaranteeT = Literal["at-least-once", "exactly-once"]
-_ErrorPolicyT = Literal["dead-letter", "fail"]
+def _messages(exc: ValidationError, where: Mapping[str, str],
+              sources: Sequence[_Source]) -> list[str]:
+    """One line per problem, in the words of the settings and naming the source."""
+    return list(dict.fromkeys(_message(e, where, sources) for e in exc.errors()))
 
 
-def _s(value: object) -> str:
-    return cast(str, value)
+def _raw(loc: tuple[int | str, ...], sources: Sequence[_Source], default: object) -> object:
+    """The value as the user wrote it, from the highest source that has it."""
+    for source in sources:
+        node: object = source.values
+        for part in loc:
+            if not isinstance(node, dict | list) or part not in (
+                    node if isinstance(node, dict) else range(len(node))):
+                break
+            node = node[part]  # type: ignore[index]
+        else:
+            return node
+    return default
 
 
-def _os(value: object) -> str | None:
-    return cast(str | None, value)
+def _number(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _message(err: ErrorDetails, where: Mapping[str, str], sources: Sequence[_Source]) -> str:
+    loc, kind, ctx = err["loc"], err["type"], err.get("ctx", {})
+    key = ".".join(str(p) for p in loc[:2] if isinstance(p, str))
+    info = FIELDS.get(key) or SETTINGS.get(key.partition(".")[0])
+    origin = where.get(key) or where.get(key.partition(".")[0], "")
+    in_file = origin.startswith("file ")
+    tail = f" (from {origin})" if origin else ""
+    raw = _raw(loc, sources, err["input"])
+    shown = f"{raw!r} ({type(raw).__name__})" if in_file else repr(raw)
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        parent, name = ".".join(str(p) for p in loc[:-1]), loc[-1]
+        known = KNOWN_KEYS if not parent else tuple(_RETRY_FIELDS)
+        place = f"in {origin.removeprefix('file ')}" if in_file else f"(from {origin})"
+        return (f"{parent + ': ' if parent else ''}unknown key {name!r} {place}; "
+                f"known keys: {', '.join(known)}")
+    if kind == "missing":
+        return (f"{key}: required; set {key} in the YAML file, {env_name(key)} or "
+                f"{flag_name(key)}")
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"{key}: expected an integer, got {shown}{tail}"
+    if kind in ("float_type", "float_parsing"):
+        return f"{key}: expected a number, got {shown}{tail}"
+    if kind == "string_type":
+        quote = "; quote it in YAML" if in_file else ""
+        return f"{key}: expected a string, got {raw!r} ({type(raw).__name__}){quote}{tail}"
+    if kind == "string_too_short":
+        return f"{key}: must not be empty{tail}"
+    if kind == "too_short":
+        return f"{key}: at least one is required{tail}"
+    if kind == "literal_error" and info is not None:
+        return (f"{key}: {raw!r} is not allowed; allowed values: "
+                f"{', '.join(_choices(info))}{tail}")
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal") and info is not None:
+        return f"{key}: {_bound_text(info)}, got {_number(raw)}{tail}"
+    if kind in ("dict_type", "mapping_type"):
+        return f"{key}: expected a mapping of names to values, got {type(raw).__name__}{tail}"
+    if kind in ("tuple_type", "list_type"):
+        return f"{key}: expected a list, got {raw!r}{tail}"
+    if kind == "value_error" and not loc:
+        return str(ctx.get("error", err["msg"]))
+    return f"{key or 'configuration'}: {err['msg']}{tail}"
+
+
+def _bound_text(info: FieldInfo) -> str:
+    low = next((m for m in info.metadata if isinstance(m, Ge | Gt)), None)
+    high = next((m.le for m in info.metadata if isinstance(m, Le)), None)
+    if isinstance(low, Ge) and high is not None:
+        return f"must be between {_number(low.ge)} and {_number(high)}"
+    if isinstance(low, Gt):
+        return f"must be greater than {_number(low.gt)}"
+    if isinstance(low, Ge):
+        return "must not be negative" if low.ge == 0 else f"must be at least {_number(low.ge)}"
+    return f"must be at most {_number(high)}"
 
 
 # --- CLI flags ---------------------------------------------------------------------------
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the flags of `processor run` to `parser`. Every default is None, so a flag that
-    is not given leaves the environment, the file or the default in charge."""
+    """Add the flags of `processor run` to `parser`, one per setting. Every default is
+    None, so a flag that is not given leaves the environment, the file or the default in
+    charge."""
     parser.add_argument(
         "--config", metavar="FILE", type=Path, default=None,
         help=f"YAML configuration file (default: ${CONFIG_ENV}, if set)",
     )
-    stage = parser.add_argument_group("stage")
-    kafka = parser.add_argument_group("kafka")
-    ops = parser.add_argument_group("operations")
-    groups: dict[str, argparse._ArgumentGroup] = {
-        "bootstrap_servers": kafka, "metrics_port": ops, "metrics_host": ops,
-        "log_format": ops, "log_level": ops, "processes": ops,
-    }
-    types: dict[Kind, Callable[[str], object]] = {"int": int, "float": float}
-    for key, spec in SCALARS.items():
-        flag = "--" + key.replace("_", "-")
-        env = ENV_PREFIX + key.upper()
-        default = "" if spec.default is None else f"; default {spec.default}"
-        help_text = f"{spec.help} [env {env}{default}]"
-        group = groups.get(key, stage)
-        if spec.kind == "choice":
-            group.add_argument(flag, dest=key, default=None, choices=spec.choices,
-                               type=str.upper if spec.choices == LOG_LEVELS else str,
-                               help=help_text)
-        else:
-            group.add_argument(flag, dest=key, default=None, metavar=spec.metavar or "VALUE",
-                               type=types.get(spec.kind, str), help=help_text)
-        if key == "group":
-            stage.add_argument(
-                "--handler", dest="handlers", action="append", default=None,
-                metavar="REF",
-                help="handler to run, module:function or a registered name; repeat for a "
-                     "chain, in order [env PROCESSOR_HANDLERS, comma-separated]",
-            )
-    kafka.add_argument(
-        "--set", dest="set", action="append", default=None, metavar="KEY=VALUE",
-        help="a librdkafka setting passed to every Kafka client, e.g. "
-             "--set compression.type=lz4; repeatable [env PROCESSOR_KAFKA__<KEY> with dots "
-             "as underscores]",
-    )
+    groups = {name: parser.add_argument_group(name) for name in ("stage", "kafka", "operations")}
+    for key, info in FIELDS.items():
+        extra, kind = _extra(info), _kind(info)
+        group = groups[extra.get("group", "stage")]
+        env = f"{KAFKA_ENV_PREFIX}<KEY> with dots as underscores" if key == "kafka" \
+            else env_name(key)
+        default = "" if info.default in (None, ...) or info.is_required() or \
+            info.default_factory else f"; default {info.default}"
+        options: dict[str, Any] = {
+            "dest": key, "default": None,
+            "metavar": extra.get("metavar", {"int": "N", "float": "NUMBER"}.get(kind, key.upper())),
+            "help": f"{info.description} [env {env}{default}]",
+        }
+        if kind in ("list", "mapping"):
+            options.update(action="append", help=f"{info.description}; repeatable "
+                                                 f"[env {env}]")
+        elif kind == "choice":
+            choices = _choices(info)
+            upper = all(c == c.upper() for c in choices)
+            options.update(choices=choices, type=str.upper if upper else str)
+            del options["metavar"]
+        elif kind in ("int", "float") and not _optional(info):
+            options["type"] = int if kind == "int" else float
+        group.add_argument(flag_name(key), **options)

@@ -61,13 +61,6 @@ def run_from_args(args: argparse.Namespace) -> int:
     cfg = load_config(Path(config_path) if config_path else None, os.environ, flags)
     configure_logging(cfg.log_format, cfg.log_level)
     _scrub_secrets(cfg)
-    if not cfg.bootstrap_servers:
-        raise ConfigError(
-            "bootstrap_servers is required: pass --bootstrap-servers HOST:PORT or set "
-            "PROCESSOR_BOOTSTRAP_SERVERS"
-        )
-    if not cfg.handlers:
-        raise ConfigError("handlers: at least one --handler MODULE:FUNCTION is required")
     # Resolve handlers in the parent too, so a wrong reference fails before any fork.
     from processor.core.handlers import registry
 
@@ -120,7 +113,6 @@ def run_worker(cfg: StageConfig, index: int, serve_metrics: bool) -> int:
     from processor.ops.metrics import StageMetrics
     from processor.runtime.stage import Stage
 
-    assert cfg.bootstrap_servers is not None
     _catch_stop_signals()
     base = cfg.options.transactional_id or f"{cfg.options.name}-{cfg.options.group}"
     txn_id, _slot_lock = claim_transactional_id(base)

@@ -48,9 +48,9 @@ from processor.core.errors import (
     TransactionError,
 )
 from processor.core.handlers import DEFAULT_OUTPUT, Handler, Routed, outcomes
+from processor.core.options import EXACTLY_ONCE, StageOptions
 from processor.ops.logs import lifecycle
 from processor.runtime.dead_letters import Reason, dead_letter_headers
-from processor.runtime.options import EXACTLY_ONCE, StageOptions
 from processor.serde.codec import Codec
 
 if TYPE_CHECKING:

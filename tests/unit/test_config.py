@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import logging
+import pickle
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr, ValidationError
 
 from processor.core.errors import ConfigError
+from processor.core.options import RetryPolicy, StageOptions
 from processor.ops.settings import (
     DEFAULT_METRICS_PORT,
     ENV_VARS,
+    FIELDS,
     KNOWN_KEYS,
-    SCALARS,
+    SETTINGS,
     StageConfig,
     add_run_arguments,
     check_file,
@@ -20,11 +26,13 @@ from processor.ops.settings import (
     kafka_key_from_env,
     load_config,
     redact,
+    secret_values,
 )
-from processor.runtime.options import StageOptions
 
 MINIMAL = {"PROCESSOR_INPUT_TOPIC": "in", "PROCESSOR_GROUP": "g",
-           "PROCESSOR_HANDLERS": "processor.core.handlers:chain"}
+           "PROCESSOR_HANDLERS": "processor.core.handlers:chain",
+           "PROCESSOR_BOOTSTRAP_SERVERS": "127.0.0.1:9092"}
+BASE = "input_topic: in\ngroup: g\nhandlers: [a:b]\nbootstrap_servers: k:9092\n"
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -86,7 +94,7 @@ def test_defaults_with_only_the_required_fields() -> None:
     o = config.options
     assert (o.name, o.input_topic, o.group, o.output_topic) == ("g", "in", "g", None)
     assert o.guarantee == "at-least-once" and o.batch_size == 2000
-    assert config.bootstrap_servers is None  # the in-memory broker
+    assert config.bootstrap_servers == "127.0.0.1:9092"
     assert config.metrics_port == DEFAULT_METRICS_PORT == 9100
     assert config.metrics_host == "0.0.0.0"
     assert (config.log_format, config.log_level, config.processes) == ("text", "INFO", 1)
@@ -185,6 +193,29 @@ def test_kafka_env_key_mapping() -> None:
     assert not is_known_env_var("PROCESSOR_NOPE")
 
 
+def test_mappings_merge_key_by_key_and_lists_are_replaced(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE + "outputs:\n  late: f.late\n  bad: f.bad\n"
+                                  "retry:\n  max_attempts: 2\n")
+    config = load_config(path, {"PROCESSOR_OUTPUTS": "late=e.late",
+                                "PROCESSOR_RETRY_JITTER": "0.5",
+                                "PROCESSOR_HANDLERS": "x:y,z:w"}, {})
+    assert dict(config.options.outputs) == {"late": "e.late", "bad": "f.bad"}
+    assert config.options.retry == RetryPolicy(max_attempts=2, jitter=0.5)
+    assert config.handlers == ("x:y", "z:w")
+    assert "outputs: bad=f.bad, late=e.late  (file stage.yaml, environment " \
+           "PROCESSOR_OUTPUTS)" in config.describe()
+
+
+def test_text_none_words_unset_optional_settings(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE + "dlq_topic: dead\ntransactional_id: t\n")
+    config = load_config(path, {"PROCESSOR_DLQ_TOPIC": "-"},
+                         flags("--transactional-id", "none"))
+    assert config.options.dlq_topic is None and config.options.transactional_id is None
+    # in YAML a word is a word; null unsets
+    config = load_config(write(tmp_path, BASE + "dlq_topic: none\nmetrics_port: null\n"), {}, {})
+    assert config.options.dlq_topic == "none" and config.metrics_port is None
+
+
 def test_env_var_mapping_covers_the_brief() -> None:
     for name in ("BOOTSTRAP_SERVERS", "INPUT_TOPIC", "OUTPUT_TOPIC", "GROUP", "HANDLERS",
                  "DLQ_TOPIC", "GUARANTEE", "METRICS_PORT", "LOG_FORMAT", "LOG_LEVEL",
@@ -198,52 +229,65 @@ def test_env_var_mapping_covers_the_brief() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("input_topic: in\ngroup: g\nhandlers: [a:b]\nbacth_size: 5\n",
+        (BASE + "bacth_size: 5\n",
          r"unknown key 'bacth_size' in stage.yaml; known keys: batch_size, bootstrap_servers"),
-        ("input_topic: in\ngroup: g\nhandlers: [a:b]\nbatch_size: lots\n",
+        (BASE + "batch_size: lots\n",
          r"batch_size: expected an integer, got 'lots' \(str\).*\(from file stage.yaml\)"),
-        ("input_topic: in\ngroup: g\nhandlers: [a:b]\nbatch_size: true\n",
+        (BASE + "batch_size: true\n",
          r"batch_size: expected an integer, got True"),
-        ("input_topic: in\ngroup: g\nhandlers: [a:b]\nguarantee: twice\n",
+        (BASE + "guarantee: twice\n",
          r"guarantee: 'twice' is not allowed; allowed values: at-least-once, exactly-once"),
-        ("input_topic: in\ngroup: g\nhandlers: [a:b]\nbatch_size: -5\n",
+        (BASE + "batch_size: -5\n",
          r"batch_size: must be at least 1, got -5"),
-        ("input_topic: in\ngroup: g\nhandlers: [a:b]\npoll_timeout: -1\n",
+        (BASE + "poll_timeout: -1\n",
          r"poll_timeout: must not be negative, got -1"),
-        ("input_topic: in\ngroup: g\nhandlers: [a:b]\ncommit_interval: 0\n",
+        (BASE + "commit_interval: 0\n",
          r"commit_interval: must be greater than 0, got 0"),
-        ("input_topic: in\ngroup: g\nhandlers: [a:b]\nmetrics_port: 70000\n",
+        (BASE + "metrics_port: 70000\n",
          r"metrics_port: must be between 0 and 65535, got 70000"),
-        ("input_topic: in\ngroup: g\nhandlers: [a:b]\nprocesses: 0\n",
+        (BASE + "processes: 0\n",
          r"processes: must be at least 1, got 0"),
-        ("input_topic: in\ngroup: g\nhandlers: [a:b]\nlog_format: xml\n",
+        (BASE + "log_format: xml\n",
          r"log_format: 'xml' is not allowed; allowed values: text, json"),
-        ("input_topic: in\ngroup: g\nhandlers: [a:b]\nlog_level: loud\n",
+        (BASE + "log_level: loud\n",
          r"log_level: 'loud' is not allowed; allowed values: DEBUG, INFO, WARNING"),
-        ("input_topic: in\ngroup: g\nhandlers: [a:b]\nerror_policy: ignore\n",
+        (BASE + "error_policy: ignore\n",
          r"error_policy: 'ignore' is not allowed; allowed values: dead-letter, fail"),
         ("group: g\nhandlers: [a:b]\n",
          r"input_topic: required; set input_topic in the YAML file, PROCESSOR_INPUT_TOPIC "
          r"or --input-topic"),
         ("input_topic: in\nhandlers: [a:b]\n", r"group: required"),
-        ("input_topic: in\ngroup: g\n", r"handlers: at least one handler is required"),
-        ("input_topic: in\ngroup: g\nhandlers: 5\n",
-         r"handlers: expected a list of handler references"),
-        ("input_topic: in\ngroup: g\nhandlers: [a:b]\nretry:\n  max_attempts: 0\n",
+        ("input_topic: in\ngroup: g\nbootstrap_servers: k:9092\n",
+         r"handlers: required; set handlers in the YAML file, PROCESSOR_HANDLERS or --handler"),
+        ("input_topic: in\ngroup: g\nhandlers: []\nbootstrap_servers: k:9092\n",
+         r"handlers: at least one is required \(from file stage.yaml\)"),
+        ("input_topic: in\ngroup: g\nhandlers: ['a:b', ' ']\nbootstrap_servers: k:9092\n",
+         r"handlers: must not be empty \(from file stage.yaml\)"),
+        ("input_topic: in\ngroup: g\nhandlers: 5\nbootstrap_servers: k:9092\n",
+         r"handlers: expected a list, got 5 \(from file stage.yaml\)"),
+        ("input_topic: in\ngroup: g\nhandlers: [a:b]\n",
+         r"bootstrap_servers: required; set bootstrap_servers in the YAML file, "
+         r"PROCESSOR_BOOTSTRAP_SERVERS or --bootstrap-servers"),
+        ("input_topic: in\ngroup: g\nhandlers: [a:b]\nbootstrap_servers: ''\n",
+         r"bootstrap_servers: must not be empty"),
+        (BASE + "retry:\n  max_attempts: 0\n",
          r"retry.max_attempts: must be at least 1, got 0"),
-        ("input_topic: in\ngroup: g\nhandlers: [a:b]\nretry:\n  tries: 3\n",
+        (BASE + "retry:\n  tries: 3\n",
          r"retry: unknown key 'tries' in stage.yaml; known keys: max_attempts"),
-        ("input_topic: in\ngroup: g\nhandlers: [a:b]\nretry:\n  jitter: 2\n",
-         r"retry.jitter: must be at most 1, got 2"),
-        ("input_topic: in\ngroup: g\nhandlers: [a:b]\nkafka: [1, 2]\n",
+        (BASE + "retry:\n  jitter: 2\n",
+         r"retry.jitter: must be between 0 and 1, got 2 \(from file stage.yaml\)"),
+        (BASE + "retry: 3\n", r"retry: .*\(from file stage.yaml\)"),
+        (BASE + "kafka: [1, 2]\n",
          r"kafka: expected a mapping of names to values, got list"),
-        ("input_topic: in\ngroup: g\nhandlers: [a:b]\nkafka:\n  acks: [1]\n",
+        (BASE + "kafka:\n  acks: [1]\n",
          r"kafka.acks: librdkafka values are strings, numbers or booleans"),
-        ("input_topic: in\ngroup: g\nhandlers: [a:b]\noutputs:\n  late: 3\n",
-         r"outputs.late: expected a topic name, got 3"),
+        (BASE + "outputs:\n  late: 3\n",
+         r"outputs.late: expected a string, got 3 \(int\); quote it in YAML"),
+        (BASE + "metrics_port: off\n", r"metrics_port: expected an integer, got False"),
+        (BASE + "commit_interval: [1]\n", r"commit_interval: expected a number, got \[1\]"),
         ("input_topic: 42\ngroup: g\nhandlers: [a:b]\n",
          r"input_topic: expected a string, got 42 \(int\); quote it in YAML"),
-        ("input_topic: in\noutput_topic: in\ngroup: g\nhandlers: [a:b]\n",
+        (BASE + "output_topic: in\n",
          r"input_topic must differ from output_topic"),
         ("- just\n- a list\n", r"the top level must be a mapping of keys"),
         ("input_topic: in\ngroup: g\n  handlers: [a:b]\n",
@@ -303,21 +347,90 @@ def test_check_file(tmp_path: Path) -> None:
     assert check_file(write(tmp_path, FULL_YAML)).name == "validate"
     with pytest.raises(ConfigError, match="group: required"):
         check_file(write(tmp_path, "input_topic: in\nhandlers: [a:b]\n"))
-    path = write(tmp_path, "input_topic: in\nhandlers: [a:b]\n")
+    path = write(tmp_path, "input_topic: in\nhandlers: [a:b]\nbootstrap_servers: k:9092\n")
     assert check_file(path, {"PROCESSOR_GROUP": "g"}).options.group == "g"
 
 
 def test_stage_config_validates_when_built_directly() -> None:
     options = StageOptions(name="s", input_topic="in", output_topic=None, group="g")
-    with pytest.raises(ConfigError, match="metrics_port: must be between 0 and 65535"):
-        StageConfig(options=options, handlers=("a:b",), metrics_port=99999)
-    with pytest.raises(ConfigError, match="processes: must be at least 1"):
-        StageConfig(options=options, handlers=("a:b",), processes=0)
-    with pytest.raises(ConfigError, match="handlers: at least one handler"):
-        StageConfig(options=options)
-    config = StageConfig(options=options, handlers=("a:b",), kafka={"acks": "all"})
+    with pytest.raises(ValidationError, match="metrics_port"):
+        StageConfig(options=options, bootstrap_servers="k:1", handlers=("a:b",),
+                    metrics_port=99999)
+    with pytest.raises(ValidationError, match="processes"):
+        StageConfig(options=options, bootstrap_servers="k:1", handlers=("a:b",), processes=0)
+    with pytest.raises(ValidationError, match="handlers"):
+        StageConfig(options=options, bootstrap_servers="k:1", handlers=())
+    config = StageConfig(options=options, bootstrap_servers="k:1", handlers=("a:b",),
+                         kafka={"acks": "all"})
     with pytest.raises(TypeError):
         config.kafka["acks"] = "1"  # type: ignore[index]
+
+
+def test_stage_options_validate_once_with_the_declared_bounds() -> None:
+    base = {"name": "s", "input_topic": "in", "output_topic": None, "group": "g"}
+    with pytest.raises(ValidationError, match="batch_size"):
+        StageOptions(**base, batch_size=0)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="batch_size"):
+        StageOptions(**base, batch_size=True)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="input_topic must differ"):
+        StageOptions(**{**base, "output_topic": "in"})  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="jitter"):
+        RetryPolicy(jitter=1.5)
+    with pytest.raises(ValidationError, match="max_attempts"):
+        RetryPolicy(max_attempts=0)
+    with pytest.raises(ValidationError, match="group"):
+        StageOptions(**{**base, "group": " "})  # type: ignore[arg-type]
+
+
+def test_config_and_options_pickle_for_worker_processes() -> None:
+    config = load_config(None, {**MINIMAL, "PROCESSOR_OUTPUTS": "late=t.late",
+                                "PROCESSOR_KAFKA__LINGER_MS": "5"}, {})
+    copy = pickle.loads(pickle.dumps(config))
+    assert copy == config and copy.options == config.options
+    assert dict(copy.options.outputs) == {"late": "t.late"}
+    assert dict(copy.kafka) == {"linger.ms": "5"} and copy.sources == config.sources
+    moved = dataclasses.replace(config.options, transactional_id="t-1")
+    assert moved.transactional_id == "t-1" and moved.batch_size == config.options.batch_size
+
+
+# --- the PROCESSOR_ prefix ---------------------------------------------------------------
+
+
+def test_platform_variables_are_neither_read_nor_reported(
+        caplog: pytest.LogCaptureFixture) -> None:
+    windows = {"PROCESSOR_ARCHITECTURE": "AMD64", "PROCESSOR_ARCHITEW6432": "AMD64",
+               "PROCESSOR_IDENTIFIER": "Intel64 Family 6", "PROCESSOR_LEVEL": "6",
+               "PROCESSOR_REVISION": "9e0a"}
+    with caplog.at_level(logging.WARNING, logger="processor.ops.settings"):
+        config = load_config(None, {**MINIMAL, **windows}, {})
+    assert caplog.records == []
+    assert not any(name in where for where in config.sources.values() for name in windows)
+    assert not any(is_known_env_var(name) for name in windows)
+
+
+def test_the_local_broker_home_is_not_a_kafka_setting(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="processor.ops.settings"):
+        config = load_config(None, {**MINIMAL, "PROCESSOR_KAFKA_HOME": "/opt/kafka",
+                                    "PROCESSOR_KAFKA__CLIENT_ID": "c1"}, {})
+    assert dict(config.kafka) == {"client.id": "c1"}
+    assert caplog.records == []
+    assert not is_known_env_var("PROCESSOR_KAFKA_HOME")
+    assert not is_known_env_var("PROCESSOR_KAFKA_DEPLOY")
+
+
+def test_a_single_underscore_kafka_variable_is_ignored_with_a_hint(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="processor.ops.settings"):
+        config = load_config(None, {**MINIMAL, "PROCESSOR_KAFKA_LINGER_MS": "5"}, {})
+    assert dict(config.kafka) == {}
+    assert "PROCESSOR_KAFKA_LINGER_MS" in caplog.text
+    assert "PROCESSOR_KAFKA__<KEY>, with two underscores" in caplog.text
+
+
+def test_a_kafka_variable_needs_a_key() -> None:
+    with pytest.raises(ConfigError, match="PROCESSOR_KAFKA__: name a librdkafka key after "
+                                          "PROCESSOR_KAFKA__"):
+        load_config(None, {**MINIMAL, "PROCESSOR_KAFKA__": "x"}, {})
 
 
 # --- secrets -----------------------------------------------------------------------------
@@ -340,6 +453,14 @@ def test_redact() -> None:
     assert settings["sasl.password"] == "p"  # the input is untouched
 
 
+def test_a_secret_str_is_redacted_whatever_its_key() -> None:
+    settings: dict[str, object] = {"registry.auth": SecretStr("s3cret"), "linger.ms": 5,
+                                   "sasl.password": "hunter22", "nested": {"x": SecretStr("n")}}
+    assert redact(settings) == {"registry.auth": "***", "linger.ms": 5,
+                                "sasl.password": "***", "nested": {"x": "***"}}
+    assert sorted(secret_values(settings)) == ["hunter22", "n", "s3cret"]
+
+
 def test_describe_never_shows_secrets(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, FULL_YAML),
                          {"PROCESSOR_KAFKA__SSL_KEY_PASSWORD": "topsecret-2"}, {})
@@ -350,7 +471,20 @@ def test_describe_never_shows_secrets(tmp_path: Path) -> None:
     assert "compression.type: lz4" in text
     assert "batch_size: 500  (file stage.yaml)" in text
     assert "input_topic: artifacts.raw" in text
-    assert "hunter22" not in repr(config.options)
+    assert "hunter22" not in repr(config.options) and "hunter22" not in repr(config)
+    assert "metrics_port: 9200  (file stage.yaml)" in text
+    assert "retry: max_attempts=3 initial_backoff=0.1 max_backoff=10 multiplier=2 jitter=0  " \
+           "(file stage.yaml)" in text
+
+
+def test_describe_shows_defaults_and_off() -> None:
+    text = load_config(None, {**MINIMAL, "PROCESSOR_METRICS_PORT": "off"}, {}).describe()
+    assert text.splitlines()[0] == "stage g"
+    assert "  name: g  (the group)" in text
+    assert "  batch_size: 2000  (default)" in text
+    assert "  output_topic: -  (default)" in text
+    assert "  metrics_port: off  (environment PROCESSOR_METRICS_PORT)" in text
+    assert "kafka:" not in text
 
 
 # --- flags -------------------------------------------------------------------------------
@@ -359,7 +493,7 @@ def test_describe_never_shows_secrets(tmp_path: Path) -> None:
 def test_every_flag_defaults_to_none() -> None:
     values = flags()
     assert values and all(v is None for v in values.values())
-    for key in SCALARS:
+    for key in FIELDS:
         assert key in values
 
 
@@ -381,9 +515,10 @@ def test_flags_parse_to_typed_values() -> None:
                    "--set", "acks=all", "--config", "x.yaml")
     assert values["handlers"] == ["a:b", "c:d"]
     assert values["processes"] == 2 and values["commit_interval"] == 0.5
-    assert values["log_level"] == "DEBUG" and values["set"] == ["acks=all"]
+    assert values["log_level"] == "DEBUG" and values["kafka"] == ["acks=all"]
     assert values["config"] == Path("x.yaml")
-    config = load_config(None, {"PROCESSOR_INPUT_TOPIC": "in"},
+    config = load_config(None, {"PROCESSOR_INPUT_TOPIC": "in",
+                                "PROCESSOR_BOOTSTRAP_SERVERS": "k:9092"},
                          {**values, "group": "g", "config": None})
     assert config.handlers == ("a:b", "c:d") and dict(config.kafka) == {"acks": "all"}
 
@@ -394,4 +529,27 @@ def test_bad_choice_flag_is_refused_by_argparse() -> None:
 
 
 def test_known_keys_are_documented_fields() -> None:
-    assert set(KNOWN_KEYS) == {*SCALARS, "handlers", "kafka", "retry", "outputs"}
+    assert set(KNOWN_KEYS) == set(SETTINGS)
+    assert {"handlers", "kafka", "retry", "outputs", "batch_size"} <= set(KNOWN_KEYS)
+
+
+def test_nested_and_mapping_settings_have_flags() -> None:
+    values = flags("--retry-max-attempts", "7", "--retry-jitter", "0.5", "--output",
+                   "late=t.late", "--output", "bad=t.bad", "--metrics-port", "0")
+    config = load_config(None, MINIMAL, values)
+    assert config.options.retry.max_attempts == 7 and config.options.retry.jitter == 0.5
+    assert dict(config.options.outputs) == {"late": "t.late", "bad": "t.bad"}
+    assert config.sources["retry.max_attempts"] == "flag --retry-max-attempts"
+    assert config.sources["outputs.late"] == "flag --output"
+    assert config.metrics_port == 0
+
+
+def test_one_declaration_gives_every_name() -> None:
+    """Each setting's flag, variable and YAML key come from its field."""
+    help_text = parser().format_help()
+    for key, info in FIELDS.items():
+        assert info.description and info.description.split(" (")[0] in " ".join(
+            help_text.split())
+        if key != "kafka":
+            assert ENV_VARS["PROCESSOR_" + key.upper().replace(".", "_")] == key
+        assert key.partition(".")[0] in KNOWN_KEYS

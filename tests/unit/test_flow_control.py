@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from processor.backends.abstract import Admin, Consumer
 from processor.backends.memory import MemoryBroker, MemoryProducer
 from processor.core.artifact import Artifact
-from processor.runtime.options import StageOptions
+from processor.core.options import StageOptions
 from processor.runtime.stage import Stage
 from processor.serde.codec import Codec
 

@@ -12,6 +12,7 @@ from processor.backends.memory import MemoryBroker
 from processor.core.artifact import Artifact
 from processor.core.errors import InvalidArtifact, RetryableError
 from processor.core.handlers import Outcome, Routed
+from processor.core.options import QUICK_RETRY, RetryPolicy, StageOptions
 from processor.runtime.dead_letters import (
     H_ATTEMPTS,
     H_OFFSET,
@@ -21,7 +22,6 @@ from processor.runtime.dead_letters import (
     H_TOPIC,
     header_dict,
 )
-from processor.runtime.options import QUICK_RETRY, RetryPolicy, StageOptions
 from processor.runtime.stage import Stage, StageFailed
 from processor.serde.codec import Codec
 

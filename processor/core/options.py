@@ -1,0 +1,153 @@
+"""Stage policies: frozen values with named presets, each bound declared once.
+
+`StageOptions` is everything a stage needs to know besides its backend and handlers;
+`RetryPolicy` is its backoff for `RetryableError`. Both are pydantic dataclasses: every
+field carries its type, bounds and help text in one `Field`, the values are validated once
+when built (a bad one raises `pydantic.ValidationError`), and the result is a plain frozen
+dataclass that the stage reads as attributes and that pickles to `--processes` workers.
+
+`processor.ops.settings` derives the YAML keys, `PROCESSOR_*` variables and CLI flags of
+these fields from the same declarations, so a bound is never written twice.
+"""
+
+from __future__ import annotations
+
+import copyreg
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import field
+from types import MappingProxyType
+from typing import Annotated, Final, Literal
+
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic.dataclasses import dataclass
+from pydantic_core import PydanticKnownError
+
+
+def read_only(mapping: Mapping[str, object]) -> MappingProxyType[str, object]:
+    return MappingProxyType(dict(mapping))
+
+
+def _pickle_mapping_proxy(
+    proxy: MappingProxyType[str, object],
+) -> tuple[Callable[[Mapping[str, object]], MappingProxyType[str, object]], tuple[object, ...]]:
+    return read_only, (dict(proxy),)
+
+
+# Options hold read-only mappings and cross to `--processes` workers by pickle.
+copyreg.pickle(MappingProxyType, _pickle_mapping_proxy)
+
+
+def _no_bool_int(value: object) -> object:
+    if isinstance(value, bool):  # YAML `true` is not a count
+        raise PydanticKnownError("int_type")
+    return value
+
+
+def _no_bool_float(value: object) -> object:
+    if isinstance(value, bool):
+        raise PydanticKnownError("float_type")
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_no_bool_int)]
+"""An integer setting; a boolean is refused rather than read as 0 or 1."""
+Number = Annotated[float, BeforeValidator(_no_bool_float)]
+"""A float setting (seconds, factors); a boolean is refused."""
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+"""A topic, group or stage name: surrounding blanks dropped, never empty."""
+ReadOnly = AfterValidator(read_only)
+
+Guarantee = Literal["at-least-once", "exactly-once"]
+ErrorPolicy = Literal["dead-letter", "fail"]
+
+AT_LEAST_ONCE: Final[Guarantee] = "at-least-once"
+EXACTLY_ONCE: Final[Guarantee] = "exactly-once"
+GUARANTEES: Final = (AT_LEAST_ONCE, EXACTLY_ONCE)
+ERROR_POLICIES: Final = ("dead-letter", "fail")
+
+_FROZEN: Final = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True, slots=True, config=_FROZEN)
+class RetryPolicy:
+    """Exponential backoff with jitter for `RetryableError`.
+
+    Attempt n (1-based) waits `min(max_backoff, initial_backoff * multiplier**(n-1))`,
+    spread by +/- `jitter` (a fraction). After `max_attempts` attempts the artifact goes
+    to the dead-letter topic.
+    """
+
+    max_attempts: Annotated[Count, Field(ge=1, description="attempts before dead-lettering")] = 5
+    initial_backoff: Annotated[
+        Number, Field(ge=0, description="seconds to wait after the first failure")] = 0.1
+    max_backoff: Annotated[Number, Field(ge=0, description="longest wait in seconds")] = 10.0
+    multiplier: Annotated[Number, Field(ge=1, description="backoff growth per attempt")] = 2.0
+    jitter: Annotated[
+        Number, Field(ge=0, le=1, description="random spread of a wait, a fraction")] = 0.2
+
+    def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based)."""
+        base = min(self.max_backoff, self.initial_backoff * self.multiplier ** (attempt - 1))
+        if self.jitter:
+            spread = (rng or random).uniform(-self.jitter, self.jitter)
+            base *= 1.0 + spread
+        return max(0.0, min(base, self.max_backoff))
+
+
+NO_RETRY: Final = RetryPolicy(max_attempts=1)
+QUICK_RETRY: Final = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.1)
+DEFAULT_RETRY: Final = RetryPolicy()
+
+
+@dataclass(frozen=True, slots=True, config=_FROZEN)
+class StageOptions:
+    """What a stage does, apart from its handlers and its backend.
+
+    `json_schema_extra` carries what the command line needs beyond the type: the metavar
+    of a flag.
+    """
+
+    name: Annotated[Name, Field(
+        description="stage name used in metrics and logs (default: the group)")]
+    input_topic: Annotated[Name, Field(
+        description="topic the stage reads", json_schema_extra={"metavar": "TOPIC"})]
+    output_topic: Annotated[Name | None, Field(
+        description="topic the stage writes (none: a sink stage)",
+        json_schema_extra={"metavar": "TOPIC"})]
+    group: Annotated[Name, Field(
+        description="consumer group; replicas sharing it share the partitions")]
+    dlq_topic: Annotated[Name | None, Field(
+        description="dead-letter topic (none: a record that must be dead-lettered stops "
+                    "the stage, uncommitted)", json_schema_extra={"metavar": "TOPIC"})] = None
+    outputs: Annotated[Mapping[str, Name], ReadOnly, Field(
+        description="named outputs a handler routes to with Routed(name, artifact) -> topic",
+        json_schema_extra={"flag": "output", "metavar": "NAME=TOPIC"})] = field(
+        default_factory=lambda: MappingProxyType({}))
+    guarantee: Annotated[Guarantee, Field(description="delivery guarantee")] = AT_LEAST_ONCE
+    batch_size: Annotated[Count, Field(
+        ge=1, description="most records taken from the consumer in one call",
+        json_schema_extra={"metavar": "N"})] = 2000
+    poll_timeout: Annotated[Number, Field(
+        ge=0, description="seconds one consume call waits for a first record",
+        json_schema_extra={"metavar": "SECONDS"})] = 0.1
+    commit_interval: Annotated[Number, Field(
+        gt=0, description="seconds between commits (a flush plus a commit, or a transaction)",
+        json_schema_extra={"metavar": "SECONDS"})] = 1.0
+    max_in_flight: Annotated[Count, Field(
+        ge=1, description="records produced but not committed before an early commit",
+        json_schema_extra={"metavar": "N"})] = 50_000
+    retry: Annotated[RetryPolicy, Field(description="backoff for RetryableError")] = DEFAULT_RETRY
+    error_policy: Annotated[ErrorPolicy, Field(
+        description="what an unexpected handler exception does: dead-letter the input, "
+                    "or stop")] = "dead-letter"
+    shutdown_timeout: Annotated[Number, Field(
+        gt=0, description="seconds a shutdown may take to drain and commit",
+        json_schema_extra={"metavar": "SECONDS"})] = 30.0
+    transactional_id: Annotated[Name | None, Field(
+        description="exactly-once: this instance's transactional id (default: derived from "
+                    "the name)", json_schema_extra={"metavar": "ID"})] = None
+
+    def __post_init__(self) -> None:
+        if self.input_topic in (self.output_topic, self.dlq_topic):
+            raise ValueError("input_topic must differ from output_topic and dlq_topic")
