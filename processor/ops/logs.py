@@ -24,7 +24,7 @@ so a log query can follow a partition through rebalances.
 
 Secrets
 -------
-Extra fields whose name looks secret (see `processor.ops.settings.is_secret_key`) are written as
+Extra fields whose name looks secret (see `processor.ops.secrets.is_secret_key`) are written as
 `***`, and `register_secret(value)` (called by the CLI with the secret values of the
 configuration) replaces any occurrence of that value in a message with `***`.
 """
@@ -40,7 +40,8 @@ from collections.abc import Iterable
 from typing import Final, TextIO
 
 from processor.core.errors import ConfigError
-from processor.ops.settings import LOG_FORMATS, LOG_LEVELS, REDACTED, is_secret_key
+from processor.ops.secrets import REDACTED, is_secret_key
+from processor.ops.settings import LOG_FORMATS, LOG_LEVELS
 
 LIFECYCLE_EVENTS: Final = (
     "start", "assignment", "revocation", "lost", "pause", "resume", "shutdown", "stopped",

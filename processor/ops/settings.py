@@ -58,7 +58,12 @@ Errors and secrets
 is allowed and its source (`from file stage.yaml`, `from environment PROCESSOR_GROUP`,
 `from flag --batch-size`). Secret values never print: a declared secret is a `SecretStr`,
 and in the `kafka` pass-through any key that looks secret (`is_secret_key`) is written
-`***` by `describe()` and scrubbed from logs (`secret_values`).
+`***` by `describe()` and scrubbed from logs (`secret_values`). Only a file that cannot
+be read or parsed stops the reading at once.
+
+Where the parts live: the three sources in `processor.ops.setting_sources`, reading a
+field's declaration and wording its errors in `processor.ops.setting_fields`, the secret
+helpers in `processor.ops.secrets`; this module puts them together.
 """
 
 from __future__ import annotations
@@ -69,11 +74,9 @@ import logging
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from pathlib import Path
-from types import MappingProxyType, NoneType, UnionType
-from typing import Annotated, Any, Final, Literal, Union, cast, get_args, get_origin
+from types import MappingProxyType
+from typing import Annotated, Any, Final, Literal, cast, get_args
 
-import yaml
-from annotated_types import Ge, Gt, Le
 from pydantic import (
     BeforeValidator,
     ConfigDict,
@@ -90,6 +93,30 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from processor.core.errors import ConfigError
 from processor.core.options import Count, Name, ReadOnly, RetryPolicy, StageOptions
+from processor.ops.secrets import REDACTED, is_secret_key, redact, secret_values
+from processor.ops.setting_fields import Context, extra, fields_of, kind, optional, problem
+from processor.ops.setting_fields import choices as choices_of
+from processor.ops.setting_sources import (
+    CONFIG_ENV,
+    ENV_PREFIX,
+    KAFKA_ENV_PREFIX,
+    PLATFORM_ENV,
+    TOOLING_ENV,
+    Schema,
+    Source,
+    env_source,
+    file_source,
+    flag_source,
+    kafka_key_from_env,
+)
+
+__all__ = [
+    "CONFIG_ENV", "DEFAULT_METRICS_HOST", "DEFAULT_METRICS_PORT", "ENV_PREFIX", "ENV_VARS",
+    "FIELDS", "KAFKA_ENV_PREFIX", "KNOWN_KEYS", "LOG_FORMATS", "LOG_LEVELS", "PLATFORM_ENV",
+    "REDACTED", "SETTINGS", "TOOLING_ENV", "StageConfig", "StageSettings", "add_run_arguments",
+    "check_file", "env_name", "flag_name", "is_known_env_var", "is_secret_key",
+    "kafka_key_from_env", "load_config", "redact", "secret_values",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -99,62 +126,6 @@ LOG_FORMATS: Final[tuple[str, ...]] = get_args(LogFormat)
 LOG_LEVELS: Final[tuple[str, ...]] = get_args(LogLevel)
 DEFAULT_METRICS_PORT: Final = 9100
 DEFAULT_METRICS_HOST: Final = "0.0.0.0"
-
-ENV_PREFIX: Final = "PROCESSOR_"
-KAFKA_ENV_PREFIX: Final = "PROCESSOR_KAFKA__"
-CONFIG_ENV: Final = "PROCESSOR_CONFIG"
-PLATFORM_ENV: Final = frozenset({
-    "PROCESSOR_ARCHITECTURE", "PROCESSOR_ARCHITEW6432", "PROCESSOR_IDENTIFIER",
-    "PROCESSOR_LEVEL", "PROCESSOR_REVISION",
-})
-"""Set by Windows itself: never settings."""
-TOOLING_ENV: Final = frozenset({"PROCESSOR_KAFKA_HOME"})
-"""Read by the local broker tooling (`processor.devtools.local_kafka`, the Makefile)."""
-
-SECRET_MARKERS: Final = (
-    "password", "secret", "sasl.oauthbearer", "sasl.jaas", "ssl.key", "token",
-    "credential", "api.key", "private",
-)
-REDACTED: Final = "***"
-_NONE_WORDS: Final = frozenset({"", "none", "null", "off", "-"})
-
-
-# --- secrets -----------------------------------------------------------------------------
-
-
-def is_secret_key(key: str) -> bool:
-    """Whether a setting's value is a secret, judged by its name."""
-    normal = key.lower().replace("_", ".").replace("-", ".")
-    return any(marker in normal for marker in SECRET_MARKERS)
-
-
-def redact(mapping: Mapping[str, object]) -> dict[str, object]:
-    """A copy of `mapping` (nested mappings too) with every secret value (a `SecretStr`,
-    or under a secret-looking key) replaced by `***`. Use it on anything about to be
-    printed or logged."""
-    out: dict[str, object] = {}
-    for key, value in mapping.items():
-        if is_secret_key(str(key)) or isinstance(value, SecretStr):
-            out[key] = REDACTED
-        elif isinstance(value, Mapping):
-            out[key] = redact(cast(Mapping[str, object], value))
-        else:
-            out[key] = value
-    return out
-
-
-def secret_values(mapping: Mapping[str, object]) -> list[str]:
-    """The secret values of `mapping` (as strings), for log scrubbing."""
-    found: list[str] = []
-    for key, value in mapping.items():
-        if isinstance(value, SecretStr):
-            found.append(value.get_secret_value())
-        elif isinstance(value, Mapping):
-            found.extend(secret_values(cast(Mapping[str, object], value)))
-        elif is_secret_key(str(key)) and value is not None and str(value):
-            found.append(str(value))
-    return [value for value in found if value]
-
 
 # --- the configuration value -------------------------------------------------------------
 
@@ -245,7 +216,7 @@ class StageConfig:
 
 def _show(key: str, info: FieldInfo, value: object) -> str:
     if value is None:
-        return str(_extra(info).get("none", "-"))
+        return str(extra(info).get("none", "-"))
     if isinstance(value, SecretStr) or is_secret_key(key):
         return REDACTED
     if isinstance(value, tuple):
@@ -260,18 +231,9 @@ def _show(key: str, info: FieldInfo, value: object) -> str:
 # --- the settings model, generated from the fields ---------------------------------------
 
 
-def _extra(info: FieldInfo) -> dict[str, Any]:
-    return dict(info.json_schema_extra) if isinstance(info.json_schema_extra, dict) else {}
-
-
-def _fields_of(cls: type) -> dict[str, FieldInfo]:
-    """The declared fields of a pydantic dataclass, in order."""
-    return cast(dict[str, FieldInfo], getattr(cls, "__pydantic_fields__"))  # noqa: B009
-
-
-_STAGE_FIELDS: Final = _fields_of(StageOptions)
-_RETRY_FIELDS: Final = _fields_of(RetryPolicy)
-_OPS_FIELDS: Final = {k: v for k, v in _fields_of(StageConfig).items()
+_STAGE_FIELDS: Final = fields_of(StageOptions)
+_RETRY_FIELDS: Final = fields_of(RetryPolicy)
+_OPS_FIELDS: Final = {k: v for k, v in fields_of(StageConfig).items()
                       if k not in ("options", "sources")}
 
 
@@ -331,164 +293,20 @@ def env_name(key: str) -> str:
 
 def flag_name(key: str) -> str:
     """`batch_size` -> `--batch-size`; `handlers` -> `--handler` (its declared flag)."""
-    return "--" + str(_extra(FIELDS[key]).get("flag", key)).replace("_", "-").replace(".", "-")
+    return "--" + str(extra(FIELDS[key]).get("flag", key)).replace("_", "-").replace(".", "-")
 
 
 ENV_VARS: Final[Mapping[str, str]] = MappingProxyType({
     **{env_name(key): key for key in FIELDS if key != "kafka"}, CONFIG_ENV: "config"})
 """Environment variable -> the setting it sets (plus `PROCESSOR_KAFKA__*` for `kafka`)."""
+SCHEMA: Final = Schema(StageSettings, FIELDS, ENV_VARS, {k: flag_name(k) for k in FIELDS},
+                       KNOWN_KEYS)
 
 
 def is_known_env_var(name: str) -> bool:
     """Whether `load_config` reads the environment variable `name`."""
     return name in ENV_VARS or (name.startswith(KAFKA_ENV_PREFIX) and len(name) > len(
         KAFKA_ENV_PREFIX))
-
-
-def kafka_key_from_env(name: str) -> str:
-    """`PROCESSOR_KAFKA__SASL_PASSWORD` -> `sasl.password`."""
-    return name[len(KAFKA_ENV_PREFIX):].lower().replace("_", ".")
-
-
-def _kind(info: FieldInfo) -> str:
-    """int, float, str, choice, list, mapping or nested, from the field's annotation."""
-    tp: Any = info.annotation
-    while True:
-        if get_origin(tp) is Annotated:
-            tp = get_args(tp)[0]
-        elif get_origin(tp) in (Union, UnionType):
-            tp = next(a for a in get_args(tp) if a is not NoneType)
-        else:
-            break
-    origin = get_origin(tp)
-    if origin is Literal:
-        return "choice"
-    if origin is tuple or origin is list:
-        return "list"
-    if origin is Mapping or origin is dict:
-        return "mapping"
-    return {int: "int", float: "float", str: "str"}.get(tp, "nested")
-
-
-def _choices(info: FieldInfo) -> tuple[str, ...]:
-    tp: Any = info.annotation
-    return tuple(get_args(tp)) if get_origin(tp) is Literal else ()
-
-
-def _optional(info: FieldInfo) -> bool:
-    return NoneType in get_args(info.annotation)
-
-
-# --- the sources -------------------------------------------------------------------------
-
-
-class _Source(PydanticBaseSettingsSource):
-    """The values of one source, nested as in the YAML file, with where each came from
-    (by dotted key) and the problems found reading it."""
-
-    def __init__(self) -> None:
-        super().__init__(StageSettings)
-        self.values: dict[str, Any] = {}
-        self.where: dict[str, str] = {}
-        self.problems: list[str] = []
-
-    def put(self, key: str, value: object, where: str) -> None:
-        top, dot, sub = key.partition(".")
-        if dot:
-            self.values.setdefault(top, {})[sub] = value
-        else:
-            self.values[key] = value
-        self.where[key] = where
-
-    def put_text(self, key: str, text: str | Sequence[str], where: str) -> None:
-        """A value given as text: lists split at commas, mappings as NAME=VALUE pairs."""
-        kind = _kind(FIELDS[key])
-        items = [text] if isinstance(text, str) else list(text)
-        if kind == "list":
-            self.put(key, [p.strip() for item in items for p in item.split(",") if p.strip()],
-                     where)
-        elif kind == "mapping":
-            for item in (p for i in items for p in (i.split(",") if key != "kafka" else [i])):
-                name, sep, value = item.partition("=")
-                if not sep or not name.strip():
-                    self.problems.append(f"{flag_name(key) if where.startswith('flag') else key}"
-                                         f": expected NAME=VALUE, got {item!r} (from {where})")
-                else:
-                    self.put(f"{key}.{name.strip()}", value.strip(), where)
-        elif _optional(FIELDS[key]) and isinstance(text, str) and \
-                text.strip().lower() in _NONE_WORDS:
-            self.put(key, None, where)
-        else:
-            self.put(key, text, where)
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return self.values.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return self.values
-
-
-def _read_yaml(path: Path) -> dict[str, object]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"config file {path}: cannot read it: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"config file {path}: YAML syntax error{at}: {problem}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: the top level must be a mapping of keys "
-                          f"({', '.join(KNOWN_KEYS)}), got {type(data).__name__}")
-    return cast(dict[str, object], data)
-
-
-def _file_source(path: Path) -> _Source:
-    source, where = _Source(), f"file {path.name}"
-    for key, value in _read_yaml(path).items():
-        source.put(str(key), value, where)
-        if isinstance(value, dict):
-            source.where.update({f"{key}.{sub}": where for sub in value})
-    return source
-
-
-def _env_source(env: Mapping[str, str]) -> _Source:
-    source = _Source()
-    for name in sorted(env):
-        if not name.startswith(ENV_PREFIX) or name in PLATFORM_ENV | TOOLING_ENV | {CONFIG_ENV}:
-            continue
-        where = f"environment {name}"
-        if name.startswith(KAFKA_ENV_PREFIX):
-            if key := kafka_key_from_env(name):
-                source.put(f"kafka.{key}", env[name], where)
-            else:
-                source.problems.append(f"{name}: name a librdkafka key after {KAFKA_ENV_PREFIX}")
-        elif name in ENV_VARS:
-            source.put_text(ENV_VARS[name], env[name], where)
-        elif name.startswith("PROCESSOR_KAFKA_"):
-            logger.warning("ignoring unknown environment variable %s (a librdkafka setting "
-                           "is %s<KEY>, with two underscores)", name, KAFKA_ENV_PREFIX)
-        else:
-            logger.warning("ignoring unknown environment variable %s", name)
-    return source
-
-
-def _flag_source(flags: Mapping[str, object]) -> _Source:
-    source = _Source()
-    for key, value in flags.items():
-        if value is None or key not in FIELDS:
-            continue
-        where = f"flag {flag_name(key)}"
-        if isinstance(value, str | list):
-            source.put_text(key, cast(str | list[str], value), where)
-        else:
-            source.put(key, value, where)
-    return source
 
 
 # --- loading -----------------------------------------------------------------------------
@@ -504,9 +322,9 @@ def load_config(
     """
     if path is None and env.get(CONFIG_ENV):
         path = Path(env[CONFIG_ENV])
-    sources = [_flag_source(flags), _env_source(env)]
+    sources = [flag_source(SCHEMA, flags), env_source(SCHEMA, env)]
     if path is not None:
-        sources.append(_file_source(Path(path)))
+        sources.append(file_source(SCHEMA, Path(path)))
     problems = [p for source in reversed(sources) for p in source.problems]
     where: dict[str, str] = {}
     for source in reversed(sources):
@@ -544,12 +362,12 @@ def check_file(path: Path, env: Mapping[str, str] | None = None) -> StageConfig:
 
 
 def _messages(exc: ValidationError, where: Mapping[str, str],
-              sources: Sequence[_Source]) -> list[str]:
+              sources: Sequence[Source]) -> list[str]:
     """One line per problem, in the words of the settings and naming the source."""
     return list(dict.fromkeys(_message(e, where, sources) for e in exc.errors()))
 
 
-def _raw(loc: tuple[int | str, ...], sources: Sequence[_Source], default: object) -> object:
+def _raw(loc: tuple[int | str, ...], sources: Sequence[Source], default: object) -> object:
     """The value as the user wrote it, from the highest source that has it."""
     for source in sources:
         node: object = source.values
@@ -563,63 +381,16 @@ def _raw(loc: tuple[int | str, ...], sources: Sequence[_Source], default: object
     return default
 
 
-def _number(value: object) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _message(err: ErrorDetails, where: Mapping[str, str], sources: Sequence[_Source]) -> str:
-    loc, kind, ctx = err["loc"], err["type"], err.get("ctx", {})
+def _message(err: ErrorDetails, where: Mapping[str, str], sources: Sequence[Source]) -> str:
+    loc = err["loc"]
     key = ".".join(str(p) for p in loc[:2] if isinstance(p, str))
-    info = FIELDS.get(key) or SETTINGS.get(key.partition(".")[0])
-    origin = where.get(key) or where.get(key.partition(".")[0], "")
-    in_file = origin.startswith("file ")
-    tail = f" (from {origin})" if origin else ""
-    raw = _raw(loc, sources, err["input"])
-    shown = f"{raw!r} ({type(raw).__name__})" if in_file else repr(raw)
-    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
-        parent, name = ".".join(str(p) for p in loc[:-1]), loc[-1]
-        known = KNOWN_KEYS if not parent else tuple(_RETRY_FIELDS)
-        place = f"in {origin.removeprefix('file ')}" if in_file else f"(from {origin})"
-        return (f"{parent + ': ' if parent else ''}unknown key {name!r} {place}; "
-                f"known keys: {', '.join(known)}")
-    if kind == "missing":
-        return (f"{key}: required; set {key} in the YAML file, {env_name(key)} or "
-                f"{flag_name(key)}")
-    if kind in ("int_type", "int_parsing", "int_from_float"):
-        return f"{key}: expected an integer, got {shown}{tail}"
-    if kind in ("float_type", "float_parsing"):
-        return f"{key}: expected a number, got {shown}{tail}"
-    if kind == "string_type":
-        quote = "; quote it in YAML" if in_file else ""
-        return f"{key}: expected a string, got {raw!r} ({type(raw).__name__}){quote}{tail}"
-    if kind == "string_too_short":
-        return f"{key}: must not be empty{tail}"
-    if kind == "too_short":
-        return f"{key}: at least one is required{tail}"
-    if kind == "literal_error" and info is not None:
-        return (f"{key}: {raw!r} is not allowed; allowed values: "
-                f"{', '.join(_choices(info))}{tail}")
-    if kind in ("greater_than_equal", "greater_than", "less_than_equal") and info is not None:
-        return f"{key}: {_bound_text(info)}, got {_number(raw)}{tail}"
-    if kind in ("dict_type", "mapping_type"):
-        return f"{key}: expected a mapping of names to values, got {type(raw).__name__}{tail}"
-    if kind in ("tuple_type", "list_type"):
-        return f"{key}: expected a list, got {raw!r}{tail}"
-    if kind == "value_error" and not loc:
-        return str(ctx.get("error", err["msg"]))
-    return f"{key or 'configuration'}: {err['msg']}{tail}"
-
-
-def _bound_text(info: FieldInfo) -> str:
-    low = next((m for m in info.metadata if isinstance(m, Ge | Gt)), None)
-    high = next((m.le for m in info.metadata if isinstance(m, Le)), None)
-    if isinstance(low, Ge) and high is not None:
-        return f"must be between {_number(low.ge)} and {_number(high)}"
-    if isinstance(low, Gt):
-        return f"must be greater than {_number(low.gt)}"
-    if isinstance(low, Ge):
-        return "must not be negative" if low.ge == 0 else f"must be at least {_number(low.ge)}"
-    return f"must be at most {_number(high)}"
+    top = key.partition(".")[0]
+    hint = f"set {key} in the YAML file, {env_name(key)} or {flag_name(key)}" \
+        if key in FIELDS else ""
+    return problem(err, Context(
+        key=key, info=FIELDS.get(key) or SETTINGS.get(top),
+        origin=where.get(key) or where.get(top, ""), raw=_raw(loc, sources, err["input"]),
+        known=tuple(_RETRY_FIELDS) if len(loc) > 1 else KNOWN_KEYS, hint=hint))
 
 
 # --- CLI flags ---------------------------------------------------------------------------
@@ -635,25 +406,25 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     groups = {name: parser.add_argument_group(name) for name in ("stage", "kafka", "operations")}
     for key, info in FIELDS.items():
-        extra, kind = _extra(info), _kind(info)
-        group = groups[extra.get("group", "stage")]
+        declared, shape = extra(info), kind(info)
+        group = groups[declared.get("group", "stage")]
         env = f"{KAFKA_ENV_PREFIX}<KEY> with dots as underscores" if key == "kafka" \
             else env_name(key)
         default = "" if info.default in (None, ...) or info.is_required() or \
             info.default_factory else f"; default {info.default}"
+        metavar = {"int": "N", "float": "NUMBER"}.get(shape, key.upper())
         options: dict[str, Any] = {
-            "dest": key, "default": None,
-            "metavar": extra.get("metavar", {"int": "N", "float": "NUMBER"}.get(kind, key.upper())),
+            "dest": key, "default": None, "metavar": declared.get("metavar", metavar),
             "help": f"{info.description} [env {env}{default}]",
         }
-        if kind in ("list", "mapping"):
+        if shape in ("list", "mapping"):
             options.update(action="append", help=f"{info.description}; repeatable "
                                                  f"[env {env}]")
-        elif kind == "choice":
-            choices = _choices(info)
+        elif shape == "choice":
+            choices = choices_of(info)
             upper = all(c == c.upper() for c in choices)
             options.update(choices=choices, type=str.upper if upper else str)
             del options["metavar"]
-        elif kind in ("int", "float") and not _optional(info):
-            options["type"] = int if kind == "int" else float
+        elif shape in ("int", "float") and not optional(info):
+            options["type"] = int if shape == "int" else float
         group.add_argument(flag_name(key), **options)
