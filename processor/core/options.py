@@ -149,5 +149,12 @@ class StageOptions:
                     "the name)", json_schema_extra={"metavar": "ID"})] = None
 
     def __post_init__(self) -> None:
-        if self.input_topic in (self.output_topic, self.dlq_topic):
-            raise ValueError("input_topic must differ from output_topic and dlq_topic")
+        if clash := topic_clash(self.input_topic, self.output_topic, self.dlq_topic):
+            raise ValueError(clash)
+
+
+def topic_clash(input_topic: object, output_topic: object, dlq_topic: object) -> str | None:
+    """The rule across fields of `StageOptions`: a stage must not write where it reads."""
+    if input_topic in (output_topic, dlq_topic):
+        return "input_topic must differ from output_topic and dlq_topic"
+    return None

@@ -92,7 +92,14 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from processor.core.errors import ConfigError
-from processor.core.options import Count, Name, ReadOnly, RetryPolicy, StageOptions
+from processor.core.options import (
+    Count,
+    Name,
+    ReadOnly,
+    RetryPolicy,
+    StageOptions,
+    topic_clash,
+)
 from processor.ops.secrets import REDACTED, is_secret_key, redact, secret_values
 from processor.ops.setting_fields import Context, extra, fields_of, kind, optional, problem
 from processor.ops.setting_fields import choices as choices_of
@@ -233,6 +240,7 @@ def _show(key: str, info: FieldInfo, value: object) -> str:
 
 _STAGE_FIELDS: Final = fields_of(StageOptions)
 _RETRY_FIELDS: Final = fields_of(RetryPolicy)
+_TOPICS: Final = ("input_topic", "output_topic", "dlq_topic")
 _OPS_FIELDS: Final = {k: v for k, v in fields_of(StageConfig).items()
                       if k not in ("options", "sources")}
 
@@ -333,7 +341,11 @@ def load_config(
     try:
         values = dict(StageSettings())
     except ValidationError as exc:
-        raise ConfigError("\n".join(problems + _messages(exc, where, sources))) from None
+        lines = problems + _messages(exc, where, sources)
+        if not any(e["loc"][0] in _TOPICS for e in exc.errors() if e["loc"]) and (
+                clash := topic_clash(*(_raw((k,), sources, None) for k in _TOPICS))):
+            lines.append(clash)  # the rule across fields, had the fields been valid
+        raise ConfigError("\n".join(lines)) from None
     finally:
         _SOURCES.reset(token)
     if problems:

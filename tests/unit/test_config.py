@@ -338,6 +338,15 @@ def test_all_problems_are_reported_together(tmp_path: Path) -> None:
     assert "input_topic: required" in text
 
 
+def test_the_rule_across_fields_is_reported_with_the_others(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE + "output_topic: in\nbatch_size: 0\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {}, {})
+    assert str(info.value).splitlines() == [
+        "batch_size: must be at least 1, got 0 (from file stage.yaml)",
+        "input_topic must differ from output_topic and dlq_topic"]
+
+
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match=r"config file /no/such/stage.yaml: cannot read it"):
         load_config(Path("/no/such/stage.yaml"), {}, {})

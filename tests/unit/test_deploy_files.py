@@ -22,6 +22,8 @@ import yaml
 from processor.ops import metrics
 from processor.ops.settings import (
     DEFAULT_METRICS_PORT,
+    PLATFORM_ENV,
+    TOOLING_ENV,
     StageConfig,
     add_run_arguments,
     is_known_env_var,
@@ -326,7 +328,8 @@ def test_docs_mention_every_metric() -> None:
     assert missing == set()
     for name in ENV_RE.findall(text):
         if not name.endswith("_"):
-            assert is_known_env_var(name) or name.startswith("PROCESSOR_KAFKA__"), name
+            assert is_known_env_var(name) or name.startswith("PROCESSOR_KAFKA__") or \
+                name in PLATFORM_ENV | TOOLING_ENV, name
 
 
 def test_the_image_build_copies_what_the_package_links_to() -> None:
