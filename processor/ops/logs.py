@@ -24,9 +24,10 @@ so a log query can follow a partition through rebalances.
 
 Secrets
 -------
-Extra fields whose name looks secret (see `processor.ops.secrets.is_secret_key`) are written as
-`***`, and `register_secret(value)` (called by the CLI with the secret values of the
-configuration) replaces any occurrence of that value in a message with `***`.
+Extra fields whose name looks secret (see `processor.ops.secrets.is_secret_key`), or whose
+value is a `pydantic.SecretStr`, are written as `***`, and `register_secret(value)` (called
+by the runner with the secret values of the configuration) replaces any occurrence of that
+value in a message with `***`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ import threading
 import time
 from collections.abc import Iterable
 from typing import Final, TextIO
+
+from pydantic import SecretStr
 
 from processor.core.errors import ConfigError
 from processor.ops.secrets import REDACTED, is_secret_key
@@ -77,7 +80,7 @@ def extra_fields(record: logging.LogRecord) -> dict[str, object]:
     for key, value in record.__dict__.items():
         if key in _RECORD_ATTRS or key.startswith("_"):
             continue
-        fields[key] = REDACTED if is_secret_key(key) else value
+        fields[key] = REDACTED if is_secret_key(key) or isinstance(value, SecretStr) else value
     return fields
 
 

@@ -8,10 +8,12 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from pydantic import SecretStr
 
 from processor.backends.abstract import TopicPartition
 from processor.core.errors import ConfigError
 from processor.ops.logs import configure_logging, lifecycle, register_secret
+from processor.ops.secrets import secret_values
 
 
 @pytest.fixture
@@ -107,3 +109,15 @@ def test_secrets_are_redacted(stream: io.StringIO) -> None:
     assert record["sasl_password"] == "***" and record["user"] == "alice"
     assert "s3cr3t-value" not in text_line and "xyz" not in text_line
     assert "api_token=***" in text_line
+
+
+def test_secret_str_fields_and_configured_secrets_are_redacted(stream: io.StringIO) -> None:
+    configure_logging("text", "INFO", stream=stream)
+    for value in secret_values({"sasl.password": "pw-from-config", "linger.ms": 5,
+                                "registry": {"auth": SecretStr("declared-secret")}}):
+        register_secret(value)
+    logging.getLogger("processor.test").info(
+        "login with pw-from-config", extra={"auth": SecretStr("declared-secret"), "n": 5})
+    (line,) = lines(stream)
+    assert "pw-from-config" not in line and "declared-secret" not in line
+    assert "login with ***" in line and "auth=***" in line and "n=5" in line
