@@ -38,13 +38,17 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
-from typing import Final, TextIO
+from typing import Final, Literal, TextIO, get_args
 
 from pydantic import SecretStr
 
 from processor.core.errors import ConfigError
 from processor.ops.secrets import REDACTED, is_secret_key
-from processor.ops.settings import LOG_FORMATS, LOG_LEVELS
+
+LogFormat = Literal["text", "json"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LOG_FORMATS: Final[tuple[str, ...]] = get_args(LogFormat)
+LOG_LEVELS: Final[tuple[str, ...]] = get_args(LogLevel)
 
 LIFECYCLE_EVENTS: Final = (
     "start", "assignment", "revocation", "lost", "pause", "resume", "shutdown", "stopped",

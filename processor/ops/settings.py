@@ -75,7 +75,7 @@ from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, Final, Literal, cast, get_args
+from typing import Annotated, Any, Final, cast
 
 from pydantic import (
     BeforeValidator,
@@ -100,6 +100,7 @@ from processor.core.options import (
     StageOptions,
     topic_clash,
 )
+from processor.ops.logs import LOG_FORMATS, LOG_LEVELS, LogFormat, LogLevel
 from processor.ops.secrets import REDACTED, is_secret_key, redact, secret_values
 from processor.ops.setting_fields import Context, extra, fields_of, kind, optional, problem
 from processor.ops.setting_fields import choices as choices_of
@@ -127,10 +128,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-LogFormat = Literal["text", "json"]
-LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-LOG_FORMATS: Final[tuple[str, ...]] = get_args(LogFormat)
-LOG_LEVELS: Final[tuple[str, ...]] = get_args(LogLevel)
 DEFAULT_METRICS_PORT: Final = 9100
 DEFAULT_METRICS_HOST: Final = "0.0.0.0"
 
