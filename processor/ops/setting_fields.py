@@ -132,7 +132,7 @@ def problem(err: ErrorDetails, at: Context) -> str:
                f"{', '.join(choices(at.info))}{tail}"
     if kind in _BOUND and at.info is not None:
         return f"{key}: {bounds(at.info)}, got {_number(raw)}{tail}"
-    if kind in ("dict_type", "mapping_type"):
+    if kind in ("dict_type", "mapping_type", "dataclass_type", "model_type"):
         return f"{key}: expected a mapping of names to values, got {type(raw).__name__}{tail}"
     if kind in ("tuple_type", "list_type"):
         return f"{key}: expected a list, got {raw!r}{tail}"

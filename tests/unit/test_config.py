@@ -276,7 +276,8 @@ def test_env_var_mapping_covers_the_brief() -> None:
          r"retry: unknown key 'tries' in stage.yaml; known keys: max_attempts"),
         (BASE + "retry:\n  jitter: 2\n",
          r"retry.jitter: must be between 0 and 1, got 2 \(from file stage.yaml\)"),
-        (BASE + "retry: 3\n", r"retry: .*\(from file stage.yaml\)"),
+        (BASE + "retry: 3\n",
+         r"retry: expected a mapping of names to values, got int \(from file stage.yaml\)"),
         (BASE + "kafka: [1, 2]\n",
          r"kafka: expected a mapping of names to values, got list"),
         (BASE + "kafka:\n  acks: [1]\n",
@@ -312,6 +313,14 @@ def test_file_errors_name_the_field(tmp_path: Path, text: str, message: str) -> 
         ({"PROCESSOR_COMMIT_INTERVAL": "soon"}, r"commit_interval: expected a number"),
         ({"PROCESSOR_OUTPUTS": "late"}, r"outputs: expected NAME=VALUE, got 'late'"),
         ({"PROCESSOR_GROUP": " "}, r"group: must not be empty"),
+        ({"PROCESSOR_RETRY_JITTER": "2"}, r"retry.jitter: must be between 0 and 1, got 2 "
+                                          r"\(from environment PROCESSOR_RETRY_JITTER\)"),
+        ({"PROCESSOR_METRICS_PORT": "abc"},
+         r"metrics_port: expected an integer, got 'abc' \(from environment "
+         r"PROCESSOR_METRICS_PORT\)"),
+        ({"PROCESSOR_PROCESSES": "1.5"}, r"processes: expected an integer, got '1.5'"),
+        ({"PROCESSOR_BOOTSTRAP_SERVERS": ""},
+         r"bootstrap_servers: must not be empty \(from environment PROCESSOR_BOOTSTRAP_SERVERS\)"),
     ],
 )
 def test_env_errors_name_the_field_and_variable(env: dict[str, str], message: str) -> None:
@@ -424,7 +433,6 @@ def test_the_local_broker_home_is_not_a_kafka_setting(caplog: pytest.LogCaptureF
     assert dict(config.kafka) == {"client.id": "c1"}
     assert caplog.records == []
     assert not is_known_env_var("PROCESSOR_KAFKA_HOME")
-    assert not is_known_env_var("PROCESSOR_KAFKA_DEPLOY")
 
 
 def test_a_single_underscore_kafka_variable_is_ignored_with_a_hint(
