@@ -7,7 +7,6 @@ running it.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -27,7 +26,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from processor.core.artifact import Artifact
-from processor.ops.lag import main_lag
+from processor.ops.lag import LagError, collect_lag, format_table
 from processor.serde.codec import encode
 from tests.procs import start, stop, wait_for
 
@@ -149,9 +148,11 @@ def commit_start(bootstrap: str, group: str, topic: str) -> None:
 
 
 def lag_table(bootstrap: str, group: str, topic: str) -> tuple[int, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main_lag(bootstrap, group, [topic], out=out, err=err, timeout=10)
-    return code, out.getvalue() + err.getvalue()
+    """What `processor lag --topic TOPIC` prints, and its exit status."""
+    try:
+        return 0, format_table(collect_lag(bootstrap, group, [topic], timeout=10))
+    except LagError as exc:
+        return 1, f"processor lag: error: {exc}\n"
 
 
 def get_status(url: str) -> int:
