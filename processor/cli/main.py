@@ -6,6 +6,7 @@ table (`add_parsers`) and names the function that runs it (`func`):
 * `processor.cli.demo`: `demo`, the three-stage demo on the in-memory broker;
 * `processor.cli.run`: `run`, one stage as a service, and `config check`;
 * `processor.cli.produce`: `produce` and `tail`, artifacts into and out of a topic;
+* `processor.cli.topics`: `topics create` and `topics list`;
 * `processor.cli.broker`: `broker`, a local Apache Kafka for development;
 * `processor.cli.lag`: `lag`, a consumer group's lag.
 
@@ -21,7 +22,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from processor.cli import broker, demo, lag, produce, run
+from processor.cli import broker, demo, lag, produce, run, topics
 from processor.cli.common import HelpFormatter
 from processor.core.errors import ProcessorError
 
@@ -29,6 +30,7 @@ EPILOG = """\
 examples:
   processor demo --count 5000
   processor broker                      # a local Apache Kafka for development
+  processor topics create --bootstrap-servers 127.0.0.1:9092 in out in.dlq --partitions 3
   processor run --bootstrap-servers 127.0.0.1:9092 --input-topic in --output-topic out \\
       --group g --handler validate --dlq-topic in.dlq
   processor produce --bootstrap-servers 127.0.0.1:9092 --topic in orders.jsonl
@@ -38,7 +40,7 @@ examples:
 `processor COMMAND --help` explains a command and its flags.
 """
 
-COMMAND_GROUPS = (demo, run, produce, broker, lag)
+COMMAND_GROUPS = (demo, run, produce, topics, broker, lag)
 """The modules whose `add_parsers` build the sub-commands, in the order `--help` lists them."""
 
 Command = Callable[[argparse.Namespace], int]

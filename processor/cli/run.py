@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 from processor.cli.common import Subcommands, command_parser
@@ -15,9 +17,10 @@ examples:
   processor run --config stage.yaml --processes 2
   PROCESSOR_BATCH_SIZE=500 processor run --config stage.yaml
 
-A handler is `module:function` or a short name (validate, transform, enrich, and names that
-installed packages declare as `processor.handlers` entry points); several run as a chain.
-The topics must exist. SIGTERM or Ctrl-C drains, commits and stops.
+A handler is `module:function` (the module is imported from the current directory or
+PYTHONPATH) or a short name (validate, transform, enrich, and names that installed
+packages declare as `processor.handlers` entry points); several run as a chain. The
+topics must exist. SIGTERM or Ctrl-C drains, commits and stops.
 """
 
 
@@ -41,7 +44,8 @@ def add_parsers(sub: Subcommands) -> None:
 
     config = command_parser(
         sub, "config", help="configuration tools (config check)",
-        description="Configuration tools for `processor run`.",
+        description="Configuration tools for `processor run`: `config check FILE` "
+        "validates a stage's YAML file without starting the stage.",
         epilog="examples:\n  processor config check deploy/stage.example.yaml",
     )
     actions = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
@@ -60,7 +64,16 @@ def add_parsers(sub: Subcommands) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from processor.runtime.runner import run_from_args
 
+    _import_from_cwd()
     return run_from_args(args)
+
+
+def _import_from_cwd() -> None:
+    """Let `--handler module:function` find modules in the current directory, as
+    `python -m` does (the `processor` script's own directory is on the path instead)."""
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
