@@ -53,8 +53,11 @@ test: $(STAMP) kafka-jars
 	$(BIN)/mypy --strict processor tests
 	PROCESSOR_KAFKA_HOME=$(KAFKA_HOME) $(BIN)/pytest -q -ra --durations=15 tests
 
+# The side-by-side benchmark (benchmarks/README.md); options through BENCH_ARGS, e.g.
+# make bench BENCH_ARGS="--count 50000 --only ceiling,project-alo"
+BENCH_ARGS ?=
 bench: $(STAMP) kafka-jars
-	PROCESSOR_KAFKA_HOME=$(KAFKA_HOME) $(BIN)/python benchmarks/bench.py
+	PROCESSOR_KAFKA_HOME=$(KAFKA_HOME) $(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 broker: $(STAMP) kafka-jars
 	PROCESSOR_KAFKA_HOME=$(KAFKA_HOME) $(BIN)/processor broker

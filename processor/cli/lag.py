@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TextIO
 
 from processor.cli.common import (
     Subcommands,
@@ -38,7 +37,7 @@ def add_parsers(sub: Subcommands) -> None:
     lag.set_defaults(func=cmd_lag)
 
 
-def cmd_lag(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def cmd_lag(args: argparse.Namespace) -> int:
     rows = collect_lag(need_bootstrap(args), args.group, args.topics, timeout=args.timeout)
-    out.write(format_table(rows))
+    sys.stdout.write(format_table(rows))
     return 0

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from processor.cli.common import (
     Subcommands,
@@ -104,12 +104,13 @@ def _key_of(artifact: Artifact, field: str | None) -> bytes | None:
     return None if value is None else str(value).encode()
 
 
-def cmd_produce(args: argparse.Namespace, err: IO[str] = sys.stderr) -> int:
+def cmd_produce(args: argparse.Namespace) -> int:
     from processor.backends.kafka import KafkaBroker
     from processor.demo.run import generate
     from processor.serde.codec import Codec
     from processor.serde.jsonform import artifact_from_json
 
+    err = sys.stderr
     broker = KafkaBroker(need_bootstrap(args))
     producer = broker.producer(client_id="processor-produce")
     codec = Codec()
@@ -157,11 +158,12 @@ def cmd_produce(args: argparse.Namespace, err: IO[str] = sys.stderr) -> int:
     return 0 if not bad else 1
 
 
-def cmd_tail(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
+def cmd_tail(args: argparse.Namespace) -> int:
     from processor.backends.kafka import KafkaBroker
     from processor.serde.codec import Codec
     from processor.serde.jsonform import artifact_to_json
 
+    out = sys.stdout
     broker = KafkaBroker(need_bootstrap(args))
     if args.topic not in broker.admin().list_topics():
         raise ProcessorError(f"topic {args.topic!r} does not exist")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TextIO
 
 from processor.cli.common import (
     Subcommands,
@@ -53,7 +52,8 @@ def add_parsers(sub: Subcommands) -> None:
     listing.set_defaults(func=cmd_list)
 
 
-def cmd_create(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def cmd_create(args: argparse.Namespace) -> int:
+    out = sys.stdout
     from processor.backends.kafka import KafkaBroker
 
     admin = KafkaBroker(need_bootstrap(args)).admin()
@@ -70,7 +70,8 @@ def cmd_create(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     return 0
 
 
-def cmd_list(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def cmd_list(args: argparse.Namespace) -> int:
+    out = sys.stdout
     from processor.backends.kafka import KafkaBroker
 
     admin = KafkaBroker(need_bootstrap(args)).admin()
