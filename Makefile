@@ -36,8 +36,10 @@ kafka-jars: system-deps $(STAMP)
 	PROCESSOR_KAFKA_HOME=$(KAFKA_HOME) $(BIN)/python -c \
 	  "from processor.devtools.local_kafka import ensure_jars; print('Apache Kafka jars in', ensure_jars())"
 
+# Style, and the import contracts of pyproject.toml (layers: see docs/architecture.md).
 lint: $(STAMP)
 	$(BIN)/ruff check processor tests benchmarks
+	$(BIN)/lint-imports --no-logo
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict processor tests
@@ -47,14 +49,18 @@ unit: $(STAMP)
 
 test: $(STAMP) kafka-jars
 	$(BIN)/ruff check processor tests benchmarks
+	$(BIN)/lint-imports --no-logo
 	$(BIN)/mypy --strict processor tests
 	PROCESSOR_KAFKA_HOME=$(KAFKA_HOME) $(BIN)/pytest -q -ra --durations=15 tests
 
+# The side-by-side benchmark (benchmarks/README.md); options through BENCH_ARGS, e.g.
+# make bench BENCH_ARGS="--count 50000 --only ceiling,project-alo"
+BENCH_ARGS ?=
 bench: $(STAMP) kafka-jars
-	PROCESSOR_KAFKA_HOME=$(KAFKA_HOME) $(BIN)/python benchmarks/bench.py
+	PROCESSOR_KAFKA_HOME=$(KAFKA_HOME) $(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 broker: $(STAMP) kafka-jars
 	PROCESSOR_KAFKA_HOME=$(KAFKA_HOME) $(BIN)/processor broker
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache

@@ -2,7 +2,7 @@
 Quix Streams, on a real Apache Kafka broker started for the run.
 
     make bench                                   # the default: 1,000,000 artifacts
-    processor bench --count 50000 --only ceiling,project-alo
+    make bench BENCH_ARGS="--count 50000 --only ceiling,project-alo"
     .venv/bin/python benchmarks/bench.py --profile --count 200000
 
 Every contender reads the same pre-loaded input topic with a new consumer group, writes
@@ -34,7 +34,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))  # also when run by `processor bench` (runpy)
+    sys.path.insert(0, str(HERE))  # the sibling modules, from any working directory
 
 import harness  # noqa: E402
 import report  # noqa: E402
@@ -391,7 +391,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="where to write latest.json/.md/.png (default: %(default)s)")
     given = list(sys.argv[1:] if argv is None else argv)
     if given[:1] == ["--"]:
-        given = given[1:]  # `processor bench -- ARGS` hands the separator on
+        given = given[1:]  # a leading `--` separator is allowed
     args = parser.parse_args(given)
     if args.count < 1 or args.partitions < 1 or args.size < 100:
         parser.error("--count and --partitions must be positive, --size at least 100")

@@ -1,1 +1,3 @@
-"""The `processor` command: one module per command group. Nothing imports this layer."""
+"""The `processor` command: `main` (parser, dispatch, error handling) and one module per
+command group (`demo`, `run`, `produce`, `topics`, `broker`, `lag`). The top layer:
+nothing imports it."""

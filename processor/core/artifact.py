@@ -271,12 +271,6 @@ class Artifact(NamedTuple):
     def checksum_ok(self) -> bool:
         return self.checksum == checksum_of(self.payload)
 
-    def to_json_dict(self) -> dict[str, Any]:
-        """A JSON-friendly view: bytes as base64 text, text payloads as text."""
-        from processor.serde.jsonform import artifact_to_json_dict
-
-        return artifact_to_json_dict(self)
-
     def __repr__(self) -> str:
         return (
             f"Artifact(id={self.id!r}, role={self.role!r}, scope={self.scope!r}, "

@@ -12,18 +12,33 @@ A handler is a callable `handler(artifact) -> result` where the result is
 A handler signals trouble by raising `InvalidArtifact` (dead-letter it),
 `RetryableError` (retry with backoff) or anything else (the stage's error policy decides).
 
-`chain(h1, h2, ...)` composes handlers; `registry` and `@handler` let a stage name them
-in configuration as `module:function` or by registered name.
+`chain(h1, h2, ...)` composes handlers. A stage names its handlers in configuration, each
+as `module:function` or by a short name, which `registry` resolves:
+
+* names registered in this process with `@handler("name")` or `registry.register`;
+* names that installed distributions declare as entry points of the group
+  `processor.handlers` (`HANDLER_ENTRY_POINTS`), loaded only when first asked for. This
+  package declares the demo's `validate`, `transform` and `enrich` that way, in
+  `pyproject.toml`; a plugin distribution declares its own the same way:
+
+      [project.entry-points."processor.handlers"]
+      shout = "my_handlers:shout"
+
+An unknown name is a `HandlerNotFound` that lists every name known.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable, Iterable, Sequence
-from typing import NamedTuple, TypeAlias, TypeVar
+from importlib.metadata import EntryPoint, entry_points
+from typing import Final, NamedTuple, TypeAlias, TypeVar
 
 from processor.core.artifact import Artifact
 from processor.core.errors import HandlerNotFound
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT = ""
 """The name of a stage's default output (its output topic)."""
@@ -126,39 +141,49 @@ def handler_name(h: Handler) -> str:
     return f"{module}:{name}"
 
 
-class Registry:
-    """Named handlers, so configuration can refer to them by name."""
+HANDLER_ENTRY_POINTS: Final = "processor.handlers"
+"""The entry-point group through which installed distributions name their handlers."""
 
-    def __init__(self) -> None:
+
+class Registry:
+    """Named handlers, so configuration can refer to them by name.
+
+    Names come from `register` (in this process) and, when `entry_point_group` is given,
+    from the entry points of that group in the installed distributions' metadata. An entry
+    point is loaded (its module imported) the first time its name is resolved, never
+    before; a name registered in the process wins over an entry point of the same name.
+    """
+
+    def __init__(self, entry_point_group: str | None = None) -> None:
         self._handlers: dict[str, Handler] = {}
+        self.entry_point_group = entry_point_group
 
     def register(self, name: str, h: Handler) -> None:
         if name in self._handlers and self._handlers[name] is not h:
             raise ValueError(f"a handler named {name!r} is registered already")
         self._handlers[name] = h
 
+    def _entry_points(self) -> dict[str, EntryPoint]:
+        if self.entry_point_group is None:
+            return {}
+        return {ep.name: ep for ep in entry_points(group=self.entry_point_group)}
+
     def names(self) -> list[str]:
-        return sorted(self._handlers)
+        """Every name `resolve` knows: registered ones and declared entry points."""
+        return sorted({*self._handlers, *self._entry_points()})
 
     def get(self, name: str) -> Handler | None:
+        """A handler registered in this process under `name` (entry points not loaded)."""
         return self._handlers.get(name)
 
     def resolve(self, ref: str) -> Handler:
-        """A handler by registered name, or by `module:function` (importing the module)."""
+        """A handler by name (registered, or an entry point, loaded now), or by
+        `module:function` (importing the module)."""
         found = self._handlers.get(ref)
         if found is not None:
             return found
-        if ":" not in ref and self is registry:
-            _load_builtin_handlers()
-            found = self._handlers.get(ref)
-            if found is not None:
-                return found
         if ":" not in ref:
-            known = ", ".join(self.names()) or "none"
-            raise HandlerNotFound(
-                f"no handler named {ref!r}: use a registered name ({known}) "
-                "or module:function"
-            )
+            return self._load_entry_point(ref)
         module_name, _, attr_path = ref.partition(":")
         try:
             obj: object = importlib.import_module(module_name)
@@ -171,9 +196,29 @@ class Registry:
                 raise HandlerNotFound(
                     f"handler {ref!r}: module {module_name!r} has no {attr_path!r}"
                 ) from exc
-        if not callable(obj):
-            raise HandlerNotFound(f"handler {ref!r} is a {type(obj).__name__}, not a callable")
-        return obj
+        return _callable(ref, obj)
+
+    def _load_entry_point(self, name: str) -> Handler:
+        declared = self._entry_points()
+        ep = declared.get(name)
+        if ep is None:
+            known = ", ".join(self.names()) or "none"
+            raise HandlerNotFound(
+                f"no handler named {name!r}: use a known name ({known}) or module:function"
+            )
+        try:
+            obj: object = ep.load()
+        except (ImportError, AttributeError) as exc:
+            raise HandlerNotFound(
+                f"handler {name!r}: its entry point {ep.value!r} (group {ep.group!r}) does not "
+                f"load: {exc}"
+            ) from exc
+        h = _callable(name, obj)
+        logger.debug("handler %r loaded from entry point %s", name, ep.value)
+        # A module that registers its handlers on import may have registered this one.
+        if self._handlers.get(name) is not h:
+            self.register(name, h)
+        return h
 
     def resolve_all(self, refs: Iterable[str]) -> Handler:
         resolved = [self.resolve(r) for r in refs]
@@ -182,17 +227,14 @@ class Registry:
         return chain(*resolved)
 
 
-BUILTIN_HANDLER_MODULES = ("processor.demo",)
-"""Modules whose `@handler` functions can be named without importing them first."""
+def _callable(ref: str, obj: object) -> Handler:
+    if not callable(obj):
+        raise HandlerNotFound(f"handler {ref!r} is a {type(obj).__name__}, not a callable")
+    return obj
 
 
-def _load_builtin_handlers() -> None:
-    for module in BUILTIN_HANDLER_MODULES:
-        importlib.import_module(module)
-
-
-registry = Registry()
-"""The process-wide registry used by `@handler` and the CLI."""
+registry = Registry(HANDLER_ENTRY_POINTS)
+"""The process-wide registry used by `@handler`, the runner and the CLI."""
 
 
 H = TypeVar("H", bound=Handler)

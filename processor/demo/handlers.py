@@ -8,7 +8,10 @@ The input is a stream of orders: JSON objects
   zero-amount orders (a filter).
 * `enrich` adds typed metadata: a size tier and whether the order needs review.
 
-They depend on `core` only.
+They depend on `core` only. They are plain functions: the names `validate`, `transform`
+and `enrich` reach the handler registry as entry points of the group `processor.handlers`
+(declared in `pyproject.toml`), so `--handler validate` loads this module when a stage
+first asks for it and not before.
 """
 
 from __future__ import annotations
@@ -18,10 +21,8 @@ from typing import Any
 
 from processor.core.artifact import Artifact, MediaType, State
 from processor.core.errors import InvalidArtifact
-from processor.core.handlers import handler
 
 
-@handler("validate")
 def validate(artifact: Artifact) -> Artifact:
     """Reject anything that is not an order object."""
     try:
@@ -39,7 +40,6 @@ def validate(artifact: Artifact) -> Artifact:
     return artifact.with_state(State.VALIDATED).with_meta("validated", True)
 
 
-@handler("transform")
 def transform(artifact: Artifact) -> Artifact | None:
     """Normalise amounts to cents and currencies to upper case; drop empty orders."""
     order: dict[str, Any] = json.loads(artifact.payload)
@@ -52,7 +52,6 @@ def transform(artifact: Artifact) -> Artifact | None:
     return artifact.with_payload(payload, MediaType.JSON).with_state(State.TRANSFORMED)
 
 
-@handler("enrich")
 def enrich(artifact: Artifact) -> Artifact:
     """Add a size tier and a review flag as typed metadata."""
     order = json.loads(artifact.payload)

@@ -80,7 +80,10 @@ def read_jsonl(path: Path) -> Iterator[bytes | Artifact]:
 
 
 def _topics(count: int) -> list[str]:
-    return ["orders.raw", *[f"orders.{s.name}d" for s in STAGES][:count]]
+    """The chain's topics: the input, then the output of each of the first `count` stages,
+    named after what the stage did (the names the compose stack and k8s manifests use)."""
+    done = {"validate": "validated", "transform": "transformed", "enrich": "enriched"}
+    return ["orders.raw", *[f"orders.{done[s.name]}" for s in STAGES][:count]]
 
 
 @dataclass

@@ -1,4 +1,7 @@
-"""`processor lag`: a consumer group's committed offsets, end offsets and lag per partition.
+"""A consumer group's committed offsets, end offsets and lag per partition.
+
+`collect_lag` reads them, `format_table` renders the table `processor lag` prints (the
+command itself, its flags and its output streams, is `processor.cli.lag`):
 
     $ processor lag --bootstrap-servers kafka:9092 --group validate
     topic          partition  committed  end offset  lag
@@ -12,18 +15,17 @@ minus committed offset. A partition of a requested topic without a committed off
 shown with `-` and counts its whole retained range (low to high watermark) as lag, which
 is what a stage with `auto.offset.reset=earliest` has left to read.
 
-Every broker request is bounded by `timeout`; an unknown group or an unreachable broker
-is one line on stderr and exit status 1.
+Every broker request is bounded by `timeout`; an unknown group, an unknown topic or an
+unreachable broker raises `LagError`, a `ProcessorError` whose message is one line.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any
 
 from confluent_kafka import (
     Consumer,
@@ -35,11 +37,13 @@ from confluent_kafka import (
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import AdminClient
 
+from processor.core.errors import ProcessorError
+
 DEFAULT_TIMEOUT = 10.0
 
 
-class LagError(Exception):
-    """A problem `main_lag` reports as one line and exit status 1."""
+class LagError(ProcessorError):
+    """A lag that cannot be read: the broker, the group or a topic is not there."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,17 +178,3 @@ def collect_lag(bootstrap_servers: str, group: str, topics: Sequence[str] | None
         return rows
     finally:
         consumer.close()
-
-
-def main_lag(bootstrap_servers: str, group: str, topics: list[str] | None = None,
-             out: TextIO = sys.stdout, err: TextIO = sys.stderr,
-             timeout: float = DEFAULT_TIMEOUT,
-             settings: Mapping[str, object] | None = None) -> int:
-    """Print the lag table of `group`; return the exit status (0, or 1 on an error)."""
-    try:
-        rows = collect_lag(bootstrap_servers, group, topics, timeout, settings)
-    except LagError as exc:
-        print(f"processor lag: {exc}", file=err)
-        return 1
-    out.write(format_table(rows))
-    return 0

@@ -1,3 +1,5 @@
-"""Serialisation: the Avro codec for artifacts (a specialised fast path, byte-identical to
-fastavro, with fastavro for every other schema) and the JSON form that `produce` and
-`tail` speak. It depends on `core` only."""
+"""Serialisation: the Avro codec for artifacts (`codec`: schema loading, fingerprints,
+writer schemas, the `Codec`), its specialised encoder and decoder for the packaged schema
+(`fast`, byte-identical to fastavro, which handles every other schema), and the JSON form
+that `produce` and `tail` speak (`jsonform`). The wire contract is
+`schemas/artifact.avsc`. It depends on `core` only."""

@@ -13,12 +13,10 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from processor.core.artifact import Artifact, MediaType, MetaValue
 from processor.core.errors import InvalidArtifact
-
-if TYPE_CHECKING:
-    from processor.core.artifact import Artifact, MetaValue
 
 _OPTIONAL_BYTES = ("encrypted_payload", "encrypted_key", "ephemeral_public_key", "signature")
 
@@ -104,8 +102,6 @@ def _meta_from_json(raw: Any) -> dict[str, MetaValue]:
 
 def artifact_from_json_dict(data: Mapping[str, Any]) -> Artifact:
     """An artifact from its JSON form; missing fields take the defaults of `Artifact.new`."""
-    from processor.core.artifact import Artifact, MediaType
-
     if not isinstance(data, Mapping):
         raise InvalidArtifact("an artifact must be a JSON object")
     if "payload_b64" in data:

@@ -26,10 +26,18 @@ def test_produce_run_tail_and_lag(
     kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
 ) -> None:
     broker = KafkaBroker(kafka_bootstrap)
-    admin = broker.admin()
     src, dst, dlq, copy = (unique_name(n) for n in ("cin", "cout", "cdlq", "ccopy"))
-    for topic in (src, dst, dlq, copy):
-        admin.create_topic(topic, partitions=2)
+    created = cli("topics", "create", "--bootstrap-servers", kafka_bootstrap, src, dst, dlq,
+                  copy, "--partitions", "2")
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.splitlines() == [f"{t}: created, 2 partition(s)"
+                                           for t in (src, dst, dlq, copy)]
+    again = cli("topics", "create", "--bootstrap-servers", kafka_bootstrap, src)
+    assert again.stdout == f"{src}: exists, 2 partition(s)\n"
+    listed = cli("topics", "list", "--bootstrap-servers", kafka_bootstrap)
+    assert listed.returncode == 0, listed.stderr
+    counts = dict(line.split() for line in listed.stdout.splitlines())
+    assert {counts[t] for t in (src, dst, dlq, copy)} == {"2"}
     orders = tmp_path / "orders.jsonl"
     lines = [json.dumps({"order": f"o{i}", "customer": "c1", "amount": i + 1,
                          "currency": "eur"}) for i in range(40)]
@@ -85,8 +93,9 @@ def test_produce_run_tail_and_lag(
          "b", "--group", "g", "--handler", "validate", "--metrics-port", "0",
          "--metrics-host", "127.0.0.1"],
         ["lag", "--bootstrap-servers", "127.0.0.1:1", "--group", "g"],
+        ["topics", "list", "--bootstrap-servers", "127.0.0.1:1"],
     ],
-    ids=["tail", "produce", "run", "lag"],
+    ids=["tail", "produce", "run", "lag", "topics"],
 )
 def test_an_unreachable_broker_is_one_clear_line(args: list[str]) -> None:
     result = cli(*args, timeout=90)
@@ -104,6 +113,8 @@ def test_an_unreachable_broker_is_one_clear_line(args: list[str]) -> None:
         (["run", "--input-topic", "a", "--group", "g"], "handler"),
         (["demo", "--count", "0"], "must be at least 1"),
         (["tail", "--topic", "t"], "--bootstrap-servers is required"),
+        (["topics", "create", "t", "--partitions", "0"], "must be at least 1"),
+        (["bench"], "invalid choice: 'bench'"),
         (["nonsense"], "invalid choice"),
     ],
 )

@@ -7,6 +7,7 @@ running it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -26,8 +27,8 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from processor.cli.main import main
 from processor.core.artifact import Artifact
-from processor.ops.lag import main_lag
 from processor.serde.codec import encode
 from tests.procs import start, stop, wait_for
 
@@ -149,9 +150,12 @@ def commit_start(bootstrap: str, group: str, topic: str) -> None:
 
 
 def lag_table(bootstrap: str, group: str, topic: str) -> tuple[int, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main_lag(bootstrap, group, [topic], out=out, err=err, timeout=10)
-    return code, out.getvalue() + err.getvalue()
+    """What `processor lag --topic TOPIC` prints (stdout and stderr), and its exit status."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = main(["lag", "--bootstrap-servers", bootstrap, "--group", group,
+                     "--topic", topic, "--timeout", "10"])
+    return code, out.getvalue()
 
 
 def get_status(url: str) -> int:
@@ -246,5 +250,6 @@ def test_lag_reports_unknown_groups(kafka_bootstrap: str,
     started = time.monotonic()
     code, text = lag_table(kafka_bootstrap, unique_name("nobody"), unique_name("no-topic"))
     assert code == 1
-    assert text.startswith("processor lag: unknown consumer group") and text.count("\n") == 1
+    assert text.startswith("processor lag: error: unknown consumer group")
+    assert text.count("\n") == 1
     assert time.monotonic() - started < 15

@@ -13,6 +13,7 @@ from processor.core.errors import BufferClosed, BufferEmpty, BufferFull, EmptyIn
 from processor.core.handlers import Outcome, Routed
 from processor.inproc.buffer import Buffer
 from processor.serde.codec import decode, encode
+from tests.watched import watch
 
 JOIN = 10.0
 
@@ -148,10 +149,12 @@ def test_a_full_buffer_refuses_after_the_timeout_without_running_the_handler() -
 
 def test_a_blocked_write_completes_when_a_reader_makes_room() -> None:
     buf = Buffer(same, capacity=1)
+    _, not_full = watch(buf)
     buf.write(item(1))
     done = threading.Event()
     writer = start(lambda: done.set() if buf.write(item(2)) else None)
-    assert not done.wait(0.05)  # blocked: the buffer is full
+    assert not_full.waiting.wait(JOIN)  # the writer is blocked: the buffer is full
+    assert not done.is_set() and len(buf) == 1
     assert decode(buf.read()).get("seq", 0) == 1
     assert done.wait(JOIN)
     writer.join(JOIN)
@@ -168,14 +171,23 @@ def test_a_fan_out_is_queued_whole_or_not_at_all() -> None:
 
 
 def test_a_fan_out_larger_than_the_capacity_waits_for_an_empty_buffer() -> None:
-    buf = Buffer(lambda a: [a.with_meta("part", p) for p in range(5)], capacity=2)
+    def five(a: Artifact) -> Outcome:
+        if a.get("seq", 0) == 2:
+            not_full.waiting.clear()  # from here on, a wait is the wait to queue these five
+        return [a.with_meta("part", p) for p in range(5)]
+
+    buf = Buffer(five, capacity=2)
+    _, not_full = watch(buf)
     buf.write(item(1))  # five queued into an empty buffer
     assert len(buf) == 5
     done = threading.Event()
     writer = start(lambda: done.set() if buf.write(item(2)) else None)
     for _ in range(4):
         buf.read()
-    assert not done.wait(0.05)  # one item still queued
+    # One item still queued: the writer has room for one, runs the handler, and then
+    # waits for an empty buffer to queue its five.
+    assert not_full.waiting.wait(JOIN)
+    assert not done.is_set() and len(buf) == 1
     buf.read()
     assert done.wait(JOIN)
     writer.join(JOIN)
@@ -201,9 +213,11 @@ def test_close_drains_then_reads_eof_and_refuses_writes() -> None:
 
 def test_close_wakes_a_blocked_reader_with_eof() -> None:
     buf = Buffer(same)
+    not_empty, _ = watch(buf)
     results: list[bytes] = []
     reader = start(lambda: results.append(buf.read()))
-    time.sleep(0.02)
+    assert not_empty.waiting.wait(JOIN)  # the reader is blocked: nothing to read
+    assert results == []
     buf.close()
     reader.join(JOIN)
     assert results == [b""]
@@ -211,6 +225,7 @@ def test_close_wakes_a_blocked_reader_with_eof() -> None:
 
 def test_close_wakes_a_blocked_writer_with_buffer_closed() -> None:
     buf = Buffer(same, capacity=1)
+    _, not_full = watch(buf)
     buf.write(item(1))
     errors: list[BaseException] = []
 
@@ -221,7 +236,8 @@ def test_close_wakes_a_blocked_writer_with_buffer_closed() -> None:
             errors.append(exc)
 
     writer = start(write)
-    time.sleep(0.02)
+    assert not_full.waiting.wait(JOIN)  # the writer is blocked: the buffer is full
+    assert errors == []
     buf.close()
     writer.join(JOIN)
     assert len(errors) == 1

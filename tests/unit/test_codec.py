@@ -1,11 +1,10 @@
-"""The Avro codec: exact bytes, round trips, evolution, integrity, framing, containers."""
+"""The Avro codec: exact bytes, round trips, evolution by writer schema, integrity."""
 
 from __future__ import annotations
 
 import copy
 import io
 import json
-import struct
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -28,13 +27,11 @@ from processor.serde.codec import (
     SCHEMA_HEADER,
     Codec,
     decode,
-    decode_confluent,
     encode,
-    encode_confluent,
     load_schema,
-    read_container,
+    register_writer_schema,
     schema_fingerprint,
-    write_container,
+    writer_schema_for,
 )
 from tests.strategies import artifacts
 
@@ -314,12 +311,15 @@ def test_writer_schema_is_resolved_by_fingerprint_as_a_header_carries_it() -> No
     artifact = Artifact.new(b"old")
     record = {k: v for k, v in artifact._asdict().items() if k not in ("state", "signature")}
     data = write_with(old_schema(), record)
-    headers = [(SCHEMA_HEADER, fp.encode("ascii"))]
-    value = dict(headers)[SCHEMA_HEADER]
-    assert codec_.decode(data, writer_schema=value) == artifact._replace(state="")
+    header_value = fp.encode("ascii")  # what a record's SCHEMA_HEADER header would hold
+    assert codec_.decode(data, writer_schema=header_value) == artifact._replace(state="")
     assert codec_.decode(data, writer_schema=fp.upper()) == artifact._replace(state="")
-    # The current schema's own fingerprint takes the direct path.
+    # The codec's own fingerprint reads as written, with no resolution.
     assert codec_.decode(encode(artifact), writer_schema=codec_.fingerprint) == artifact
+    # Read as written with the current schema, the old bytes are not the same artifact.
+    with pytest.raises(DecodeError):
+        codec_.decode(data)
+    assert SCHEMA_HEADER == "artifact-schema"  # the header name is part of the wire contract
 
 
 def test_register_returns_the_fingerprint_and_lookup_finds_it() -> None:
@@ -327,6 +327,23 @@ def test_register_returns_the_fingerprint_and_lookup_finds_it() -> None:
     fp = codec_.register(json.dumps(new_schema()))
     assert fp == schema_fingerprint(new_schema())
     assert [f["name"] for f in codec_.writer_schema(fp)["fields"]][-2:] == ["priority", "trace"]
+    with pytest.raises(SchemaError, match="unknown writer schema fingerprint"):
+        Codec().writer_schema(fp)  # registered with one codec only
+
+
+def test_the_default_codec_learns_writer_schemas_by_fingerprint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(codec, "default_codec", Codec())  # leave the shared one as it was
+    fp = schema_fingerprint(old_schema())
+    with pytest.raises(SchemaError, match="unknown writer schema fingerprint"):
+        writer_schema_for(fp)
+    assert register_writer_schema(old_schema()) == fp
+    assert writer_schema_for(fp.encode("ascii")) is codec.default_codec.writer_schema(fp)
+    artifact = Artifact.new(b"old")
+    record = {k: v for k, v in artifact._asdict().items() if k not in ("state", "signature")}
+    back = decode(write_with(old_schema(), record), writer_schema=fp)
+    assert back == artifact._replace(state="")
 
 
 def test_unknown_fingerprint_is_a_schema_error() -> None:
@@ -406,87 +423,3 @@ def test_docs_do_not_change_the_fingerprint_but_fields_do() -> None:
     assert schema_fingerprint(undocumented) == schema_fingerprint(schema)
     assert schema_fingerprint(old_schema()) != schema_fingerprint(schema)
     assert codec.default_codec.fingerprint == schema_fingerprint(schema)
-
-
-# --- Confluent wire format --------------------------------------------------------------------
-
-
-def test_confluent_framing() -> None:
-    artifact = known()
-    data = encode_confluent(artifact, 0x01020304)
-    assert data[:5] == b"\x00\x01\x02\x03\x04"
-    assert data[5:] == encode(artifact)
-    assert decode_confluent(data) == (0x01020304, artifact)
-
-
-@pytest.mark.parametrize(
-    ("data", "error", "message"),
-    [
-        (b"", EmptyInput, "empty input"),
-        (b"\x00\x00\x00", DecodeError, "too short"),
-        (b"\x01\x00\x00\x00\x01" + b"\x02a", DecodeError, "magic byte 1"),
-        (b"\x00\x00\x00\x00\x01", DecodeError, "no body"),
-    ],
-)
-def test_confluent_bad_framing(data: bytes, error: type[Exception], message: str) -> None:
-    with pytest.raises(error, match=message):
-        decode_confluent(data)
-
-
-@pytest.mark.parametrize("schema_id", [-1, 2**32])
-def test_confluent_schema_id_must_fit_four_bytes(schema_id: int) -> None:
-    with pytest.raises(ValueError, match="4 unsigned bytes"):
-        encode_confluent(known(), schema_id)
-
-
-def test_confluent_body_with_an_old_writer() -> None:
-    artifact = Artifact.new(b"old")
-    record = {k: v for k, v in artifact._asdict().items() if k not in ("state", "signature")}
-    data = struct.pack(">BI", 0, 9) + write_with(old_schema(), record)
-    schema_id, back = Codec().decode_confluent(data, writer_schema=old_schema())
-    assert (schema_id, back) == (9, artifact._replace(state=""))
-
-
-# --- container files ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("compression", ["deflate", "null"])
-def test_container_round_trip_through_a_file(tmp_path: Path, compression: str) -> None:
-    items = [Artifact.new(f"item {i}", meta={"i": i}) for i in range(50)]
-    path = tmp_path / "export.avro"
-    assert write_container(path, items, codec=compression) == 50
-    assert list(read_container(path)) == items
-    with path.open("rb") as fo:
-        assert fastavro.reader(fo).metadata["avro.codec"] == compression
-
-
-def test_container_round_trip_through_a_file_object() -> None:
-    items = [known(), known(id="b", signature=b"s")]
-    out = io.BytesIO()
-    write_container(out, iter(items))
-    assert list(read_container(io.BytesIO(out.getvalue()))) == items
-
-
-def test_container_written_with_an_old_schema_reads_into_the_current_one() -> None:
-    artifact = Artifact.new(b"old")
-    record = {k: v for k, v in artifact._asdict().items() if k not in ("state", "signature")}
-    out = io.BytesIO()
-    fastavro.writer(out, fastavro.parse_schema(old_schema()), [record])
-    out.seek(0)
-    assert list(read_container(out)) == [artifact._replace(state="")]
-
-
-def test_container_checksums_are_verified() -> None:
-    out = io.BytesIO()
-    bad = {**known()._asdict(), "checksum": b"\x00" * 32}
-    fastavro.writer(out, fastavro.parse_schema(load_schema()), [known()._asdict(), bad])
-    out.seek(0)
-    items = read_container(out)
-    assert next(items) == known()
-    with pytest.raises(ChecksumMismatch):
-        next(items)
-
-
-def test_a_file_that_is_not_a_container_is_a_decode_error() -> None:
-    with pytest.raises(DecodeError):
-        list(read_container(io.BytesIO(b"Obj\x01 but not really")))

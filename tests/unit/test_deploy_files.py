@@ -176,6 +176,16 @@ def test_compose_topics_exist_for_every_stage() -> None:
         assert {o.input_topic, o.output_topic, o.dlq_topic} <= created
 
 
+def test_the_demo_chains_the_topics_the_compose_stages_use() -> None:
+    from processor.demo.run import _topics
+
+    services = compose()["services"]
+    env = [services[name]["environment"] for name in STAGES]
+    chain = [env[0]["PROCESSOR_INPUT_TOPIC"], *(e["PROCESSOR_OUTPUT_TOPIC"] for e in env)]
+    assert _topics(len(STAGES)) == chain
+    assert chain == ["orders.raw", "orders.validated", "orders.transformed", "orders.enriched"]
+
+
 def processor_commands(text: str) -> list[list[str]]:
     commands = []
     for match in re.finditer(r"\bprocessor\s+([^;&|]+)", text):

@@ -1,8 +1,11 @@
-"""Handler outcomes, chaining, the registry and the demo handlers."""
+"""Handler outcomes, chaining, the registry (names, entry points) and the demo handlers."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +13,7 @@ from processor.core.artifact import Artifact, MediaType
 from processor.core.errors import HandlerNotFound, InvalidArtifact
 from processor.core.handlers import (
     DEFAULT_OUTPUT,
+    HANDLER_ENTRY_POINTS,
     Outcome,
     Registry,
     Routed,
@@ -87,11 +91,77 @@ def test_the_registry_resolves_names_and_module_functions() -> None:
         local.resolve("processor.core.handlers:DEFAULT_OUTPUT")
 
 
-def test_built_in_handlers_are_known_by_name_without_an_import() -> None:
-    from processor import demo
+GROUP = "processor.tests.handlers"
+"""An entry-point group only the fake distribution below declares."""
 
-    assert registry.resolve("validate") is demo.validate
-    assert registry.resolve("enrich") is demo.enrich
+
+@pytest.fixture
+def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Registry:
+    """A registry over a fake installed distribution that declares two handlers."""
+    dist = tmp_path / "fake_handlers-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-handlers\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        f"[{GROUP}]\n"
+        "up = tests.unit.test_handlers:upper\n"
+        "broken = tests.unit.no_such_module:handle\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return Registry(GROUP)
+
+
+def test_a_name_resolves_through_an_entry_point(plugin: Registry) -> None:
+    assert plugin.names() == ["broken", "up"]
+    assert plugin.get("up") is None  # declared, not loaded
+    assert plugin.resolve("up") is upper
+    assert plugin.get("up") is upper  # loaded once, registered from then on
+    plugin.register("mine", split)
+    assert plugin.names() == ["broken", "mine", "up"]
+
+
+def test_an_unknown_name_lists_every_known_name(plugin: Registry) -> None:
+    plugin.register("mine", split)
+    with pytest.raises(HandlerNotFound) as caught:
+        plugin.resolve("nope")
+    assert str(caught.value) == (
+        "no handler named 'nope': use a known name (broken, mine, up) or module:function"
+    )
+
+
+def test_an_entry_point_that_does_not_load_says_which(plugin: Registry) -> None:
+    with pytest.raises(HandlerNotFound, match=(
+        r"handler 'broken': its entry point 'tests.unit.no_such_module:handle' "
+        rf"\(group '{GROUP}'\) does not load"
+    )):
+        plugin.resolve("broken")
+
+
+def test_a_registry_without_a_group_knows_only_registered_names(plugin: Registry) -> None:
+    local = Registry()
+    assert local.names() == []
+    with pytest.raises(HandlerNotFound, match=r"use a known name \(none\)"):
+        local.resolve("up")
+
+
+def test_the_demo_handlers_resolve_by_name_without_importing_the_demo_first() -> None:
+    """In a fresh interpreter: the registry loads the demo only when a name asks for it."""
+    script = (
+        "import sys\n"
+        "from processor.core.handlers import registry\n"
+        "import processor.cli.main, processor.runtime.runner\n"
+        "assert not [m for m in sys.modules if m.startswith('processor.demo')], 'imported'\n"
+        "names = registry.names()\n"
+        "assert 'processor.demo' not in sys.modules, 'names() imported the demo'\n"
+        "found = registry.resolve('enrich')\n"
+        "from processor.demo.handlers import enrich\n"
+        "assert found is enrich\n"
+        "print(' '.join(names))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert {"validate", "transform", "enrich"} <= set(result.stdout.split())
+    assert registry.entry_point_group == HANDLER_ENTRY_POINTS
 
 
 def test_the_demo_handlers() -> None:

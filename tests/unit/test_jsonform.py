@@ -92,8 +92,3 @@ def test_invalid_json_artifacts_are_refused(data: Any, message: str) -> None:
 def test_malformed_json_is_invalid() -> None:
     with pytest.raises(InvalidArtifact, match="not valid JSON"):
         artifact_from_json("{")
-
-
-def test_artifact_to_json_dict_method_matches_the_module() -> None:
-    artifact = Artifact.new("x")
-    assert artifact.to_json_dict() == artifact_to_json_dict(artifact)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import socket
 import time
 
-from processor.ops.lag import LagRow, format_table, main_lag
+import pytest
+
+from processor.cli.main import main
+from processor.ops.lag import LagRow, format_table
 
 
 def test_lag_rows() -> None:
@@ -27,16 +29,27 @@ def test_table() -> None:
     )
 
 
-def test_unreachable_broker_is_one_line_and_exit_1() -> None:
+def test_unreachable_broker_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
-    out, err = io.StringIO(), io.StringIO()
     began = time.monotonic()
-    code = main_lag(f"127.0.0.1:{port}", "g", None, out=out, err=err, timeout=1.5)
+    code = main(["lag", "--bootstrap-servers", f"127.0.0.1:{port}", "--group", "g",
+                 "--timeout", "1.5"])
     assert code == 1
-    assert out.getvalue() == ""
-    message = err.getvalue()
-    assert message.startswith(f"processor lag: cannot reach the broker at 127.0.0.1:{port}")
-    assert message.count("\n") == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(
+        f"processor lag: error: cannot reach the broker at 127.0.0.1:{port} within 1.5s")
+    assert err.count("\n") == 1
     assert time.monotonic() - began < 10
+
+
+def test_lag_needs_bootstrap_servers(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PROCESSOR_BOOTSTRAP_SERVERS", raising=False)
+    assert main(["lag", "--group", "g"]) == 1
+    assert capsys.readouterr().err == (
+        "processor lag: error: --bootstrap-servers is required (or set "
+        "PROCESSOR_BOOTSTRAP_SERVERS); `processor broker` starts a local Kafka\n")

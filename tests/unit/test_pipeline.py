@@ -12,6 +12,7 @@ from processor.core.handlers import Handler, Outcome
 from processor.inproc.buffer import Buffer
 from processor.inproc.pipeline import Feedback, Pipeline
 from processor.serde.codec import decode, encode
+from tests.watched import watch
 
 JOIN = 10.0
 
@@ -112,12 +113,18 @@ def test_a_failing_stage_stops_the_pipeline_with_its_error() -> None:
 
 
 def test_abort_stops_everything_at_once() -> None:
-    pipeline = three(capacity=1)
+    first, middle, last = (Buffer(append(suffix), 1) for suffix in (b"a", b"b", b"c"))
+    _, last_full = watch(last)
+    pipeline = Pipeline(first, middle, last)
     pipeline.write(item(1))
+    pipeline.write(item(2))
+    assert last_full.waiting.wait(JOIN)  # a pump holds item 2, blocked on the full last stage
     pipeline.abort()
-    assert pipeline.join(JOIN)
+    assert pipeline.join(JOIN)  # the blocked pump was woken and stopped
+    assert [a.text() for a in drain(pipeline)] == ["1:abc"]  # what was queued stays readable
+    assert pipeline.failure is None
     with pytest.raises(BufferClosed):
-        pipeline.write(item(2))
+        pipeline.write(item(3))
 
 
 def test_a_pipeline_needs_a_stage() -> None:
@@ -160,6 +167,7 @@ def test_feedback_into_the_head_of_a_loop_recirculates() -> None:
 
 def test_feedback_exit_closes_both_sides() -> None:
     forward, backward = Buffer(append(b"f")), Buffer(append(b"b"))
+    backward_readable, _ = watch(backward)
     reader_done: list[bytes] = []
 
     def read_backward() -> None:
@@ -167,8 +175,9 @@ def test_feedback_exit_closes_both_sides() -> None:
 
     thread = threading.Thread(target=read_backward, daemon=True)
     thread.start()
+    assert backward_readable.waiting.wait(JOIN)  # the backward reader is blocked
     with Feedback(forward, backward):
         pass
     thread.join(JOIN)
-    assert reader_done == [b""]
+    assert reader_done == [b""]  # woken by the close, with the end of the stream
     assert forward.closed and backward.closed

@@ -1,0 +1,43 @@
+"""`processor lag`: a consumer group's lag per partition, as a table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from processor.cli.common import (
+    Subcommands,
+    add_bootstrap,
+    command_parser,
+    need_bootstrap,
+    positive_float,
+)
+from processor.ops.lag import DEFAULT_TIMEOUT, collect_lag, format_table
+
+
+def add_parsers(sub: Subcommands) -> None:
+    lag = command_parser(
+        sub, "lag", help="print a consumer group's lag per partition",
+        description="Print a consumer group's committed offset, end offset (high watermark) "
+        "and lag for each partition, and the total. Committed offsets come from the admin "
+        "API; a partition without one (shown only for a --topic) counts its whole retained "
+        "range as lag. An unknown group or topic, or a broker that does not answer within "
+        "--timeout, is one line on stderr and exit status 1.",
+        epilog="examples:\n  processor lag --group validate\n"
+        "  processor lag --group validate --topic orders.raw",
+    )
+    add_bootstrap(lag)
+    lag.add_argument("--group", required=True, help="the consumer group (a stage's --group)")
+    lag.add_argument("--topic", action="append", dest="topics", metavar="TOPIC",
+                     help="show every partition of this topic (repeatable); default: the "
+                     "partitions the group has committed offsets for")
+    lag.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT,
+                     metavar="SECONDS",
+                     help="how long each broker request may take (default: %(default)s)")
+    lag.set_defaults(func=cmd_lag)
+
+
+def cmd_lag(args: argparse.Namespace) -> int:
+    rows = collect_lag(need_bootstrap(args), args.group, args.topics, timeout=args.timeout)
+    sys.stdout.write(format_table(rows))
+    return 0
