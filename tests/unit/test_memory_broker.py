@@ -9,7 +9,7 @@ import zlib
 import pytest
 
 from processor.backends.abstract import TopicPartition
-from processor.backends.memory import MemoryBroker, MemoryConsumer, murmur2
+from processor.backends.memory import ManualClock, MemoryBroker, MemoryConsumer, murmur2
 from processor.core.errors import (
     BackendError,
     ConfigError,
@@ -99,7 +99,7 @@ def test_produce_to_a_missing_partition_raises() -> None:
 
 
 def test_timestamps_come_from_the_injected_clock() -> None:
-    broker = MemoryBroker(clock=lambda: 1234.5678)
+    broker = MemoryBroker(clock=ManualClock(1234.5678))
     broker.admin().create_topic("t")
     broker.producer().produce("t", b"v")
     (message,) = member(broker, "t").consume(1, 0)
