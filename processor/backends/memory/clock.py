@@ -94,11 +94,10 @@ class ManualClock:
         self._autojump = autojump
         self._real_timeout = real_timeout
         self._lock = threading.Lock()
-        # Conditions with a thread waiting in wait_until(), and how many threads.
-        self._waits: dict[threading.Condition, int] = {}
+        # Conditions with a thread blocked in wait_until(), and how many threads.
+        self._blocked: dict[threading.Condition, int] = {}
+        self._waits = 0
         self._waits_changed = threading.Condition(self._lock)
-        # How many waits ended by a jump (`autojump`): each is one wait that would block.
-        self.jumps = 0
 
     def time(self) -> float:
         return self._now
@@ -119,37 +118,41 @@ class ManualClock:
             raise ValueError(f"a clock does not go back ({seconds} seconds)")
         with self._lock:
             self._now += seconds
-            waited = list(self._waits)
+            waited = list(self._blocked)
         for condition in waited:
             with condition:
                 condition.notify_all()
 
-    def waiting(self) -> int:
-        """How many threads are blocked in a wait on this clock now."""
+    @property
+    def waits(self) -> int:
+        """How many waits did not end at once: those that blocked, and with `autojump`
+        those that jumped. A consume that waits once per deadline adds one."""
         with self._lock:
-            return sum(self._waits.values())
+            return self._waits
 
-    def wait_for_waiters(self, count: int = 1, timeout: float = 10.0) -> None:
-        """Block (in real time) until `count` threads wait on this clock.
+    def wait_for_waits(self, total: int, timeout: float = 10.0) -> None:
+        """Block (in real time) until `waits` reaches `total`.
 
-        A test calls it before acting on a waiting thread, so that it acts on a thread
-        that is really blocked (not one about to block) without sleeping.
+        A test calls it before acting on a thread it expects to wait, so that it acts on
+        a thread really blocked on the clock (not one about to block), without sleeping;
+        and after waking that thread, to see it wait again rather than return.
         """
         with self._waits_changed:
-            if not self._waits_changed.wait_for(
-                    lambda: sum(self._waits.values()) >= count, timeout):
-                raise ClockStalled(f"{count} waiter(s) expected within {timeout}s of real time")
+            if not self._waits_changed.wait_for(lambda: self._waits >= total, timeout):
+                raise ClockStalled(
+                    f"{total} wait(s) expected within {timeout:g}s of real time, "
+                    f"{self._waits} seen")
 
     def wait_until(self, condition: threading.Condition, deadline: float) -> None:
         with self._lock:
             if self._now >= deadline:
                 return
+            self._waits += 1
+            self._waits_changed.notify_all()
             if self._autojump:
                 self._now = deadline
-                self.jumps += 1
                 return
-            self._waits[condition] = self._waits.get(condition, 0) + 1
-            self._waits_changed.notify_all()
+            self._blocked[condition] = self._blocked.get(condition, 0) + 1
         try:
             # advance() notifies under the condition's lock, which this thread holds until
             # wait() releases it: an advance made after the check above is never missed.
@@ -160,12 +163,11 @@ class ManualClock:
                     "produce what the waiting thread waits for")
         finally:
             with self._lock:
-                left = self._waits[condition] - 1
+                left = self._blocked[condition] - 1
                 if left:
-                    self._waits[condition] = left
+                    self._blocked[condition] = left
                 else:
-                    del self._waits[condition]
-                self._waits_changed.notify_all()
+                    del self._blocked[condition]
 
     def __repr__(self) -> str:
         return f"ManualClock(now={self._now:g}, autojump={self._autojump})"
