@@ -25,6 +25,9 @@ The rule for waits, which every caller in the broker follows:
   returns at once with the clock 5 seconds later. Do not use it when another thread is
   expected to end the wait (a produce from a second thread): the wait would time out
   first. Use `advance()` there.
+* `wait_for_waits(n)` blocks until the clock has seen `n` waits, so a test acts on a
+  thread only once it is really waiting (and sees it wait again after a wake-up),
+  without sleeping.
 * So that a forgotten `advance()` fails a test instead of hanging it, a wait that nobody
   ends within `real_timeout` seconds of real time raises `ClockStalled`.
 """
