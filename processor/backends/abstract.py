@@ -141,7 +141,11 @@ class Consumer(ABC):
 
     @abstractmethod
     def close(self) -> None:
-        """Leave the group (triggering a rebalance for the others) and release resources."""
+        """Leave the group (triggering a rebalance for the others) and release resources.
+
+        `on_revoke` runs first, while the member may still commit. Closing twice does
+        nothing; any other call on a closed consumer raises `BackendError`.
+        """
 
 
 class Producer(ABC):
@@ -205,7 +209,10 @@ class Producer(ABC):
 
     @abstractmethod
     def close(self) -> None:
-        """Flush what is queued and release resources."""
+        """Abort an open transaction, flush what is queued and release resources.
+
+        Closing twice does nothing; producing on a closed producer raises `BackendError`.
+        """
 
 
 class Admin(ABC):
@@ -253,7 +260,12 @@ class Broker(ABC):
         client_id: str | None = None,
         settings: Mapping[str, object] | None = None,
     ) -> Consumer:
-        """A new group member. Offsets are committed only by explicit `commit()`."""
+        """A new group member. Offsets are committed only by explicit `commit()`.
+
+        `auto_offset_reset` ("earliest", "latest" or "error") says where a partition
+        without a committed offset starts; another value, or an empty `group`, raises
+        `ConfigError`.
+        """
 
     @abstractmethod
     def producer(

@@ -122,8 +122,8 @@ def values(messages: Iterable[Message]) -> list[bytes | None]:
     return [m.value() for m in messages]
 
 
-def by_partition(messages: Iterable[Message]) -> dict[int | None, list[Message]]:
-    result: dict[int | None, list[Message]] = {}
+def by_partition(messages: Iterable[Message]) -> dict[int, list[Message]]:
+    result: dict[int, list[Message]] = {}
     for m in messages:
         result.setdefault(m.partition(), []).append(m)
     return result
@@ -140,9 +140,4 @@ def payloads(messages: Iterable[Message]) -> list[bytes]:
 
 
 def offsets(messages: Iterable[Message]) -> list[int]:
-    result = []
-    for m in messages:
-        offset = m.offset()
-        assert offset is not None
-        result.append(offset)
-    return result
+    return [m.offset() for m in messages]

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from processor.backends.abstract import Broker, TopicPartition
-from processor.core.errors import UnknownTopic
+from processor.core.errors import BackendError, UnknownTopic
 from tests.conformance.helpers import consume_until, produce_values, values, wait_for
 
 NewTopic = Callable[[int], str]
@@ -67,3 +67,13 @@ def test_high_watermarks(broker: Broker, new_topic: NewTopic) -> None:
 def test_high_watermarks_of_missing_topic_raise(broker: Broker, unique_name: Name) -> None:
     with pytest.raises(UnknownTopic):
         broker.admin().high_watermarks(unique_name("missing"))
+
+
+@pytest.mark.parametrize(("name", "partitions"), [("no spaces", 1), ("valid", 0)])
+def test_invalid_topics_are_refused(
+    broker: Broker, unique_name: Name, name: str, partitions: int
+) -> None:
+    topic = unique_name(name)
+    with pytest.raises(BackendError):
+        broker.admin().create_topic(topic, partitions=partitions)
+    assert topic not in broker.admin().list_topics()

@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from processor.backends.abstract import Broker, Consumer, Message, TopicPartition
-from tests.conformance.helpers import consume_until, produce_values, wait_assigned, wait_for
+from tests.conformance.helpers import (
+    consume_until,
+    payloads,
+    produce_values,
+    wait_assigned,
+    wait_for,
+)
 
 NewTopic = Callable[[int], str]
 Name = Callable[[str], str]
@@ -134,7 +140,7 @@ def test_no_record_lost_or_repeated_when_revoke_commits(
         sink=sink,
     )
     seen += sink.get(0, []) + sink.get(1, [])
-    keys = sorted(m.value() or b"" for m in seen)
+    keys = sorted(payloads(seen))
     assert keys == sorted(b"%03d" % i for i in range(total)), "records lost or repeated"
     second.close()
     first.close()

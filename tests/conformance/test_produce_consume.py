@@ -162,6 +162,20 @@ def test_produce_to_missing_topic_raises_unknown_topic(
         producer.flush(30)
 
 
+def test_produce_to_a_missing_partition_raises_unknown_topic(
+    broker: Broker, new_topic: NewTopic
+) -> None:
+    topic = new_topic(2)
+    producer = broker.producer()
+    with pytest.raises(UnknownTopic):
+        producer.produce(topic, b"x", partition=2)
+        producer.flush(30)
+    assert broker.admin().high_watermarks(topic) == {
+        TopicPartition(topic, 0): 0,
+        TopicPartition(topic, 1): 0,
+    }
+
+
 def test_max_messages_bounds_a_batch(
     broker: Broker, new_topic: NewTopic, unique_name: Name
 ) -> None:

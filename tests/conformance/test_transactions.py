@@ -210,3 +210,21 @@ def test_begin_twice_is_refused(broker: Broker, unique_name: Name) -> None:
         producer.begin_transaction()
     producer.abort_transaction(30)
     producer.close()
+
+
+def test_closing_a_producer_aborts_its_open_transaction(
+    broker: Broker, new_topic: NewTopic, unique_name: Name
+) -> None:
+    topic = new_topic(1)
+    producer = transactional(broker, unique_name)
+    producer.begin_transaction()
+    producer.produce(topic, b"dropped")
+    assert producer.flush(30) == 0
+    producer.close()
+    produce_values(broker.producer(), topic, [b"plain"])
+    # Without the abort, the open transaction would hold the reader back (last stable
+    # offset) until the broker's transaction timeout.
+    reader = broker.consumer(unique_name("group"), read_committed=True)
+    reader.subscribe([topic])
+    assert values(consume_until_value(reader, b"plain")) == [b"plain"]
+    reader.close()

@@ -12,6 +12,7 @@ from processor.backends.abstract import TopicPartition
 from processor.backends.kafka import KafkaBroker
 from processor.core.errors import BrokerUnavailable, ConfigError
 from processor.devtools.local_kafka import LocalKafka, free_ports
+from tests.conformance.helpers import payloads
 
 Name = Callable[[str], str]
 
@@ -139,7 +140,7 @@ def test_three_node_cluster_survives_losing_a_node(unique_name: Name) -> None:
         seen: list[bytes] = []
         deadline = time.monotonic() + 90
         while len(seen) < sent and time.monotonic() < deadline:
-            seen.extend(m.value() or b"" for m in consumer.consume(500, 0.5))
+            seen.extend(payloads(consumer.consume(500, 0.5)))
         assert len(seen) == sent, f"{sent - len(seen)} records missing"
         assert sorted(seen) == [b"%06d" % i for i in range(sent)], "lost or duplicated"
         consumer.commit({TopicPartition(topic, p): h

@@ -1,0 +1,165 @@
+"""The Kafka admin client: topic management and group inspection.
+
+Creating a topic waits until every partition has a leader, and deleting one until it is
+gone from the metadata, so that what a caller does next sees the change. Questions a
+fresh cluster answers with "not yet" (see `SETTLING`) are retried for a while.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import confluent_kafka as ck
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from processor.backends.abstract import Admin, TopicPartition
+from processor.backends.kafka.errors import SETTLING, error_of, raise_kafka
+from processor.backends.kafka.settings import RDKAFKA_LOGGER
+from processor.core.errors import BackendError, UnknownTopic
+
+_T = TypeVar("_T")
+logger = logging.getLogger(__name__)
+
+
+class KafkaAdmin(Admin):
+    """Topic management and group inspection through the admin API."""
+
+    def __init__(self, client: AdminClient, timeout: float = 30.0,
+                 client_config: Mapping[str, object] | None = None) -> None:
+        self._a = client
+        self._timeout = timeout
+        self._client_config = dict(client_config or {})
+
+    def _reader(self, group: str) -> ck.Consumer:
+        """A consumer that never joins its group: it only answers offset questions.
+
+        Offsets are read through a consumer rather than the admin API: confluent-kafka's
+        `list_consumer_group_offsets` crashes the process while a fresh cluster is still
+        loading its group coordinator, and `list_offsets` fails with NOT_LEADER for a
+        moment after a topic is created; the consumer calls retry both internally.
+        """
+        config: dict[str, object] = {
+            k: v for k, v in self._client_config.items()
+            if k in ("bootstrap.servers", "client.id") or k.startswith(("security.", "sasl.",
+                                                                        "ssl."))
+        }
+        # read_uncommitted: committed() must not wait for offsets pending in an open
+        # transaction (librdkafka asks for stable offsets under read_committed).
+        config.update({"group.id": group, "enable.auto.commit": False,
+                       "isolation.level": "read_uncommitted",
+                       "logger": RDKAFKA_LOGGER})
+        return ck.Consumer(config)
+
+    def _partitions(self, topic: str) -> list[int]:
+        found = self._metadata_topic(topic)
+        if found is None:
+            raise UnknownTopic(f"unknown topic {topic!r}")
+        return sorted(found.partitions)
+
+    def _metadata_topic(self, name: str) -> Any:
+        try:
+            metadata = self._a.list_topics(name, timeout=self._timeout)
+        except KafkaException as exc:
+            raise_kafka(exc, f"metadata of {name!r}")
+        topic = metadata.topics.get(name)
+        if topic is None or topic.error is not None:
+            return None
+        return topic
+
+    def create_topic(self, name: str, partitions: int = 1, replication: int = 1,
+                     config: Mapping[str, str] | None = None) -> None:
+        new = NewTopic(name, num_partitions=partitions, replication_factor=replication,
+                       config=dict(config or {}))
+        futures = self._a.create_topics([new], operation_timeout=self._timeout,
+                                        request_timeout=self._timeout)
+        try:
+            futures[name].result(timeout=self._timeout + 5)
+        except KafkaException as exc:
+            error = error_of(exc)
+            if error is None or error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise_kafka(exc, f"create topic {name!r}")
+            return
+        self._wait_usable(name, partitions)
+
+    def _wait_usable(self, name: str, partitions: int) -> None:
+        """Wait until metadata shows every partition of `name` with a leader."""
+        deadline = time.monotonic() + self._timeout
+        while True:
+            topic = self._metadata_topic(name)
+            if topic is not None and len(topic.partitions) == partitions and all(
+                    p.error is None and p.leader >= 0 for p in topic.partitions.values()):
+                return
+            if time.monotonic() > deadline:
+                raise BackendError(f"topic {name!r} created but not usable after "
+                                   f"{self._timeout:g}s")
+            time.sleep(0.05)
+
+    def delete_topic(self, name: str) -> None:
+        futures = self._a.delete_topics([name], operation_timeout=self._timeout,
+                                        request_timeout=self._timeout)
+        try:
+            futures[name].result(timeout=self._timeout + 5)
+        except KafkaException as exc:
+            raise_kafka(exc, f"delete topic {name!r}")
+        deadline = time.monotonic() + self._timeout
+        while name in self.list_topics() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def list_topics(self) -> dict[str, int]:
+        try:
+            metadata = self._a.list_topics(timeout=self._timeout)
+        except KafkaException as exc:
+            raise_kafka(exc, "list topics")
+        return {name: len(topic.partitions) for name, topic in metadata.topics.items()
+                if not name.startswith("__") and topic.error is None}
+
+    def group_offsets(self, group: str, topics: Sequence[str] | None = None
+                      ) -> dict[TopicPartition, int]:
+        names = list(topics) if topics is not None else sorted(self.list_topics())
+        wanted = [ck.TopicPartition(t, p) for t in names for p in self._partitions(t)]
+        if not wanted:
+            return {}
+        reader = self._reader(group)
+        try:
+            result = self._settled(lambda: reader.committed(wanted, timeout=self._timeout),
+                                   f"offsets of group {group!r}")
+        finally:
+            reader.close()
+        return {TopicPartition(c.topic, c.partition): c.offset
+                for c in result if c.error is None and c.offset >= 0}
+
+    def high_watermarks(self, topic: str) -> dict[TopicPartition, int]:
+        partitions = self._partitions(topic)
+        reader = self._reader("processor-watermarks")
+        answer: dict[TopicPartition, int] = {}
+        try:
+            for p in partitions:
+                tp = ck.TopicPartition(topic, p)
+
+                def ask(tp: ck.TopicPartition = tp) -> tuple[int, int]:
+                    low, high = reader.get_watermark_offsets(tp, timeout=self._timeout)
+                    return low, high
+
+                answer[TopicPartition(topic, p)] = self._settled(
+                    ask, f"high watermark of {topic}[{p}]")[1]
+        finally:
+            reader.close()
+        return answer
+
+    def _settled(self, call: Callable[[], _T], what: str) -> _T:
+        """`call()`, retried while the cluster answers that it is still settling."""
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                return call()
+            except KafkaException as exc:
+                error = error_of(exc)
+                passing = error is not None and (error.retriable() or error.code() in SETTLING)
+                if not passing or time.monotonic() > deadline:
+                    raise_kafka(exc, what)
+                time.sleep(0.1)

@@ -1,0 +1,143 @@
+"""The Kafka broker: the `Broker` factory of confluent-kafka clients.
+
+`KafkaBroker` turns the backend's arguments and the user's librdkafka settings into
+each client's configuration (checked by `processor.backends.kafka.settings`), checks
+once that the cluster answers, and wraps the clients in `KafkaConsumer`,
+`KafkaProducer` and `KafkaAdmin`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import confluent_kafka as ck
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+from processor.backends.abstract import Broker
+from processor.backends.kafka.admin import KafkaAdmin
+from processor.backends.kafka.consumer import KafkaConsumer
+from processor.backends.kafka.errors import ErrorLog, error_of
+from processor.backends.kafka.producer import DeliveryLog, KafkaProducer
+from processor.backends.kafka.settings import (
+    COMMON_DEFAULTS,
+    CONSUMER_DEFAULTS,
+    PRODUCER_DEFAULTS,
+    RDKAFKA_LOGGER,
+    check_consumer,
+    check_producer,
+)
+from processor.core.errors import BrokerUnavailable, ConfigError
+
+
+class KafkaBroker(Broker):
+    """Apache Kafka through confluent-kafka.
+
+    `settings` are librdkafka settings passed to every client (for example
+    `security.protocol`, `sasl.*`, `statistics.interval.ms`); the few that would break
+    the stage's delivery guarantees raise ConfigError. Reaching the cluster is checked
+    once, when the first client is made: an unreachable cluster raises BrokerUnavailable
+    after `connect_timeout` seconds.
+    """
+
+    def __init__(self, bootstrap_servers: str, settings: Mapping[str, object] | None = None,
+                 *, connect_timeout: float = 10.0) -> None:
+        if not bootstrap_servers or not bootstrap_servers.strip():
+            raise ConfigError("bootstrap_servers is empty: name at least one host:port")
+        self.bootstrap_servers = bootstrap_servers
+        self.settings: dict[str, object] = dict(settings or {})
+        configured = self.settings.pop("bootstrap.servers", None)
+        if configured is not None and str(configured) != bootstrap_servers:
+            raise ConfigError(
+                f"kafka setting bootstrap.servers={configured} conflicts with "
+                f"bootstrap_servers={bootstrap_servers!r}")
+        self.connect_timeout = connect_timeout
+        self._reachable = False
+
+    @property
+    def name(self) -> str:
+        return f"kafka {self.bootstrap_servers}"
+
+    def _config(self, defaults: Mapping[str, object], settings: Mapping[str, object],
+                forced: Mapping[str, object]) -> dict[str, Any]:
+        config: dict[str, Any] = {**COMMON_DEFAULTS, **defaults, **settings, **forced}
+        config["bootstrap.servers"] = self.bootstrap_servers
+        config.setdefault("logger", RDKAFKA_LOGGER)
+        return config
+
+    def _merged(self, settings: Mapping[str, object] | None) -> dict[str, object]:
+        merged = dict(self.settings)
+        merged.update(settings or {})
+        return merged
+
+    def ensure_reachable(self) -> None:
+        """Raise BrokerUnavailable unless the cluster answers within `connect_timeout`."""
+        if self._reachable:
+            return
+        config = self._config({}, {k: v for k, v in self.settings.items()
+                                   if not callable(v)}, {"log_level": 0})
+        config.pop("logger", None)
+        admin = AdminClient(config)
+        try:
+            admin.list_topics(timeout=self.connect_timeout)
+        except KafkaException as exc:
+            error = error_of(exc)
+            reason = error.str() if error is not None else str(exc)
+            raise BrokerUnavailable(
+                f"Kafka at {self.bootstrap_servers} did not answer within "
+                f"{self.connect_timeout:g}s ({reason}); is the broker running and reachable?"
+            ) from exc
+        self._reachable = True
+
+    def consumer(self, group: str, *, read_committed: bool = False,
+                 auto_offset_reset: str = "earliest", client_id: str | None = None,
+                 settings: Mapping[str, object] | None = None) -> KafkaConsumer:
+        merged = self._merged(settings)
+        check_consumer(merged, group, read_committed, auto_offset_reset)
+        self.ensure_reachable()
+        errors = ErrorLog(f"consumer {client_id or group}", merged.pop("error_cb", None))
+        forced: dict[str, object] = {
+            "group.id": group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": auto_offset_reset,
+            "isolation.level": "read_committed" if read_committed else "read_uncommitted",
+            "error_cb": errors,
+        }
+        if client_id:
+            forced["client.id"] = client_id
+        config = self._config(CONSUMER_DEFAULTS, merged, forced)
+        try:
+            client = ck.Consumer(config)
+        except KafkaException as exc:
+            raise ConfigError(f"invalid consumer settings: {exc}") from exc
+        strategy = str(config["partition.assignment.strategy"])
+        return KafkaConsumer(client, auto_offset_reset, errors, strategy)
+
+    def producer(self, *, transactional_id: str | None = None, client_id: str | None = None,
+                 settings: Mapping[str, object] | None = None) -> KafkaProducer:
+        merged = self._merged(settings)
+        check_producer(merged, transactional_id)
+        self.ensure_reachable()
+        errors = ErrorLog(f"producer {client_id or transactional_id or ''}".rstrip(),
+                           merged.pop("error_cb", None))
+        deliveries = DeliveryLog()
+        forced: dict[str, object] = {"error_cb": errors, "on_delivery": deliveries}
+        if transactional_id is not None:
+            forced["transactional.id"] = transactional_id
+        if client_id:
+            forced["client.id"] = client_id
+        config = self._config(PRODUCER_DEFAULTS, merged, forced)
+        try:
+            client = ck.Producer(config)
+        except KafkaException as exc:
+            raise ConfigError(f"invalid producer settings: {exc}") from exc
+        return KafkaProducer(client, transactional_id is not None, errors, deliveries)
+
+    def admin(self) -> KafkaAdmin:
+        self.ensure_reachable()
+        config = self._config({}, {k: v for k, v in self.settings.items()
+                                   if not callable(v)}, {})
+        return KafkaAdmin(AdminClient(config), client_config=config)
+

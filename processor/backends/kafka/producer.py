@@ -1,0 +1,196 @@
+"""The Kafka producer: idempotent by default, transactional with a transactional id.
+
+`produce()` never drops a record when librdkafka's local queue is full: it serves
+delivery reports until there is room. Delivery is reported in bulk: only failures make
+delivery reports (`delivery.report.only.error`), collected by `DeliveryLog` and handed
+out by `take_delivery_errors()`. Transactional calls retry librdkafka's retriable
+errors until their timeout; the others are sorted by `processor.backends.kafka.errors`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, NoReturn, cast
+
+import confluent_kafka as ck
+from confluent_kafka import KafkaError, KafkaException
+
+from processor.backends.abstract import (
+    DeliveryError,
+    GroupMetadata,
+    Headers,
+    Producer,
+    TopicPartition,
+)
+from processor.backends.kafka.convert import to_kafka
+from processor.backends.kafka.errors import ErrorLog, error_of, raise_kafka
+from processor.core.errors import BackendError, TransactionError, UnknownTopic
+
+logger = logging.getLogger(__name__)
+
+
+class DeliveryLog:
+    """The on_delivery callback of a producer: records the failed deliveries only."""
+
+    def __init__(self) -> None:
+        self.failures: list[DeliveryError] = []
+
+    def __call__(self, error: KafkaError | None, message: ck.Message) -> None:
+        if error is not None:
+            # The message of a delivery report is the produced record: it has the topic
+            # given to produce() (confluent-kafka types it optional because error events
+            # share the class), and partition -1 when none was chosen before it failed.
+            partition = message.partition()
+            self.failures.append(DeliveryError(
+                cast(str, message.topic()), -1 if partition is None else partition,
+                message.key(), error.str(), error.retriable()))
+
+
+class KafkaProducer(Producer):
+    """Idempotent by default; transactional with a transactional id."""
+
+    def __init__(self, client: ck.Producer, transactional: bool, errors: ErrorLog,
+                 deliveries: DeliveryLog) -> None:
+        self._p = client
+        self._transactional = transactional
+        self._errors = errors
+        self._deliveries = deliveries
+        self._known_topics: set[str] = set()
+        # Whether a transaction was begun and not yet committed or aborted.
+        self._in_transaction = False
+        self._closed = False
+
+    def _check_topic(self, topic: str) -> None:
+        """Fail fast on a topic that does not exist (librdkafka would only report it
+        after topic.metadata.propagation.max.ms, in a delivery report)."""
+        try:
+            metadata = self._p.list_topics(topic, timeout=10.0)
+        except KafkaException as exc:
+            raise_kafka(exc, f"metadata of topic {topic!r}")
+        found = metadata.topics.get(topic)
+        if found is None or found.error is not None or not found.partitions:
+            reason = found.error.str() if found is not None and found.error else "no partitions"
+            raise UnknownTopic(f"unknown topic {topic!r} ({reason})")
+        self._known_topics.add(topic)
+
+    def produce(self, topic: str, value: bytes, key: bytes | None = None,
+                headers: Headers | None = None, partition: int | None = None,
+                timestamp: int | None = None) -> None:
+        self._check_open()
+        if topic not in self._known_topics:
+            self._check_topic(topic)
+        part = -1 if partition is None else partition
+        stamp = 0 if timestamp is None else timestamp
+        try:
+            self._p.produce(topic, value, key, part, timestamp=stamp,
+                            headers=headers)  # type: ignore[arg-type]
+        except BufferError:
+            # librdkafka's local queue is full (queue.buffering.max.messages/.kbytes).
+            # The confluent-kafka rule: serve delivery reports with poll() so that
+            # acknowledged records leave the queue, then retry -- never drop the record.
+            # This waits at most message.timeout.ms: by then queued records have failed.
+            while True:
+                self._p.poll(0.05)
+                try:
+                    self._p.produce(topic, value, key, part, timestamp=stamp,
+                                    headers=headers)  # type: ignore[arg-type]
+                    break
+                except BufferError:
+                    continue
+                except KafkaException as exc:
+                    self._raise(exc, f"produce to {topic}")
+        except KafkaException as exc:
+            self._raise(exc, f"produce to {topic}")
+
+    def _raise(self, exc: KafkaException, what: str) -> NoReturn:
+        error = error_of(exc)
+        transactional = self._transactional and error is not None and (
+            error.code() in (KafkaError._STATE, KafkaError._FATAL) or error.fatal())
+        raise_kafka(exc, what, transactional=transactional, fatal_hint=self._errors.fatal)
+
+    def poll(self, timeout: float = 0.0) -> int:
+        return self._p.poll(timeout)
+
+    def flush(self, timeout: float = 30.0) -> int:
+        return self._p.flush(timeout)
+
+    def take_delivery_errors(self) -> list[DeliveryError]:
+        failures = self._deliveries.failures
+        self._deliveries.failures = []
+        return failures
+
+    def outstanding(self) -> int:
+        return len(self._p)
+
+    # -- transactions --
+
+    def _txn(self, what: str, call: Callable[[], object], timeout: float | None = None,
+             retry: bool = False) -> None:
+        self._check_open()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                call()
+                return
+            except KafkaException as exc:
+                error = error_of(exc)
+                if (retry and error is not None and error.retriable()
+                        and not error.txn_requires_abort() and not error.fatal()
+                        and deadline is not None and time.monotonic() < deadline):
+                    logger.info("%s: retriable error, retrying: %s", what, error.str())
+                    continue
+                raise_kafka(exc, what, transactional=True, fatal_hint=self._errors.fatal)
+
+    def init_transactions(self, timeout: float = 30.0) -> None:
+        if not self._transactional:
+            raise TransactionError("not a transactional producer (no transactional_id)")
+        self._txn("init_transactions", lambda: self._p.init_transactions(timeout), timeout,
+                  retry=True)
+
+    def begin_transaction(self) -> None:
+        self._txn("begin_transaction", self._p.begin_transaction)
+        self._in_transaction = True
+
+    def send_offsets_to_transaction(self, offsets: Mapping[TopicPartition, int],
+                                    group_metadata: GroupMetadata,
+                                    timeout: float = 30.0) -> None:
+        if not offsets:
+            return
+        positions = [to_kafka(tp, offset) for tp, offset in offsets.items()]
+        self._txn("send_offsets_to_transaction",
+                  lambda: self._p.send_offsets_to_transaction(
+                      positions, cast(Any, group_metadata), timeout), timeout, retry=True)
+
+    def commit_transaction(self, timeout: float = 30.0) -> None:
+        self._txn("commit_transaction", lambda: self._p.commit_transaction(timeout), timeout,
+                  retry=True)
+        self._in_transaction = False
+
+    def abort_transaction(self, timeout: float = 30.0) -> None:
+        self._txn("abort_transaction", lambda: self._p.abort_transaction(timeout), timeout,
+                  retry=True)
+        self._in_transaction = False
+
+    def close(self) -> None:
+        """Abort an open transaction (as the in-memory broker does: otherwise it would
+        hold read_committed consumers back until the broker's transaction timeout), then
+        flush what is queued."""
+        if self._closed:
+            return
+        if self._in_transaction:
+            logger.info("producer closed in a transaction: aborting it")
+            try:
+                self.abort_transaction()
+            except BackendError as exc:
+                logger.warning("aborting the open transaction on close failed: %s", exc)
+        self._closed = True
+        remaining = self._p.flush(30.0)
+        if remaining:
+            logger.warning("producer closed with %d record(s) unacknowledged", remaining)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackendError("producer is closed")
+

@@ -1,0 +1,87 @@
+"""The in-memory admin client: topic management and group inspection.
+
+Producing to a missing topic raises `UnknownTopic`, as on a broker with
+`auto.create.topics.enable=false`, so topics are made here. Creating or deleting a topic
+makes the groups subscribed to it rebalance (pattern subscriptions follow new topics).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+
+from processor.backends.abstract import Admin, TopicPartition
+from processor.backends.memory.cluster import Cluster
+from processor.backends.memory.log import PartitionLog
+from processor.core.errors import BackendError, UnknownTopic
+
+logger = logging.getLogger(__name__)
+
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+class MemoryAdmin(Admin):
+    """Topic management of a `MemoryBroker`."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self._cluster = cluster
+
+    def create_topic(
+        self,
+        name: str,
+        partitions: int = 1,
+        replication: int = 1,
+        config: Mapping[str, str] | None = None,
+    ) -> None:
+        if not _TOPIC_NAME.fullmatch(name) or name in (".", ".."):
+            raise BackendError(f"invalid topic name {name!r}: use 1-249 of [A-Za-z0-9._-]")
+        if partitions < 1:
+            raise BackendError(f"topic {name!r}: partitions must be at least 1, got {partitions}")
+        if replication < 1:
+            raise BackendError(f"topic {name!r}: replication must be at least 1")
+        cluster = self._cluster
+        with cluster.lock:
+            if name in cluster.topics:
+                return
+            cluster.topics[name] = [
+                PartitionLog(TopicPartition(name, p)) for p in range(partitions)
+            ]
+            logger.info("created topic %s with %d partitions", name, partitions)
+            cluster.topics_changed(name)
+
+    def delete_topic(self, name: str) -> None:
+        cluster = self._cluster
+        with cluster.lock:
+            if cluster.topics.pop(name, None) is None:
+                raise UnknownTopic(f"unknown topic {name!r}")
+            for group in cluster.groups.values():
+                for tp in [tp for tp in group.committed if tp.topic == name]:
+                    del group.committed[tp]
+            logger.info("deleted topic %s", name)
+            cluster.topics_changed(name)
+
+    def list_topics(self) -> dict[str, int]:
+        with self._cluster.lock:
+            return {name: len(parts) for name, parts in self._cluster.topics.items()}
+
+    def group_offsets(
+        self, group: str, topics: Sequence[str] | None = None
+    ) -> dict[TopicPartition, int]:
+        with self._cluster.lock:
+            state = self._cluster.groups.get(group)
+            if state is None:
+                return {}
+            wanted = None if topics is None else set(topics)
+            return {
+                tp: offset
+                for tp, offset in sorted(state.committed.items())
+                if wanted is None or tp.topic in wanted
+            }
+
+    def high_watermarks(self, topic: str) -> dict[TopicPartition, int]:
+        with self._cluster.lock:
+            parts = self._cluster.topics.get(topic)
+            if parts is None:
+                raise UnknownTopic(f"unknown topic {topic!r}")
+            return {part.tp: len(part.log) for part in parts}
