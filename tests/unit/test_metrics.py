@@ -134,7 +134,8 @@ def test_histograms_and_gauges() -> None:
     m.commit_latency(0.02)
     m.transaction_latency(0.2)
     m.in_flight(42)
-    m.paused(2)
+    m.paused("retry", 2)
+    m.paused("backpressure", 1)
     m.assigned(3)
     m.rebalance("assign", 1)
     m.rebalance("lost")
@@ -147,7 +148,11 @@ def test_histograms_and_gauges() -> None:
     assert value("processor_commit_latency_seconds_count", stage=st) == 1
     assert value("processor_transaction_latency_seconds_count", stage=st) == 1
     assert value("processor_in_flight_artifacts", stage=st) == 42
-    assert value("processor_paused_partitions", stage=st, topic="in") == 2
+    assert value("processor_paused_partitions", stage=st, topic="in", reason="retry") == 2
+    assert value("processor_paused_partitions", stage=st, topic="in",
+                 reason="backpressure") == 1
+    with pytest.raises(ValueError, match="unknown pause reason"):
+        m.paused("tired", 1)
     assert value("processor_assigned_partitions", stage=st, topic="in") == 3
     assert value("processor_rebalances_total", stage=st, kind="assign") == 1
     assert value("processor_rebalances_total", stage=st, kind="lost") == 1

@@ -267,7 +267,7 @@ def test_exactly_once_outputs_are_visible_only_after_the_transaction_commits() -
         stage.run_once()
     assert read_all(broker, "out", read_committed=True) == []
     assert len(read_all(broker, "out", read_committed=False)) == 40
-    stage._commit()
+    stage.commit()
     assert len(read_all(broker, "out", read_committed=True)) == 40
     assert sum(broker.admin().group_offsets("g", ["in"]).values()) == 40
 
