@@ -238,6 +238,10 @@ class Stage:
         if n:
             self.metrics.batch(n)
             self._process(messages)
+        else:
+            # Idle: serve the producer's events (delivery reports, errors, librdkafka
+            # statistics), which a busy stage serves when it flushes at each commit.
+            self.producer.poll(0)
         now = self.clock()
         if self._pending and (
             now - self._last_commit >= self.options.commit_interval
