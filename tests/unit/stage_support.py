@@ -4,9 +4,11 @@ reading records, a clock the test moves by hand, and metrics that record every c
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 
 from processor.backends.abstract import Broker, Message, TopicPartition
-from processor.backends.memory import MemoryBroker
+from processor.backends.kafka import KafkaBroker
+from processor.backends.memory import MemoryAdmin, MemoryBroker, MemoryConsumer, MemoryProducer
 from processor.core.artifact import Artifact
 from processor.core.handlers import Outcome
 from processor.runtime.options import QUICK_RETRY, StageOptions
@@ -150,3 +152,30 @@ class RecordingMetrics:
 
     def rebalance(self, kind: str, n: int = 1) -> None:
         self.rebalances[kind] += n
+
+
+class KafkaWithoutKafka(KafkaBroker):
+    """A `KafkaBroker` whose clients are in-memory ones; it remembers their settings."""
+
+    def __init__(self, settings: Mapping[str, object] | None = None,
+                 bootstrap_servers: str = "127.0.0.1:1") -> None:
+        super().__init__(bootstrap_servers, settings)
+        self.memory = make_broker()
+        self.given: dict[str, Mapping[str, object]] = {}
+
+    def admin(self) -> MemoryAdmin:  # type: ignore[override]
+        return self.memory.admin()
+
+    def consumer(  # type: ignore[override]
+        self, group: str, *, read_committed: bool = False, auto_offset_reset: str = "earliest",
+        client_id: str | None = None, settings: Mapping[str, object] | None = None,
+    ) -> MemoryConsumer:
+        self.given["consumer"] = dict(settings or {})
+        return self.memory.consumer(group, read_committed=read_committed, client_id=client_id)
+
+    def producer(  # type: ignore[override]
+        self, *, transactional_id: str | None = None, client_id: str | None = None,
+        settings: Mapping[str, object] | None = None,
+    ) -> MemoryProducer:
+        self.given["producer"] = dict(settings or {})
+        return self.memory.producer(transactional_id=transactional_id, client_id=client_id)

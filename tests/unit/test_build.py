@@ -9,8 +9,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from processor.backends.kafka import KafkaBroker
-from processor.backends.memory import MemoryBroker, MemoryConsumer, MemoryProducer
+from processor.backends.memory import MemoryBroker, MemoryConsumer
 from processor.core.artifact import Artifact
 from processor.core.errors import ConfigError
 from processor.core.handlers import Outcome, Routed
@@ -18,7 +17,14 @@ from processor.ops.metrics import LIBRDKAFKA_STATS_INTERVAL_MS, REGISTRY, NullMe
 from processor.ops.settings import StageConfig, load_config
 from processor.runtime.build import StageSetup, build_stage, check_topics
 from processor.runtime.commit import AtLeastOnce, ExactlyOnce
-from tests.unit.stage_support import CODEC, artifacts, feed, make_broker, options
+from tests.unit.stage_support import (
+    CODEC,
+    KafkaWithoutKafka,
+    artifacts,
+    feed,
+    make_broker,
+    options,
+)
 
 
 def shout(a: Artifact) -> Outcome:
@@ -91,29 +97,6 @@ def test_what_is_missing_is_named() -> None:
     broker.admin().create_topic("in")
     with pytest.raises(ConfigError, match="out, dlq do not exist"):
         check_topics(broker, options())
-
-
-class KafkaWithoutKafka(KafkaBroker):
-    """A `KafkaBroker` whose clients are in-memory ones; it remembers their settings."""
-
-    def __init__(self, settings: Mapping[str, object] | None = None) -> None:
-        super().__init__("127.0.0.1:1", settings)
-        self.memory = make_broker()
-        self.given: dict[str, Mapping[str, object]] = {}
-
-    def consumer(  # type: ignore[override]
-        self, group: str, *, read_committed: bool = False, auto_offset_reset: str = "earliest",
-        client_id: str | None = None, settings: Mapping[str, object] | None = None,
-    ) -> MemoryConsumer:
-        self.given["consumer"] = dict(settings or {})
-        return self.memory.consumer(group, read_committed=read_committed, client_id=client_id)
-
-    def producer(  # type: ignore[override]
-        self, *, transactional_id: str | None = None, client_id: str | None = None,
-        settings: Mapping[str, object] | None = None,
-    ) -> MemoryProducer:
-        self.given["producer"] = dict(settings or {})
-        return self.memory.producer(transactional_id=transactional_id, client_id=client_id)
 
 
 STATS = {"name": "rdkafka#consumer-1", "type": "consumer", "replyq": 2,
