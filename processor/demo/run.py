@@ -183,7 +183,8 @@ def main_demo(count: int, input_file: Path | None, show: int = 3,
     from processor.backends.memory import MemoryBroker
 
     # Dead letters are expected here and summed up below, not logged one by one.
-    logging.getLogger("processor.runtime.stage").setLevel(logging.ERROR)
+    for name in ("processor.runtime.stage", "processor.runtime.dead_letters"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     inputs = list(read_jsonl(input_file) if input_file else generate(count))
     source = str(input_file) if input_file else f"{len(inputs):,} generated orders"
     out.write(f"processor demo: validate -> transform -> enrich on the in-memory broker\n"

@@ -54,10 +54,11 @@ from processor.ops.metrics import (
     NullMetrics,
 )
 from processor.runtime.commit import AtLeastOnce, CommitResult, CommitStrategy, ExactlyOnce
-from processor.runtime.dead_letters import Reason, dead_letter_headers
+from processor.runtime.dead_letters import DeadLetters, Reason
+from processor.runtime.flow import Backpressure
 from processor.runtime.options import EXACTLY_ONCE, StageOptions
 from processor.runtime.retry import RetryHolder
-from processor.runtime.stats import StageStats
+from processor.runtime.stats import StageStats, report_batch
 from processor.serde.codec import Codec
 
 __all__ = ["LATENCY_SAMPLE_EVERY", "Stage", "StageFailed", "StageStats", "tune_gc"]
@@ -141,6 +142,8 @@ class Stage:
             transactional_id=txn_id, client_id=options.name, settings=producer_settings
         )
         self.retries = RetryHolder(options.retry, clock)
+        self.dead_letters = DeadLetters(options.name, options.dlq_topic, self.producer,
+                                        self.stats, self.metrics)
         self.commits: CommitStrategy
         if self._eos:
             self.producer.init_transactions()
@@ -157,8 +160,8 @@ class Stage:
         self._assigned: set[TopicPartition] = set()
         self._sample = 0
         self._last_lag = clock()
-        # Partitions paused because the producer has too much unacknowledged output.
-        self._throttled: set[TopicPartition] = set()
+        self.backpressure = Backpressure(options.name, self.consumer, self.producer,
+                                         options.max_in_flight)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -232,7 +235,8 @@ class Stage:
         self.health.beat()
         if self.retries:
             self._retry_due()
-        self._flow_control()
+        if self.backpressure.check(self._assigned, self.retries.held):
+            self._report_paused()
         messages = self.consumer.consume(self.options.batch_size, self.options.poll_timeout)
         n = len(messages)
         if n:
@@ -254,39 +258,6 @@ class Stage:
             self._last_lag = now
             self._report_lag()
         return n
-
-    def _flow_control(self) -> None:
-        """Pause every partition while too much output is unacknowledged; resume at half.
-
-        The consumer keeps polling while paused, so the member stays in its group, and
-        memory stays bounded however large the backlog of the input topic is.
-        """
-        outstanding = self.producer.outstanding()
-        limit = self.options.max_in_flight
-        if not self._throttled:
-            if outstanding < limit:
-                return
-            self._throttled = {tp for tp in self._assigned if tp not in self.retries}
-            if self._throttled:
-                self.consumer.pause(sorted(self._throttled))
-                lifecycle(logger, "pause", partitions=self._throttled, stage=self.options.name,
-                          reason=PAUSE_BACKPRESSURE, unacknowledged=outstanding)
-                self._report_paused()
-            else:
-                self._throttled = {_NO_PARTITION}  # nothing assigned: a marker
-            self.producer.poll(0)
-            return
-        self.producer.poll(0)
-        if outstanding > limit // 2:
-            return
-        resume = sorted(tp for tp in self._throttled
-                        if tp in self._assigned and tp not in self.retries)
-        self._throttled = set()
-        self._report_paused()
-        if resume:
-            self.consumer.resume(resume)
-            lifecycle(logger, "resume", partitions=resume, stage=self.options.name,
-                      reason=PAUSE_BACKPRESSURE)
 
     def _process(self, messages: Sequence[Message], previous_attempts: int = 0) -> None:
         """The hot path: every record of one batch.
@@ -439,64 +410,22 @@ class Stage:
         stats.bytes_in += bytes_in
         stats.bytes_out += bytes_out
         self._in_flight += produced
-        self._report_batch(consumed, bytes_in, produced, bytes_out, dropped, default_topic,
-                           routed, handler_times, e2e)
-
-    def _report_batch(
-        self, consumed: int, bytes_in: int, produced: int, bytes_out: int, dropped: int,
-        default_topic: str | None, routed: dict[str, list[int]], handler_times: list[float],
-        e2e: list[float],
-    ) -> None:
-        """Push the counts of one batch to the metrics: every output topic under its own
-        label, every sampled latency."""
-        metrics = self.metrics
-        if consumed:
-            metrics.consumed(consumed, bytes_in)
-        for topic, (n, size) in routed.items():
-            metrics.produced(topic, n, size)
-            produced -= n
-            bytes_out -= size
-        if produced and default_topic is not None:
-            metrics.produced(default_topic, produced, bytes_out)
-        if dropped:
-            metrics.dropped(dropped)
-        for seconds in handler_times:
-            metrics.handler_latency(seconds)
-        for seconds in e2e:
-            metrics.end_to_end_latency(max(0.0, seconds))
-        metrics.in_flight(self._in_flight)
+        report_batch(self.metrics, consumed, bytes_in, produced, bytes_out, dropped,
+                     default_topic, routed, handler_times, e2e)
+        self.metrics.in_flight(self._in_flight)
 
     # --- errors, retries, dead letters -----------------------------------------------
 
     def _dead_letter(
         self, msg: Message, reason: str, error: BaseException, attempts: int = 1
     ) -> None:
-        dlq = self.options.dlq_topic
-        if dlq is None:
+        if not self.dead_letters.send(msg, reason, error, attempts):
             raise StageFailed(
                 f"stage {self.options.name}: record {msg.topic()}[{msg.partition()}]@"
                 f"{msg.offset()} must be dead-lettered ({reason}: {error}) but no "
                 "dead-letter topic is configured; stopping without committing it"
             ) from error
-        value = msg.value() or b""
-        self.producer.produce(
-            dlq,
-            value,
-            msg.key(),
-            dead_letter_headers(
-                msg, stage=self.options.name, reason=reason, error=error, attempts=attempts
-            ),
-        )
-        stats = self.stats
-        stats.dead_lettered += 1
-        stats.dead_letter_reasons[reason] = stats.dead_letter_reasons.get(reason, 0) + 1
         self._in_flight += 1
-        self.metrics.dead_lettered(reason, 1)
-        self.metrics.produced(dlq, 1, len(value))
-        logger.warning(
-            "stage %s: dead-lettered %s[%s]@%s (%s): %s",
-            self.options.name, msg.topic(), msg.partition(), msg.offset(), reason, error,
-        )
 
     def _handler_failed(self, msg: Message, error: Exception) -> None:
         self.stats.failed += 1
@@ -549,16 +478,14 @@ class Stage:
     def _release(self, tp: TopicPartition) -> None:
         """A partition no longer held for a retry reads again, unless backpressure has
         paused the others: then it stays paused with them and resumes with them."""
-        if self._throttled:
-            self._throttled.add(tp)
+        if self.backpressure.keep_paused(tp):
             return
         self.consumer.resume([tp])
         lifecycle(logger, "resume", partitions=[tp], stage=self.options.name,
                   reason=PAUSE_RETRY)
 
     def _report_paused(self) -> None:
-        throttled = sum(1 for tp in self._throttled if tp in self._assigned)
-        self.metrics.paused(PAUSE_BACKPRESSURE, throttled)
+        self.metrics.paused(PAUSE_BACKPRESSURE, self.backpressure.count(self._assigned))
         self.metrics.paused(PAUSE_RETRY, len(self.retries))
 
     # --- commits ---------------------------------------------------------------------
@@ -614,9 +541,8 @@ class Stage:
 
     def _on_assign(self, partitions: list[TopicPartition]) -> None:
         self._assigned.update(partitions)
-        if self._throttled:
-            self._throttled.update(partitions)
-            self.consumer.pause(partitions)
+        if self.backpressure.active:
+            self.backpressure.assigned(partitions)
             self._report_paused()
         self.health.set_assigned(len(self._assigned))
         self.metrics.rebalance("assign", 1)
@@ -649,8 +575,8 @@ class Stage:
             self._assigned.discard(tp)
             self._pending.pop(tp, None)
             rewind_to.pop(tp, None)
-            self._throttled.discard(tp)
         self.retries.forget(partitions)
+        self.backpressure.forget(partitions)
         self.health.set_assigned(len(self._assigned))
         self.metrics.forget_partitions([tp.partition for tp in partitions])
         self.metrics.assigned(len(self._assigned))
