@@ -54,14 +54,12 @@ class RetryHolder:
         """Whether `attempt` failed attempts are all the policy allows."""
         return attempt >= self.policy.max_attempts
 
-    def hold(self, tp: TopicPartition, msg: Message, attempt: int,
-             behind: Iterable[Message] = ()) -> float:
-        """Hold `msg` (whose attempt number `attempt` just failed) and the records
-        `behind` it; returns the seconds until its retry is due."""
+    def hold(self, tp: TopicPartition, msg: Message, attempt: int) -> float:
+        """Hold `msg`, whose attempt number `attempt` just failed (the records of `tp`
+        that follow are appended to `held[tp].records`); returns the seconds until its
+        retry is due."""
         delay = self.policy.backoff(attempt)
-        records = deque([msg])
-        records.extend(behind)
-        self.held[tp] = Held(records, attempt, self.clock() + delay)
+        self.held[tp] = Held(deque([msg]), attempt, self.clock() + delay)
         return delay
 
     def due(self) -> list[tuple[TopicPartition, Held]]:
