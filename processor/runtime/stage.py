@@ -272,7 +272,7 @@ class Stage:
         outputs = self._outputs
         default_topic = outputs[DEFAULT_OUTPUT]
         pending = self._pending
-        blocked = self.retries.held
+        held = self.retries.held
         eos = self._eos
         rewind_to = self.commits.rewind_to
         artifact_type = Artifact
@@ -295,8 +295,8 @@ class Stage:
             offset = msg.offset()
             if partition != tp.partition or msg.topic() != tp.topic:
                 tp = TopicPartition(msg.topic(), partition)
-            if blocked and tp in blocked:
-                blocked[tp].records.append(msg)
+            if held and tp in held:
+                held[tp].records.append(msg)  # behind a record waiting for its retry
                 continue
             if eos and tp not in rewind_to:
                 rewind_to[tp] = offset
