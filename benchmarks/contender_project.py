@@ -1,7 +1,8 @@
-"""This project: one `Stage` on `KafkaBroker`, built the way `processor run` builds a worker
-(Prometheus stage metrics and health state included), with the shared transform as its
-handler. At-least-once or exactly-once. Runs until SIGTERM (the stage drains, commits and
-closes), then writes its report. With `--profile FILE` the whole run is under cProfile.
+"""This project: one `Stage` on `KafkaBroker`, built by `build_stage` as `processor run`
+builds a worker (Prometheus stage metrics, health state and librdkafka statistics
+included), with the shared transform as its handler. At-least-once or exactly-once.
+Runs until SIGTERM (the stage drains, commits and closes), then writes its report.
+With `--profile FILE` the whole run is under cProfile.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ import workload
 from processor.backends.kafka import KafkaBroker
 from processor.core.errors import RebalanceInProgress
 from processor.core.options import StageOptions
-from processor.ops.health import HealthState
-from processor.ops.metrics import StageMetrics
+from processor.runtime.build import StageSetup, build_stage
 from processor.runtime.stage import Stage
 
 
@@ -51,9 +51,9 @@ def main() -> int:
         commit_interval=workload.COMMIT_INTERVAL,
         transactional_id=f"bench-{args.group}-{args.instance}",
     )
+    setup = StageSetup(options, handlers=("project_handler:transform",),
+                       bootstrap_servers=args.bootstrap_servers)
     broker = KafkaBroker(args.bootstrap_servers)
-    metrics = StageMetrics(options.name, options.input_topic, options.output_topic,
-                           options.guarantee)
     stopping = False
     current: list[Stage] = []
 
@@ -72,12 +72,10 @@ def main() -> int:
     totals = {"consumed": 0, "produced": 0, "bad": 0, "commits": 0}
     restarts: list[str] = []
     while True:
-        stage = Stage(
-            options, broker, project_handler.transform,
-            metrics=metrics,
-            health=HealthState(),
-            consumer_settings=dict(workload.CONSUMER_SETTINGS),
-            producer_settings=dict(workload.PRODUCER_SETTINGS),
+        stage = build_stage(
+            setup, broker,
+            consumer_settings=workload.CONSUMER_SETTINGS,
+            producer_settings=workload.PRODUCER_SETTINGS,
         )
         current[:] = [stage]
         crashed = False

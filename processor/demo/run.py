@@ -18,6 +18,8 @@ from typing import IO
 from processor.backends.abstract import Broker
 from processor.core.artifact import Artifact, MediaType, Role
 from processor.core.options import StageOptions
+from processor.ops.metrics import NullMetrics
+from processor.runtime.build import StageSetup, build_stage
 from processor.runtime.stage import Stage
 from processor.serde.codec import Codec
 from processor.serde.jsonform import artifact_to_json
@@ -109,14 +111,15 @@ def run_demo(
     for t in topics:
         admin.create_topic(t, partitions=partitions)
     admin.create_topic("orders.dlq", partitions=1)
-    from processor.core.handlers import registry
-
     stages = [
-        Stage(
-            StageOptions(name=spec.name, input_topic=topics[i], output_topic=topics[i + 1],
-                         group=f"demo-{spec.name}", dlq_topic="orders.dlq",
-                         batch_size=500, poll_timeout=0.0, commit_interval=0.2),
-            broker, registry.resolve(spec.handler_name), codec=codec,
+        build_stage(
+            StageSetup(
+                StageOptions(name=spec.name, input_topic=topics[i], output_topic=topics[i + 1],
+                             group=f"demo-{spec.name}", dlq_topic="orders.dlq",
+                             batch_size=500, poll_timeout=0.0, commit_interval=0.2),
+                handlers=(spec.handler_name,),
+            ),
+            broker, codec=codec, metrics=NullMetrics(),
         )
         for i, spec in enumerate(STAGES)
     ]
@@ -152,9 +155,7 @@ def run_demo(
         out.write("\n")
     seconds = time.monotonic() - start
     for s in stages:
-        s._commit()  # final commit; the demo owns the loop
-        s.consumer.close()
-        s.producer.close()
+        s.close()  # final commit; the demo owns the loop
     reader = broker.consumer("demo-reader")
     reader.subscribe([topics[-1]])
     output: list[Artifact] = []
@@ -185,7 +186,8 @@ def main_demo(count: int, input_file: Path | None, show: int = 3,
     from processor.backends.memory import MemoryBroker
 
     # Dead letters are expected here and summed up below, not logged one by one.
-    logging.getLogger("processor.runtime.stage").setLevel(logging.ERROR)
+    for name in ("processor.runtime.stage", "processor.runtime.dead_letters"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     inputs = list(read_jsonl(input_file) if input_file else generate(count))
     source = str(input_file) if input_file else f"{len(inputs):,} generated orders"
     out.write(f"processor demo: validate -> transform -> enrich on the in-memory broker\n"

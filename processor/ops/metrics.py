@@ -6,17 +6,23 @@ base units in the name (`_seconds`, `_bytes`). Labels:
 * `stage`: the stage's name (`StageOptions.name`);
 * `topic`: the topic a record was read from or written to;
 * `partition`: only where a per-partition value is what an operator needs (consumer lag);
-* `reason` (dead-lettered): one of `DLQ_REASONS`;
+* `reason` (dead-lettered): one of `DLQ_REASONS`; (paused partitions): one of
+  `PAUSE_REASONS`;
 * `kind` (rebalances): one of `REBALANCE_KINDS`.
+
+What a stage reports is the `Metrics` protocol. `StageMetrics` reports it to Prometheus;
+`NullMetrics`, the stage's default, reports nothing, so the loop never asks whether it
+has metrics.
 
 The hot path
 ------------
 A stage handles on the order of 100,000 records per second, so it never touches a metric
 per record. `StageMetrics` resolves the labelled children once and offers bulk methods the
 stage calls once per *batch* (`consumed(n, nbytes)`, `produced(topic, n, nbytes)`...).
-Latency histograms are *sampled*: the stage observes the handler latency and the
-end-to-end latency of one record in `LATENCY_SAMPLE_EVERY` (16), which keeps the
-distribution while cutting the cost by that factor; counts of records are never sampled.
+Latency histograms are *sampled*: the stage times the handler and the end-to-end latency
+of one record in `LATENCY_SAMPLE_EVERY` (16), collects the samples of a batch and
+observes every one of them after the batch, which keeps the distribution while cutting
+the cost by that factor; counts of records are never sampled.
 
 Several worker processes
 ------------------------
@@ -38,9 +44,10 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -64,6 +71,16 @@ DLQ_REASONS: Final = ("decode", "checksum", "invalid", "retries-exhausted", "han
 
 REBALANCE_KINDS: Final = ("assign", "revoke", "lost")
 """The `kind` label values of `processor_rebalances_total`."""
+
+PAUSE_RETRY: Final = "retry"
+PAUSE_BACKPRESSURE: Final = "backpressure"
+PAUSE_REASONS: Final = (PAUSE_RETRY, PAUSE_BACKPRESSURE)
+"""The `reason` label values of `processor_paused_partitions`: a partition is paused
+while one of its records waits for a retry, or while the producer has too much output
+unacknowledged."""
+
+LIBRDKAFKA_STATS_INTERVAL_MS: Final = 15_000
+"""`statistics.interval.ms` of a Kafka stage's clients unless the settings name one."""
 
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -160,8 +177,10 @@ IN_FLIGHT: Final = Gauge(
     _ST, multiprocess_mode="livesum", registry=REGISTRY,
 )
 PAUSED_PARTITIONS: Final = Gauge(
-    "processor_paused_partitions", "Assigned input partitions paused by backpressure.",
-    _ST_TOPIC, multiprocess_mode="livesum", registry=REGISTRY,
+    "processor_paused_partitions",
+    "Assigned input partitions paused, by reason: retry (a record of the partition waits "
+    "for its retry) or backpressure (too much output unacknowledged).",
+    ("stage", "topic", "reason"), multiprocess_mode="livesum", registry=REGISTRY,
 )
 ASSIGNED_PARTITIONS: Final = Gauge(
     "processor_assigned_partitions", "Input partitions assigned to the stage.",
@@ -237,8 +256,91 @@ def metric_names() -> frozenset[str]:
     return frozenset(names)
 
 
+class Metrics(Protocol):
+    """What a stage reports. Every method is called once per batch or per event, never
+    per record; latency methods take one sampled observation each."""
+
+    def batch(self, n: int) -> None:
+        """One consume call returned `n` records."""
+    def consumed(self, n: int, nbytes: int) -> None:
+        """`n` records (`nbytes` bytes of values) taken from the input topic."""
+    def produced(self, topic: str, n: int, nbytes: int) -> None:
+        """`n` records written to `topic` (an output or the dead-letter topic)."""
+    def dropped(self, n: int) -> None: ...
+    def dead_lettered(self, reason: str, n: int) -> None: ...
+    def retried(self, n: int) -> None: ...
+    def failed(self, n: int) -> None: ...
+    def handler_latency(self, seconds: float) -> None: ...
+    def end_to_end_latency(self, seconds: float) -> None: ...
+    def commit_latency(self, seconds: float) -> None: ...
+    def transaction_latency(self, seconds: float) -> None: ...
+    def in_flight(self, n: int) -> None: ...
+    def paused(self, reason: str, n: int) -> None:
+        """`n` assigned partitions are paused for `reason` (one of `PAUSE_REASONS`)."""
+    def assigned(self, n: int) -> None: ...
+    def lag(self, partition: int, value: int) -> None: ...
+    def forget_partitions(self, partitions: list[int]) -> None: ...
+    def rebalance(self, kind: str, n: int = 1) -> None: ...
+
+
+class NullMetrics:
+    """The `Metrics` that report nothing: the default of a stage built without metrics
+    (the demo, most tests)."""
+
+    def batch(self, n: int) -> None:
+        pass
+
+    def consumed(self, n: int, nbytes: int) -> None:
+        pass
+
+    def produced(self, topic: str, n: int, nbytes: int) -> None:
+        pass
+
+    def dropped(self, n: int) -> None:
+        pass
+
+    def dead_lettered(self, reason: str, n: int) -> None:
+        pass
+
+    def retried(self, n: int) -> None:
+        pass
+
+    def failed(self, n: int) -> None:
+        pass
+
+    def handler_latency(self, seconds: float) -> None:
+        pass
+
+    def end_to_end_latency(self, seconds: float) -> None:
+        pass
+
+    def commit_latency(self, seconds: float) -> None:
+        pass
+
+    def transaction_latency(self, seconds: float) -> None:
+        pass
+
+    def in_flight(self, n: int) -> None:
+        pass
+
+    def paused(self, reason: str, n: int) -> None:
+        pass
+
+    def assigned(self, n: int) -> None:
+        pass
+
+    def lag(self, partition: int, value: int) -> None:
+        pass
+
+    def forget_partitions(self, partitions: list[int]) -> None:
+        pass
+
+    def rebalance(self, kind: str, n: int = 1) -> None:
+        pass
+
+
 class StageMetrics:
-    """The metrics of one stage, with label children resolved once.
+    """The `Metrics` of one stage in Prometheus, with label children resolved once.
 
     Every method is meant to be called once per batch (or per event), not per record:
     `consumed(len(batch), total_bytes)`. Latency methods take one sampled observation;
@@ -251,6 +353,7 @@ class StageMetrics:
         input_topic: str,
         output_topic: str | None,
         guarantee: str = "at-least-once",
+        extra_topics: Sequence[str] = (),
     ) -> None:
         self.stage = stage_name
         self.input_topic = input_topic
@@ -268,13 +371,14 @@ class StageMetrics:
         self._commit_latency = COMMIT_LATENCY.labels(st)
         self._transaction_latency = TRANSACTION_LATENCY.labels(st)
         self._in_flight = IN_FLIGHT.labels(st)
-        self._paused = PAUSED_PARTITIONS.labels(st, input_topic)
+        self._paused = {r: PAUSED_PARTITIONS.labels(st, input_topic, r) for r in PAUSE_REASONS}
         self._assigned = ASSIGNED_PARTITIONS.labels(st, input_topic)
         self._rebalances = {k: REBALANCES.labels(st, k) for k in REBALANCE_KINDS}
         self._produced: dict[str, tuple[Counter, Counter]] = {}
         self._lag: dict[int, Gauge] = {}
-        if output_topic:
-            self._produced_children(output_topic)
+        for topic in (output_topic, *extra_topics):
+            if topic:
+                self._produced_children(topic)
         STAGE_INFO.labels(st, input_topic, output_topic or "", guarantee).set(1)
 
     def _produced_children(self, topic: str) -> tuple[Counter, Counter]:
@@ -336,8 +440,12 @@ class StageMetrics:
     def in_flight(self, n: int) -> None:
         self._in_flight.set(n)
 
-    def paused(self, n: int) -> None:
-        self._paused.set(n)
+    def paused(self, reason: str, n: int) -> None:
+        child = self._paused.get(reason)
+        if child is None:
+            raise ValueError(f"unknown pause reason {reason!r}; use one of "
+                             f"{', '.join(PAUSE_REASONS)}")
+        child.set(n)
 
     def assigned(self, n: int) -> None:
         self._assigned.set(n)
@@ -377,8 +485,9 @@ def _number(value: object) -> float | None:
 def record_librdkafka_stats(stage: str, json_str: str) -> None:
     """Record the key figures of one librdkafka statistics document.
 
-    Hook it to a client with `statistics.interval.ms` > 0 and
-    `stats_cb=functools.partial(record_librdkafka_stats, stage_name)`. Recorded:
+    `librdkafka_stats_callback(stage)` is this function as a client's `stats_cb`;
+    `processor.runtime.build.build_stage` hooks it to both clients of a Kafka stage,
+    with `statistics.interval.ms` set. Recorded:
     per-broker round-trip time (average and p99, librdkafka reports microseconds) and,
     for producers, the queue length in messages and bytes; for every client the reply
     queue. A document that does not parse is counted and logged, never raised: the
@@ -422,6 +531,11 @@ def record_librdkafka_stats(stage: str, json_str: str) -> None:
         p99 = _number(rtt.get("p99"))
         if p99 is not None:
             RDKAFKA_BROKER_RTT_P99.labels(stage, client_type, name).set(p99 / 1e6)
+
+
+def librdkafka_stats_callback(stage: str) -> Callable[[str], None]:
+    """A `stats_cb` for the clients of `stage`: `record_librdkafka_stats(stage, json_str)`."""
+    return partial(record_librdkafka_stats, stage)
 
 
 # --- multiprocess mode -----------------------------------------------------------------

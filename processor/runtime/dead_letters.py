@@ -8,10 +8,15 @@ the record can be replayed once the cause is fixed.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Final
 
-from processor.backends.abstract import Headers, Message
+from processor.backends.abstract import Headers, Message, Producer
+from processor.ops.metrics import Metrics
+from processor.runtime.stats import StageStats
+
+logger = logging.getLogger(__name__)
 
 HEADER_PREFIX: Final = "dlq."
 H_REASON: Final = "dlq.reason"
@@ -55,7 +60,7 @@ def dead_letter_headers(
             (H_ERROR_CLASS, f"{type(error).__module__}.{type(error).__qualname__}".encode()),
             (H_ERROR_MESSAGE, encoded),
             (H_STAGE, stage.encode()),
-            (H_TOPIC, (message.topic() or "").encode()),
+            (H_TOPIC, message.topic().encode()),
             (H_PARTITION, str(message.partition()).encode()),
             (H_OFFSET, str(message.offset()).encode()),
             (H_ATTEMPTS, str(attempts).encode()),
@@ -63,6 +68,38 @@ def dead_letter_headers(
         ]
     )
     return original
+
+
+class DeadLetters:
+    """A stage's dead-letter topic: `send()` writes a record there, counts it in the
+    stage's totals and metrics, and logs it."""
+
+    def __init__(self, stage: str, topic: str | None, producer: Producer, stats: StageStats,
+                 metrics: Metrics) -> None:
+        self.stage = stage
+        self.topic = topic
+        self.producer = producer
+        self.stats = stats
+        self.metrics = metrics
+
+    def send(self, message: Message, reason: str, error: BaseException,
+             attempts: int = 1) -> bool:
+        """Dead-letter `message`; False (and nothing sent) when there is no topic."""
+        topic = self.topic
+        if topic is None:
+            return False
+        value = message.value() or b""
+        headers = dead_letter_headers(message, stage=self.stage, reason=reason, error=error,
+                                      attempts=attempts)
+        self.producer.produce(topic, value, message.key(), headers)
+        stats = self.stats
+        stats.dead_lettered += 1
+        stats.dead_letter_reasons[reason] = stats.dead_letter_reasons.get(reason, 0) + 1
+        self.metrics.dead_lettered(reason, 1)
+        self.metrics.produced(topic, 1, len(value))
+        logger.warning("stage %s: dead-lettered %s[%s]@%s (%s): %s", self.stage,
+                       message.topic(), message.partition(), message.offset(), reason, error)
+        return True
 
 
 def header_dict(headers: Headers | None) -> dict[str, str]:

@@ -17,12 +17,11 @@ import signal
 import socket
 import sys
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING
 
-from processor.core.errors import ConfigError, ProcessorError
+from processor.core.errors import ProcessorError
 
 if TYPE_CHECKING:
     from processor.ops.settings import StageConfig
@@ -108,34 +107,22 @@ def claim_transactional_id(base: str, lock_dir: Path | None = None,
 def run_worker(cfg: StageConfig, index: int, serve_metrics: bool) -> int:
     """Run one stage until SIGTERM/SIGINT; returns the process exit code."""
     from processor.backends.kafka import KafkaBroker
-    from processor.core.handlers import registry
-    from processor.ops.health import HealthState, MetricsServer
-    from processor.ops.metrics import StageMetrics
-    from processor.runtime.stage import Stage
+    from processor.ops.health import MetricsServer
+    from processor.runtime.build import build_stage, check_topics
 
     _catch_stop_signals()
     base = cfg.options.transactional_id or f"{cfg.options.name}-{cfg.options.group}"
     txn_id, _slot_lock = claim_transactional_id(base)
-    options = replace(cfg.options, transactional_id=txn_id)
-    handler = registry.resolve_all(cfg.handlers)
     broker = KafkaBroker(cfg.bootstrap_servers, cfg.kafka)
     # Fail fast, with one clear line, when the broker is unreachable or a topic is missing.
-    topics = broker.admin().list_topics()
-    wanted = [options.input_topic, options.output_topic, options.dlq_topic,
-              *options.outputs.values()]
-    missing = [t for t in wanted if t is not None and t not in topics]
-    if missing:
-        raise ConfigError(f"topic(s) {', '.join(missing)} do not exist on "
-                          f"{cfg.bootstrap_servers}; create them first")
-    health = HealthState()
-    metrics = StageMetrics(options.name, options.input_topic, options.output_topic or "")
+    check_topics(broker, cfg.options)
+    stage = build_stage(cfg, broker, transactional_id=txn_id)
     server = None
     if serve_metrics and cfg.metrics_port is not None:
-        server = MetricsServer(health, cfg.metrics_host, cfg.metrics_port)
+        server = MetricsServer(stage.health, cfg.metrics_host, cfg.metrics_port)
         server.start()
         logger.info("metrics on http://%s:%d/metrics", cfg.metrics_host, server.port)
-    stage = Stage(options, broker, handler, metrics=metrics, health=health)
-    health.set_broker_ok(True)
+    stage.health.set_broker_ok(True)
     _RUNNING.append(stage)
     if _STOP_REQUESTS:
         stage.stop()

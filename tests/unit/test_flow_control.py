@@ -8,8 +8,10 @@ from processor.backends.abstract import Admin, Consumer
 from processor.backends.memory import MemoryBroker, MemoryProducer
 from processor.core.artifact import Artifact
 from processor.core.options import StageOptions
+from processor.ops.metrics import PAUSE_BACKPRESSURE, PAUSE_RETRY
 from processor.runtime.stage import Stage
 from processor.serde.codec import Codec
+from tests.unit.stage_support import RecordingMetrics
 
 
 class SlowAcks(MemoryBroker):
@@ -36,9 +38,10 @@ def test_partitions_pause_above_the_limit_and_resume_at_half() -> None:
     codec = Codec()
     for i in range(100):
         feed.produce("in", codec.encode(Artifact.new(f"p{i}")), str(i).encode())
+    metrics = RecordingMetrics()
     stage = Stage(StageOptions(name="fc", input_topic="in", output_topic="out", group="g",
                                batch_size=10, poll_timeout=0.0, max_in_flight=40),
-                  broker, lambda a: a)
+                  broker, lambda a: a, metrics=metrics)
     stage.start()
     consumer: Consumer = stage.consumer
     stage.run_once()
@@ -51,6 +54,7 @@ def test_partitions_pause_above_the_limit_and_resume_at_half() -> None:
     paused = consumer.paused()
     assert sorted(paused) == sorted(consumer.assignment())
     assert len(paused) == 2
+    assert metrics.paused_by_reason == {PAUSE_BACKPRESSURE: 2, PAUSE_RETRY: 0}
     stuck = stage.stats.consumed
     for _ in range(5):
         assert stage.run_once() == 0
@@ -63,6 +67,7 @@ def test_partitions_pause_above_the_limit_and_resume_at_half() -> None:
     broker.unacked = 20  # half: resume and read on
     stage.run_once()
     assert consumer.paused() == []
+    assert metrics.paused_by_reason[PAUSE_BACKPRESSURE] == 0
     for _ in range(30):
         stage.run_once()
     assert stage.stats.consumed == 100

@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from processor.ops import metrics
@@ -47,22 +47,60 @@ def get(url: str) -> tuple[int, str]:
 # --- names -------------------------------------------------------------------------------
 
 
-def test_every_metric_follows_the_naming_conventions() -> None:
-    for family in REGISTRY.collect():
-        if not family.name.startswith("processor_"):
-            assert family.name.startswith(("process_", "python_")), family.name
+KNOWN_LABELS = frozenset({
+    "stage", "topic", "partition", "reason", "kind", "input_topic", "output_topic",
+    "guarantee", "client_type", "broker",
+})
+RESERVED_SUFFIXES = ("_total", "_count", "_sum", "_bucket", "_created")
+
+
+def naming_problems(registry: CollectorRegistry) -> list[str]:
+    """What breaks the naming conventions of `processor.ops.metrics` among the processor's
+    families of `registry`. (prometheus_client itself strips `_total` from a counter's
+    family name and adds it to its samples, so that is not checked here.)"""
+    problems = []
+    for family in registry.collect():
+        name = family.name
+        if not name.startswith("processor_"):
             continue
-        assert family.documentation, family.name
-        if family.type == "counter":
-            # the family name has no suffix; its samples are exposed as NAME_total
-            assert not family.name.endswith("_total"), family.name
-        if family.type == "gauge":
-            assert not family.name.endswith("_total"), family.name
-        if "bytes" in family.name:
-            assert family.name.endswith(("_bytes", "_bytes_total")) or family.type == "counter"
-        if "latency" in family.name:
-            assert family.name.endswith("_seconds"), family.name
-            assert family.type == "histogram"
+        if not family.documentation.strip():
+            problems.append(f"{name}: no help text")
+        if name.endswith(RESERVED_SUFFIXES):
+            problems.append(f"{name}: ends with a suffix Prometheus reserves")
+        if "latency" in name and (family.type != "histogram" or not name.endswith("_seconds")):
+            problems.append(f"{name}: a latency is a histogram in seconds")
+        if "seconds" in name and not name.endswith("_seconds"):
+            problems.append(f"{name}: the unit comes last")
+        if "bytes" in name and not name.endswith("_bytes"):
+            problems.append(f"{name}: the unit comes last")
+        labels = {label for sample in family.samples for label in sample.labels} - {"le"}
+        unknown = labels - KNOWN_LABELS
+        if unknown:
+            problems.append(f"{name}: unknown labels {sorted(unknown)}")
+    return problems
+
+
+def test_every_metric_follows_the_naming_conventions() -> None:
+    st = stage_name()
+    m = StageMetrics(st, "in", "out")  # label children, so that labels are seen
+    m.lag(0, 1)
+    record_librdkafka_stats(st, json.dumps(LIBRDKAFKA_STATS))
+    assert naming_problems(REGISTRY) == []
+
+
+def test_the_naming_check_finds_what_breaks_the_conventions() -> None:
+    bad = CollectorRegistry()
+    Gauge("processor_things_total", "Things.", registry=bad)
+    Gauge("processor_wait_latency", "A latency as a gauge.", registry=bad)
+    Counter("processor_read_bytes_seconds", "Units in the wrong order.", registry=bad)
+    Gauge("processor_mood", "", registry=bad)
+    Gauge("processor_load", "Load.", ["host"], registry=bad).labels("a").set(1)
+    problems = "\n".join(naming_problems(bad))
+    assert "processor_things_total: ends with a suffix" in problems
+    assert "processor_wait_latency: a latency is a histogram" in problems
+    assert "processor_read_bytes_seconds: the unit comes last" in problems
+    assert "processor_mood: no help text" in problems
+    assert "processor_load: unknown labels ['host']" in problems
 
 
 def test_metric_names_lists_query_names() -> None:
@@ -134,7 +172,8 @@ def test_histograms_and_gauges() -> None:
     m.commit_latency(0.02)
     m.transaction_latency(0.2)
     m.in_flight(42)
-    m.paused(2)
+    m.paused("retry", 2)
+    m.paused("backpressure", 1)
     m.assigned(3)
     m.rebalance("assign", 1)
     m.rebalance("lost")
@@ -147,7 +186,11 @@ def test_histograms_and_gauges() -> None:
     assert value("processor_commit_latency_seconds_count", stage=st) == 1
     assert value("processor_transaction_latency_seconds_count", stage=st) == 1
     assert value("processor_in_flight_artifacts", stage=st) == 42
-    assert value("processor_paused_partitions", stage=st, topic="in") == 2
+    assert value("processor_paused_partitions", stage=st, topic="in", reason="retry") == 2
+    assert value("processor_paused_partitions", stage=st, topic="in",
+                 reason="backpressure") == 1
+    with pytest.raises(ValueError, match="unknown pause reason"):
+        m.paused("tired", 1)
     assert value("processor_assigned_partitions", stage=st, topic="in") == 3
     assert value("processor_rebalances_total", stage=st, kind="assign") == 1
     assert value("processor_rebalances_total", stage=st, kind="lost") == 1

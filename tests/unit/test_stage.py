@@ -7,12 +7,11 @@ from collections.abc import Callable
 
 import pytest
 
-from processor.backends.abstract import Broker, Message, TopicPartition
-from processor.backends.memory import MemoryBroker
+from processor.backends.abstract import TopicPartition
 from processor.core.artifact import Artifact
 from processor.core.errors import InvalidArtifact, RetryableError
 from processor.core.handlers import Outcome, Routed
-from processor.core.options import QUICK_RETRY, RetryPolicy, StageOptions
+from processor.core.options import RetryPolicy
 from processor.runtime.dead_letters import (
     H_ATTEMPTS,
     H_OFFSET,
@@ -23,58 +22,19 @@ from processor.runtime.dead_letters import (
     header_dict,
 )
 from processor.runtime.stage import Stage, StageFailed
-from processor.serde.codec import Codec
-
-CODEC = Codec()
-
-
-def options(**overrides: object) -> StageOptions:
-    base: dict[str, object] = dict(
-        name="s1", input_topic="in", output_topic="out", group="g", dlq_topic="dlq",
-        batch_size=50, poll_timeout=0.0, commit_interval=0.01, retry=QUICK_RETRY,
-    )
-    base.update(overrides)
-    return StageOptions(**base)  # type: ignore[arg-type]
-
-
-def make_broker(partitions: int = 3, extra: tuple[str, ...] = ()) -> MemoryBroker:
-    broker = MemoryBroker()
-    admin = broker.admin()
-    for topic in ("in", "out", "dlq", *extra):
-        admin.create_topic(topic, partitions=partitions if topic == "in" else 2)
-    return broker
-
-
-def feed(broker: Broker, values: list[bytes], keys: list[bytes] | None = None) -> None:
-    producer = broker.producer()
-    for i, value in enumerate(values):
-        producer.produce("in", value, keys[i] if keys else str(i % 7).encode())
-    producer.flush()
-
-
-def read_all(broker: Broker, topic: str, read_committed: bool = False) -> list[Message]:
-    consumer = broker.consumer(f"reader-{topic}-{id(object())}", read_committed=read_committed)
-    consumer.subscribe([topic])
-    out: list[Message] = []
-    for _ in range(20):
-        batch = consumer.consume(10_000, 0.01)
-        out.extend(batch)
-        if not batch and out:
-            break
-    consumer.close()
-    return out
-
-
-def artifacts(n: int) -> list[Artifact]:
-    return [Artifact.new(f"payload {i}", meta={"seq": i}) for i in range(n)]
+from tests.unit.stage_support import (
+    CODEC,
+    artifacts,
+    feed,
+    identity,
+    make_broker,
+    options,
+    read_all,
+)
 
 
 def run(stage: Stage, records: int) -> None:
     stage.run(max_records=records, idle_timeout=0.5)
-
-
-def identity(a: Artifact) -> Outcome:
-    return a
 
 
 def test_every_artifact_flows_through_in_order_per_key() -> None:
@@ -267,7 +227,7 @@ def test_exactly_once_outputs_are_visible_only_after_the_transaction_commits() -
         stage.run_once()
     assert read_all(broker, "out", read_committed=True) == []
     assert len(read_all(broker, "out", read_committed=False)) == 40
-    stage._commit()
+    stage.commit()
     assert len(read_all(broker, "out", read_committed=True)) == 40
     assert sum(broker.admin().group_offsets("g", ["in"]).values()) == 40
 

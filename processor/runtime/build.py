@@ -1,0 +1,148 @@
+"""`build_stage`: the one way to assemble a `Stage` from its settings.
+
+The worker runner (`processor run`), the demo, the benchmark and the tests all build
+their stages here, so every stage gets the same parts:
+
+* the broker: the one given, or a `KafkaBroker` on `bootstrap_servers` with the `kafka`
+  settings;
+* the handler: the `handlers` references resolved through the handler registry (or a
+  handler given ready-made, for tests and embedding);
+* the metrics: `StageMetrics` in Prometheus, labelled with the stage's name, topics and
+  guarantee (or the `Metrics` given, for example `NullMetrics`);
+* the health state the `/healthz` and `/readyz` probes read;
+* on Kafka, the librdkafka statistics: `statistics.interval.ms` (unless the settings
+  name one) and a `stats_cb` feeding `processor.ops.metrics.record_librdkafka_stats`,
+  on both the consumer and the producer.
+
+The settings are anything with the attributes of `StageSettings`: the configuration of
+`processor run` (`processor.ops.settings.StageConfig`), or a `StageSetup` built in code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Protocol
+
+from processor.backends.abstract import Broker
+from processor.backends.kafka import KafkaBroker
+from processor.core.errors import ConfigError
+from processor.core.handlers import Handler, registry
+from processor.core.options import StageOptions
+from processor.ops.health import HealthState
+from processor.ops.metrics import (
+    LIBRDKAFKA_STATS_INTERVAL_MS,
+    Metrics,
+    StageMetrics,
+    librdkafka_stats_callback,
+)
+from processor.runtime.stage import Stage
+from processor.serde.codec import Codec
+
+STATS_INTERVAL_KEY = "statistics.interval.ms"
+
+
+class StageSettings(Protocol):
+    """What `build_stage` reads of a configuration."""
+
+    @property
+    def options(self) -> StageOptions: ...
+    @property
+    def bootstrap_servers(self) -> str | None: ...
+    @property
+    def kafka(self) -> Mapping[str, object]: ...
+    @property
+    def handlers(self) -> Sequence[str]: ...
+
+
+@dataclass(frozen=True)
+class StageSetup:
+    """`StageSettings` built in code (the demo, the benchmark, tests): the options, and
+    optionally handler references, a Kafka cluster and its librdkafka settings."""
+
+    options: StageOptions
+    handlers: Sequence[str] = ()
+    bootstrap_servers: str | None = None
+    kafka: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+
+
+def build_stage(
+    settings: StageSettings,
+    broker: Broker | None = None,
+    *,
+    handler: Handler | None = None,
+    transactional_id: str | None = None,
+    metrics: Metrics | None = None,
+    health: HealthState | None = None,
+    codec: Codec | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    consumer_settings: Mapping[str, object] | None = None,
+    producer_settings: Mapping[str, object] | None = None,
+) -> Stage:
+    """A ready `Stage` for `settings` (see the module documentation for its parts).
+
+    `broker` defaults to a `KafkaBroker` on `settings.bootstrap_servers`; `handler`
+    replaces the registry lookup of `settings.handlers`; `transactional_id` replaces the
+    options' one (the runner claims one per process); `metrics` defaults to the
+    stage's Prometheus metrics and `health` to a new `HealthState`.
+    `consumer_settings`/`producer_settings` are librdkafka settings for one client only
+    (on top of the broker's own `kafka` settings).
+    """
+    options = settings.options
+    if transactional_id is not None:
+        options = replace(options, transactional_id=transactional_id)
+    if broker is None:
+        if not settings.bootstrap_servers:
+            raise ConfigError(
+                "bootstrap_servers is required: pass --bootstrap-servers HOST:PORT or set "
+                "PROCESSOR_BOOTSTRAP_SERVERS"
+            )
+        broker = KafkaBroker(settings.bootstrap_servers, settings.kafka)
+    if handler is None:
+        if not settings.handlers:
+            raise ConfigError("handlers: at least one --handler MODULE:FUNCTION is required")
+        handler = registry.resolve_all(settings.handlers)
+    if metrics is None:
+        metrics = StageMetrics(options.name, options.input_topic, options.output_topic,
+                               options.guarantee, extra_topics=_produced_topics(options))
+    consumer = dict(consumer_settings or {})
+    producer = dict(producer_settings or {})
+    if isinstance(broker, KafkaBroker):
+        _connect_statistics(options.name, broker, consumer)
+        _connect_statistics(options.name, broker, producer)
+    return Stage(
+        options, broker, handler, codec=codec, metrics=metrics,
+        health=health if health is not None else HealthState(clock=clock), clock=clock,
+        consumer_settings=consumer, producer_settings=producer,
+    )
+
+
+def _produced_topics(options: StageOptions) -> list[str]:
+    """The topics a stage writes to besides its output topic: their series exist from
+    the start (at zero), as dashboards and `rate()` need."""
+    return [t for t in (*options.outputs.values(), options.dlq_topic) if t]
+
+
+def _connect_statistics(stage: str, broker: KafkaBroker, client: dict[str, object]) -> None:
+    """Hook librdkafka's statistics of one client to the stage's metrics, unless the
+    settings switch them off (`statistics.interval.ms: 0`) or bring their own callback."""
+    interval = client.get(STATS_INTERVAL_KEY, broker.settings.get(STATS_INTERVAL_KEY))
+    if interval is None:
+        client[STATS_INTERVAL_KEY] = LIBRDKAFKA_STATS_INTERVAL_MS
+    elif str(interval).strip() in ("0", ""):
+        return
+    if "stats_cb" not in client and "stats_cb" not in broker.settings:
+        client["stats_cb"] = librdkafka_stats_callback(stage)
+
+
+def check_topics(broker: Broker, options: StageOptions) -> None:
+    """Raise ConfigError naming every topic of the stage that does not exist."""
+    topics = broker.admin().list_topics()
+    wanted = [options.input_topic, options.output_topic, options.dlq_topic,
+              *options.outputs.values()]
+    missing = [t for t in wanted if t is not None and t not in topics]
+    if missing:
+        raise ConfigError(f"topic(s) {', '.join(missing)} do not exist on {broker.name}; "
+                          "create them first")

@@ -1,0 +1,173 @@
+"""Commit strategies: how a stage makes its outputs durable and commits its input offsets.
+
+A stage handles records and remembers, per partition, the offset after the last record it
+finished (its *pending* offsets). Every `commit_interval` seconds, on revocation and at
+shutdown it asks its strategy to commit them:
+
+* `AtLeastOnce`: `flush()` the producer until every output is acknowledged, then commit
+  the offsets with the consumer. An output that failed raises `DeliveryFailed` and
+  nothing is committed; outputs not acknowledged in time postpone the commit. A crash
+  between the flush and the commit replays those records (duplicates, never losses).
+* `ExactlyOnce`: outputs and dead letters are produced inside a transaction, opened
+  before the first record of a batch (`open()`); the consumed offsets join it
+  (`send_offsets_to_transaction`) and the transaction commits as one. A transaction that
+  fails is aborted and the stage re-reads its input from where the transaction began
+  (`rewind_to`, which the stage fills in its loop).
+
+Both answer a commit with a `CommitResult`; the stage does the bookkeeping.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+
+from processor.backends.abstract import Consumer, Producer, TopicPartition
+from processor.core.errors import (
+    DeliveryFailed,
+    ProducerFenced,
+    RebalanceInProgress,
+    TransactionError,
+)
+from processor.ops.metrics import Metrics
+from processor.runtime.retry import RetryHolder
+
+logger = logging.getLogger(__name__)
+
+
+class CommitResult(enum.Enum):
+    COMMITTED = "committed"
+    """Everything handled so far is durable and its offsets are committed."""
+    POSTPONED = "postponed"
+    """Nothing was committed (outputs not yet acknowledged, a rebalance in the way, or
+    nothing to commit); the stage tries again later."""
+    ABORTED = "aborted"
+    """Exactly-once: the transaction was aborted; the stage must re-read from `rewind_to`."""
+
+
+class CommitStrategy(ABC):
+    """How a stage commits. `rewind_to` is where each partition's uncommitted work
+    began: the stage records the first offset it handles in a partition after a commit
+    (exactly-once only), and re-reads from there after an abort."""
+
+    transactional: bool = False
+
+    def __init__(self, name: str, consumer: Consumer, producer: Producer,
+                 metrics: Metrics) -> None:
+        self.name = name
+        self.consumer = consumer
+        self.producer = producer
+        self.metrics = metrics
+        self.rewind_to: dict[TopicPartition, int] = {}
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open (never, at least once)."""
+        return False
+
+    def open(self) -> None:  # noqa: B027 - a no-op unless transactional
+        """Called before the stage handles a batch."""
+
+    @abstractmethod
+    def commit(self, offsets: Mapping[TopicPartition, int], timeout: float) -> CommitResult:
+        """Make the outputs durable and commit `offsets` (the next offsets to read)."""
+
+    def abort(self) -> None:  # noqa: B027 - a no-op unless transactional
+        """Give up the uncommitted outputs (exactly-once: abort the transaction)."""
+
+
+class AtLeastOnce(CommitStrategy):
+    """Flush, then commit the offsets: outputs are durable before their inputs are done."""
+
+    def commit(self, offsets: Mapping[TopicPartition, int], timeout: float) -> CommitResult:
+        t0 = time.perf_counter()
+        remaining = self.producer.flush(timeout)
+        errors = self.producer.take_delivery_errors()
+        if errors:
+            raise DeliveryFailed(
+                f"stage {self.name}: {len(errors)} outputs failed ({errors[0].reason}); "
+                "input offsets are not committed, the records will be processed again"
+            )
+        if remaining:
+            # The broker is slow or away; librdkafka keeps retrying. Commit later.
+            logger.warning(
+                "stage %s: %d outputs not yet acknowledged after %.1fs; commit postponed",
+                self.name, remaining, timeout,
+            )
+            return CommitResult.POSTPONED
+        if offsets:
+            try:
+                self.consumer.commit(offsets)
+            except RebalanceInProgress as exc:
+                # The group moved on under us; the revocation that follows commits
+                # again, or the new owner re-reads (at-least-once allows that).
+                logger.warning("stage %s: commit refused during a rebalance: %s",
+                               self.name, exc)
+                return CommitResult.POSTPONED
+        self.metrics.commit_latency(time.perf_counter() - t0)
+        return CommitResult.COMMITTED
+
+
+class ExactlyOnce(CommitStrategy):
+    """Outputs, dead letters and input offsets commit in one Kafka transaction.
+
+    Records held for a retry at a commit belong to the next transaction, so after a
+    commit `rewind_to` starts from the first held record of each holding partition.
+    """
+
+    transactional = True
+
+    def __init__(self, name: str, consumer: Consumer, producer: Producer, metrics: Metrics,
+                 held: RetryHolder) -> None:
+        super().__init__(name, consumer, producer, metrics)
+        self.held = held
+        self._open = False
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._open
+
+    def open(self) -> None:
+        if not self._open:
+            self.producer.begin_transaction()
+            self._open = True
+
+    def commit(self, offsets: Mapping[TopicPartition, int], timeout: float) -> CommitResult:
+        if not self._open:
+            return CommitResult.POSTPONED
+        t0 = time.perf_counter()
+        producer = self.producer
+        try:
+            if offsets:
+                producer.send_offsets_to_transaction(
+                    offsets, self.consumer.group_metadata(), timeout
+                )
+            producer.flush(timeout)
+            errors = producer.take_delivery_errors()
+            if errors:
+                raise TransactionError(
+                    f"{len(errors)} outputs of the transaction failed ({errors[0].reason})"
+                )
+            producer.commit_transaction(timeout)
+        except ProducerFenced:
+            self._open = False
+            raise
+        except TransactionError as exc:
+            logger.warning("stage %s: transaction failed, aborting and re-reading: %s",
+                           self.name, exc)
+            self.abort()
+            return CommitResult.ABORTED
+        self._open = False
+        self.rewind_to.clear()
+        self.rewind_to.update(self.held.first_offsets())
+        self.metrics.transaction_latency(time.perf_counter() - t0)
+        return CommitResult.COMMITTED
+
+    def abort(self) -> None:
+        try:
+            self.producer.abort_transaction()
+        finally:
+            self._open = False
