@@ -10,7 +10,7 @@ from processor.backends.abstract import Broker, Message, TopicPartition
 from processor.backends.kafka import KafkaBroker
 from processor.backends.memory import MemoryAdmin, MemoryBroker, MemoryConsumer, MemoryProducer
 from processor.core.artifact import Artifact
-from processor.core.handlers import Outcome
+from processor.core.handlers import Outcome, Routed
 from processor.core.options import QUICK_RETRY, StageOptions
 from processor.serde.codec import Codec
 
@@ -65,6 +65,16 @@ def artifacts(n: int) -> list[Artifact]:
 
 def identity(a: Artifact) -> Outcome:
     return a
+
+
+def route_by_seq(a: Artifact) -> Outcome:
+    """Drops every third artifact, fans the next out in two, routes the third to `audit`."""
+    seq = a.get("seq", 0)
+    if seq % 3 == 0:
+        return None
+    if seq % 3 == 1:
+        return [a, a.with_payload(b"copy")]
+    return Routed("audit", a)
 
 
 def committed(broker: Broker, group: str = "g", topic: str = "in") -> dict[TopicPartition, int]:

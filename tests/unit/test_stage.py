@@ -30,6 +30,7 @@ from tests.unit.stage_support import (
     make_broker,
     options,
     read_all,
+    route_by_seq,
 )
 
 
@@ -117,13 +118,7 @@ def test_bad_input_is_dead_lettered_with_headers_and_nothing_is_lost() -> None:
 def test_dropped_and_fanned_out_and_routed_outputs() -> None:
     broker = make_broker(extra=("audit",))
 
-    def route(a: Artifact) -> Outcome:
-        seq = a.get("seq", 0)
-        if seq % 3 == 0:
-            return None
-        if seq % 3 == 1:
-            return [a, a.with_payload(b"copy")]
-        return Routed("audit", a)
+    route = route_by_seq
 
     feed(broker, [CODEC.encode(a) for a in artifacts(30)])
     stage = Stage(options(outputs={"audit": "audit"}), broker, route)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from processor.core.artifact import Artifact
 from processor.core.errors import InvalidArtifact, RetryableError
-from processor.core.handlers import Outcome, Routed
+from processor.core.handlers import Outcome
 from processor.core.options import RetryPolicy
 from processor.ops.metrics import LATENCY_SAMPLE_EVERY, PAUSE_BACKPRESSURE, PAUSE_RETRY
 from processor.runtime.stage import Stage
@@ -19,6 +19,7 @@ from tests.unit.stage_support import (
     make_broker,
     options,
     read_all,
+    route_by_seq,
 )
 
 
@@ -48,13 +49,7 @@ def test_every_sampled_record_is_observed_not_only_the_last_of_a_batch() -> None
 def test_outputs_are_counted_under_the_topic_they_went_to() -> None:
     broker = make_broker(extra=("audit",))
 
-    def route(a: Artifact) -> Outcome:
-        seq = a.get("seq", 0)
-        if seq % 3 == 0:
-            return None
-        if seq % 3 == 1:
-            return [a, a.with_payload(b"copy")]
-        return Routed("audit", a)
+    route = route_by_seq
 
     feed(broker, [CODEC.encode(a) for a in artifacts(30)])
     metrics = RecordingMetrics()
