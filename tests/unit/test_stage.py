@@ -117,9 +117,7 @@ def test_bad_input_is_dead_lettered_with_headers_and_nothing_is_lost() -> None:
 
 def test_dropped_and_fanned_out_and_routed_outputs() -> None:
     broker = make_broker(extra=("audit",))
-
     route = route_by_seq
-
     feed(broker, [CODEC.encode(a) for a in artifacts(30)])
     stage = Stage(options(outputs={"audit": "audit"}), broker, route)
     run(stage, 30)

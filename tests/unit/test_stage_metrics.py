@@ -48,9 +48,7 @@ def test_every_sampled_record_is_observed_not_only_the_last_of_a_batch() -> None
 
 def test_outputs_are_counted_under_the_topic_they_went_to() -> None:
     broker = make_broker(extra=("audit",))
-
     route = route_by_seq
-
     feed(broker, [CODEC.encode(a) for a in artifacts(30)])
     metrics = RecordingMetrics()
     stage = Stage(options(outputs={"audit": "audit"}), broker, route, metrics=metrics)
