@@ -193,7 +193,8 @@ class MetricsServer:
             name=f"metrics-http-{self.port}", daemon=True,
         )
         self._thread.start()
-        logger.info("metrics: serving /metrics /healthz /readyz on %s:%d", self.host, self.port)
+        logger.info("serving %s/metrics, /healthz and /readyz (bound to %s:%d)", self.url,
+                    self.host, self.port)
 
     @property
     def url(self) -> str:

@@ -131,7 +131,6 @@ def serve_metrics_for(cfg: StageConfig, health: HealthState) -> MetricsServer | 
         raise ConfigError(
             f"{exc}; choose another port with --metrics-port (PROCESSOR_METRICS_PORT, "
             "metrics_port in YAML), 0 for any free port, or off for none") from None
-    logger.info("metrics, health and readiness on %s/metrics /healthz /readyz", server.url)
     return server
 
 
