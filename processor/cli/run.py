@@ -103,7 +103,8 @@ def search_path() -> str:
     shown = []
     for entry in sys.path:
         path = entry or cwd
-        shown.append(f"{path} (the current directory)" if path == cwd else path)
+        if os.path.exists(path):  # not the path hooks of editable installs, say
+            shown.append(f"{path} (the current directory)" if path == cwd else path)
     return ", ".join(dict.fromkeys(shown))
 
 

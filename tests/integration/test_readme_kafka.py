@@ -20,6 +20,8 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +72,45 @@ def test_the_kafka_block_reads_as_expected() -> None:
             [], ["127.0.0.1:PORT"]), command
 
 
+@dataclass(frozen=True)
+class Background:
+    text: str
+    log: Path
+    proc: subprocess.Popen[bytes]
+
+
+def run_foreground(text: str, cwd: Path, env: dict[str, str],
+                   background: list[Background]) -> subprocess.CompletedProcess[str]:
+    """Run one command in bash to its end, within `COMMAND_TIMEOUT`; fail at once, with
+    its log, when a background command ends meanwhile (the stage or the broker died)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(["bash", "-c", text], cwd=cwd, env=env, stdout=out,
+                                stderr=err, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + COMMAND_TIMEOUT
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                for other in background:
+                    if other.proc.poll() is not None:
+                        raise AssertionError(
+                            f"{other.text!r} ended (exit {other.proc.returncode}) while "
+                            f"{text!r} ran:\n{other.log.read_text()[-3000:]}")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{text!r} did not end in {COMMAND_TIMEOUT:g}s")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(proc.args, proc.returncode,
+                                           out.read().decode(), err.read().decode())
+
+
 def test_the_readme_kafka_section_runs_as_written(tmp_path: Path) -> None:
     work, logs = tmp_path / "quickstart", tmp_path / "logs"
     work.mkdir()
@@ -82,7 +123,7 @@ def test_the_readme_kafka_section_runs_as_written(tmp_path: Path) -> None:
 
     broker_cmd, *rest = kafka_block()
     broker, port = start_broker(["bash", "-c", "exec " + broker_cmd.text], work, env, logs)
-    background: list[tuple[str, subprocess.Popen[bytes]]] = [("broker", broker)]
+    background = [Background(broker_cmd.text, logs / "broker.err", broker)]
     results: dict[str, subprocess.CompletedProcess[str]] = {}
     try:
         for command in rest:
@@ -90,20 +131,19 @@ def test_the_readme_kafka_section_runs_as_written(tmp_path: Path) -> None:
             if command.background:
                 log = logs / f"{text.split()[1]}.log"
                 with log.open("wb") as out:
-                    background.append((text, subprocess.Popen(
+                    background.append(Background(text, log, subprocess.Popen(
                         ["bash", "-c", "exec " + text], cwd=work, env=env, stdout=out,
                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)))
                 continue
-            result = subprocess.run(["bash", "-c", text], cwd=work, env=env,
-                                    capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+            result = run_foreground(text, work, env, background)
             assert result.returncode == 0, f"{text}\n{result.stderr}"
             assert "Traceback" not in result.stderr, result.stderr
             assert not re.search(r"^WARNING", result.stderr, flags=re.M), result.stderr
             results[text.split()[1] if text.startswith("processor ") else text] = result
     finally:
-        codes = {text: stop(proc) for text, proc in reversed(background)}
+        codes = {b.text: stop(b.proc) for b in reversed(background)}
     stage_log = (logs / "run.log").read_text()
-    assert codes == {text: 0 for text, _ in background}, stage_log[-3000:]
+    assert codes == {b.text: 0 for b in background}, stage_log[-3000:]
 
     assert results["topics"].stdout.splitlines() == [
         f"{t}: created, 3 partition(s), replication factor 1" for t in ("in", "out", "in.dlq")]
