@@ -215,20 +215,58 @@ class Producer(ABC):
         """
 
 
+class PartitionDescription(NamedTuple):
+    """One partition of a topic: its leader and replicas, by broker id."""
+
+    partition: int
+    leader: int
+    """The broker id of the leader; -1 while the partition has none."""
+    replicas: tuple[int, ...]
+    in_sync: tuple[int, ...]
+    """The replicas caught up with the leader (the ISR)."""
+
+
+class TopicDescription(NamedTuple):
+    """A topic as `Admin.describe_topic` finds it."""
+
+    name: str
+    partitions: tuple[PartitionDescription, ...]
+    """In partition order."""
+    config: Mapping[str, str]
+    """The settings made on the topic itself (at creation or later); the broker's
+    defaults for the others are left out."""
+
+    @property
+    def replication(self) -> int:
+        """The replication factor: the replicas of each partition."""
+        return max((len(p.replicas) for p in self.partitions), default=0)
+
+
 class Admin(ABC):
     """Topic management and group inspection."""
 
     @abstractmethod
-    def create_topic(self, name: str, partitions: int = 1, replication: int = 1,
+    def create_topic(self, name: str, partitions: int | None = 1, replication: int | None = 1,
                      config: Mapping[str, str] | None = None) -> None:
-        """Create a topic; an existing topic of that name is left as it is."""
+        """Create a topic; an existing topic of that name is left as it is.
+
+        `partitions` or `replication` None takes the cluster's default (Kafka's
+        `num.partitions`, `default.replication.factor`); `config` holds topic settings
+        such as `retention.ms`. Returns once every partition has a leader.
+        """
 
     @abstractmethod
-    def delete_topic(self, name: str) -> None: ...
+    def delete_topic(self, name: str) -> None:
+        """Delete a topic and its records; `UnknownTopic` if there is none."""
 
     @abstractmethod
     def list_topics(self) -> dict[str, int]:
         """Topic name -> partition count."""
+
+    @abstractmethod
+    def describe_topic(self, name: str) -> TopicDescription:
+        """The partitions, leaders, replicas and settings of a topic; `UnknownTopic` if
+        there is none."""
 
     @abstractmethod
     def group_offsets(self, group: str, topics: Sequence[str] | None = None

@@ -6,7 +6,7 @@ table (`add_parsers`) and names the function that runs it (`func`):
 * `processor.cli.demo`: `demo`, the three-stage demo on the in-memory broker;
 * `processor.cli.run`: `run`, one stage as a service, and `config check`;
 * `processor.cli.produce`: `produce` and `tail`, artifacts into and out of a topic;
-* `processor.cli.topics`: `topics create` and `topics list`;
+* `processor.cli.topics`: `topics create`, `list`, `describe` and `delete`;
 * `processor.cli.broker`: `broker`, a local Apache Kafka for development;
 * `processor.cli.lag`: `lag`, a consumer group's lag.
 

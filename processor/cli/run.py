@@ -8,19 +8,31 @@ import sys
 from pathlib import Path
 
 from processor.cli.common import Subcommands, command_parser
+from processor.core.errors import HandlerNotFound
 
 RUN_EPILOG = """\
 examples:
   processor run --bootstrap-servers 127.0.0.1:9092 --input-topic orders.raw \\
       --output-topic orders.validated --group validate --handler validate \\
       --dlq-topic orders.dlq
+  processor run --bootstrap-servers 127.0.0.1:9092 --input-topic in --output-topic out \\
+      --group shouters --handler my_handlers:shout --create-topics --topic-partitions 3
   processor run --config stage.yaml --processes 2
   PROCESSOR_BATCH_SIZE=500 processor run --config stage.yaml
 
 A handler is `module:function` (the module is imported from the current directory or
 PYTHONPATH) or a short name (validate, transform, enrich, and names that installed
-packages declare as `processor.handlers` entry points); several run as a chain. The
-topics must exist. SIGTERM or Ctrl-C drains, commits and stops.
+packages declare as `processor.handlers` entry points); several run as a chain.
+
+The topics must exist (`processor topics create`), unless --create-topics is given: the
+stage then creates the missing ones, with --topic-partitions and --topic-replication or
+the cluster's defaults. It is off by default so that a mistyped topic name is an error,
+not a new, empty topic that the stage waits on forever.
+
+/metrics, /healthz and /readyz are served on a free port (logged at start) unless
+--metrics-port fixes one, as the container image does (9100).
+
+SIGTERM or Ctrl-C drains, commits and stops.
 """
 
 
@@ -65,15 +77,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     from processor.runtime.runner import run_from_args
 
     _import_from_cwd()
-    return run_from_args(args)
+    try:
+        return run_from_args(args)
+    except HandlerNotFound as exc:
+        missing = exc.__cause__
+        if isinstance(missing, ModuleNotFoundError) and missing.name:
+            raise HandlerNotFound(f"{exc} (searched, in order: {search_path()})") from None
+        raise
 
 
 def _import_from_cwd() -> None:
     """Let `--handler module:function` find modules in the current directory, as
-    `python -m` does (the `processor` script's own directory is on the path instead)."""
+    `python -m`, uvicorn and gunicorn do (the `processor` script's own directory is on
+    the path instead)."""
     cwd = os.getcwd()
     if "" not in sys.path and cwd not in sys.path:
         sys.path.insert(0, cwd)
+
+
+def search_path() -> str:
+    """Where `import` looks for a handler's module, in order, the current directory
+    marked (the module search path, `sys.path`: the current directory, PYTHONPATH, the
+    standard library, the installed packages)."""
+    cwd = os.getcwd()
+    shown = []
+    for entry in sys.path:
+        path = entry or cwd
+        if os.path.exists(path):  # not the path hooks of editable installs, say
+            shown.append(f"{path} (the current directory)" if path == cwd else path)
+    return ", ".join(dict.fromkeys(shown))
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:

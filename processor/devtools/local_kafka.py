@@ -464,6 +464,26 @@ class LocalKafka:
                     f"{self.log_tail(first_missing)}")
             time.sleep(0.1)
 
+    def warm_up(self, timeout: float = 30.0) -> None:
+        """Have the cluster hand out its first producer id, through a transactional
+        producer's `init_transactions`.
+
+        A fresh cluster answers the first producers' requests for an id with "coordinator
+        load in progress" while it fetches a block of ids from its controller; librdkafka
+        retries, but logs a warning in the client's output. Asking once here (about a
+        second) also creates the transaction log, which exactly-once stages need. The
+        warm-up's own client logs only errors: the same warning is expected here.
+        """
+        from processor.backends.kafka import KafkaBroker
+
+        producer = KafkaBroker(self.bootstrap_servers).producer(
+            transactional_id=f"processor-broker-warm-up-{self.cluster_id}",
+            client_id="processor-broker", settings={"log_level": 3})
+        try:
+            producer.init_transactions(timeout)
+        finally:
+            producer.close()
+
     def log_tail(self, node_id: int, lines: int = 40) -> str:
         node = self.node_configs[node_id]
         parts = [tail(node.log_file, lines)]
@@ -561,25 +581,30 @@ def main_broker(nodes: int = 1) -> int:
         if not (kafka_home() / "libs" / _MARKER).is_file():
             require_maven()
     except ToolMissing as error:
-        print(f"processor broker: {error}", file=sys.stderr)
+        print(f"processor broker: error: {error}", file=sys.stderr)
         return 2
     kafka = LocalKafka(nodes=nodes)
     with _stop_signals(stop):
         try:
             kafka.start()
         except LocalKafkaError as error:
-            print(f"processor broker: {error}", file=sys.stderr)
+            print(f"processor broker: error: {error}", file=sys.stderr)
             return 2 if isinstance(error, ToolMissing) else 1
         try:
+            kafka.warm_up()
             print(kafka.bootstrap_servers, flush=True)
             print(f"Kafka {KAFKA_VERSION}, {nodes} node(s), ready in "
                   f"{kafka.startup_seconds or 0.0:.1f}s; Ctrl-C stops it", file=sys.stderr)
             while not stop.wait(0.5):
                 dead = kafka.exited_nodes()
                 if dead:
-                    print(f"processor broker: node(s) {dead} exited unexpectedly; end of "
-                          f"node {dead[0]}'s log:\n{kafka.log_tail(dead[0])}", file=sys.stderr)
+                    print(f"processor broker: error: node(s) {dead} exited unexpectedly; end "
+                          f"of node {dead[0]}'s log:\n{kafka.log_tail(dead[0])}",
+                          file=sys.stderr)
                     return 1
+        except ProcessorError as error:
+            print(f"processor broker: error: {error}", file=sys.stderr)
+            return 1
         finally:
             kafka.stop()
     return 0

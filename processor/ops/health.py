@@ -9,11 +9,15 @@
 * `/metrics` serves the Prometheus exposition of `processor.ops.metrics` (aggregated over
   every worker in multiprocess mode).
 
+A port that cannot be bound (in use, privileged, an address not of this host) raises
+`MetricsPortError`, one line naming the address, before anything else starts.
+
 The clock is injectable (`HealthState(clock=...)`) so tests drive time by hand.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -22,11 +26,29 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from processor.core.errors import ConfigError
 from processor.ops import metrics
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_STUCK_AFTER = 30.0
+
+
+class MetricsPortError(ConfigError):
+    """The metrics server could not bind its address."""
+
+    def __init__(self, host: str, port: int, error: OSError) -> None:
+        self.host, self.port, self.errno = host, port, error.errno
+        reason = {
+            errno.EADDRINUSE: "the port is in use by another process",
+            errno.EACCES: "permission denied (ports below 1024 need privileges)",
+            errno.EADDRNOTAVAIL: "the address is not one of this host's",
+        }.get(error.errno or 0, error.strerror or str(error))
+        super().__init__(f"cannot serve metrics on {host}:{port}: {reason}")
+
+    @property
+    def in_use(self) -> bool:
+        return self.errno == errno.EADDRINUSE
 
 
 class HealthState:
@@ -135,6 +157,7 @@ class MetricsServer:
     """A threaded HTTP server for `/metrics`, `/healthz` and `/readyz`.
 
     `port=0` picks a free port; after `start()`, `.port` is the port actually bound.
+    `start()` raises `MetricsPortError` when the address cannot be bound.
     Without `registry`, `/metrics` serves `processor.ops.metrics.registry_for_exposition()`
     (which aggregates all workers in multiprocess mode).
     """
@@ -143,7 +166,7 @@ class MetricsServer:
         self,
         health: HealthState,
         host: str = "0.0.0.0",
-        port: int = 9100,
+        port: int = 0,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.health = health
@@ -159,7 +182,10 @@ class MetricsServer:
     def start(self) -> None:
         if self._server is not None:
             raise RuntimeError("the metrics server is running already")
-        server = _Server((self.host, self.port), self.health, self._registry_now)
+        try:
+            server = _Server((self.host, self.port), self.health, self._registry_now)
+        except OSError as exc:
+            raise MetricsPortError(self.host, self.port, exc) from None
         self._server = server
         self.port = server.server_address[1]
         self._thread = threading.Thread(
@@ -167,7 +193,8 @@ class MetricsServer:
             name=f"metrics-http-{self.port}", daemon=True,
         )
         self._thread.start()
-        logger.info("metrics: serving /metrics /healthz /readyz on %s:%d", self.host, self.port)
+        logger.info("serving %s/metrics, /healthz and /readyz (bound to %s:%d)", self.url,
+                    self.host, self.port)
 
     @property
     def url(self) -> str:

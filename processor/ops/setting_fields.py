@@ -56,7 +56,7 @@ def extra(info: FieldInfo) -> dict[str, Any]:
 
 
 def kind(info: FieldInfo) -> str:
-    """int, float, str, choice, list, mapping or nested, from the field's annotation."""
+    """int, float, bool, str, choice, list, mapping or nested, from the field's annotation."""
     tp: Any = info.annotation
     while True:
         if get_origin(tp) is Annotated:
@@ -72,7 +72,7 @@ def kind(info: FieldInfo) -> str:
         return "list"
     if origin is Mapping or origin is dict:
         return "mapping"
-    return {int: "int", float: "float", str: "str"}.get(tp, "nested")
+    return {int: "int", float: "float", bool: "bool", str: "str"}.get(tp, "nested")
 
 
 def optional(info: FieldInfo) -> bool:
@@ -120,6 +120,8 @@ def problem(err: ErrorDetails, at: Context) -> str:
         return f"{key}: expected an integer, got {typed}{tail}"
     if kind in _NUMBER:
         return f"{key}: expected a number, got {typed}{tail}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"{key}: expected true or false, got {typed}{tail}"
     if kind == "string_type":
         quote = "; quote it in YAML" if in_file else ""
         return f"{key}: expected a string, got {raw!r} ({type(raw).__name__}){quote}{tail}"

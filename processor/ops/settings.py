@@ -33,8 +33,8 @@ whole by a higher source. In particular:
 * `outputs`: a YAML mapping of output name -> topic, `PROCESSOR_OUTPUTS` as
   `name=topic,name=topic`, or `--output name=topic` (repeatable).
 * An optional value given as text (environment, flags) is unset by `none`, `null`, `off`,
-  `-` or nothing: `metrics_port` `off` (YAML `null`) disables the HTTP server; 0 picks a
-  free port.
+  `-` or nothing: `metrics_port` `off` (YAML `null`) disables the HTTP server; 0 (the
+  default) picks a free port.
 
 `input_topic`, `group`, `handlers` and `bootstrap_servers` are required (`processor run`
 serves a real Kafka cluster: the in-memory broker lives inside one process, for tests and
@@ -119,8 +119,9 @@ from processor.ops.setting_sources import (
 )
 
 __all__ = [
-    "CONFIG_ENV", "DEFAULT_METRICS_HOST", "DEFAULT_METRICS_PORT", "ENV_PREFIX", "ENV_VARS",
-    "FIELDS", "KAFKA_ENV_PREFIX", "KNOWN_KEYS", "LOG_FORMATS", "LOG_LEVELS", "PLATFORM_ENV",
+    "CONFIG_ENV", "CONTAINER_METRICS_PORT", "DEFAULT_METRICS_HOST", "DEFAULT_METRICS_PORT",
+    "ENV_PREFIX", "ENV_VARS", "FIELDS", "KAFKA_ENV_PREFIX", "KNOWN_KEYS", "LOG_FORMATS",
+    "LOG_LEVELS", "PLATFORM_ENV",
     "REDACTED", "SETTINGS", "TOOLING_ENV", "StageConfig", "StageSettings", "add_run_arguments",
     "check_file", "env_name", "flag_name", "is_known_env_var", "is_secret_key",
     "kafka_key_from_env", "load_config", "redact", "secret_values",
@@ -128,7 +129,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_METRICS_PORT: Final = 9100
+DEFAULT_METRICS_PORT: Final = 0
+"""Any free port: several stages on one host never collide; each logs the port it got."""
+CONTAINER_METRICS_PORT: Final = 9100
+"""The fixed port the container image, the compose stack and the Kubernetes manifests set
+(`PROCESSOR_METRICS_PORT`), where probes and Prometheus look."""
 DEFAULT_METRICS_HOST: Final = "0.0.0.0"
 
 # --- the configuration value -------------------------------------------------------------
@@ -172,8 +177,10 @@ class StageConfig:
         json_schema_extra={"group": "kafka", "flag": "set", "metavar": "KEY=VALUE"})] = (
         dataclasses.field(default_factory=lambda: MappingProxyType({}), repr=False))
     metrics_port: Annotated[Count | None, Field(
-        ge=0, le=65535, description="port of /metrics, /healthz, /readyz (0 picks a free "
-                                    "port; off disables)",
+        ge=0, le=65535, description="port of /metrics, /healthz, /readyz (0, the default, "
+                                    "picks a free port, so that stages on one host never "
+                                    "collide, and logs it; the container image sets 9100; "
+                                    "off disables)",
         json_schema_extra={"group": "operations", "metavar": "PORT", "none": "off"})] = (
         DEFAULT_METRICS_PORT)
     metrics_host: Annotated[Name, Field(
@@ -187,6 +194,19 @@ class StageConfig:
     processes: Annotated[Count, Field(
         ge=1, description="worker processes, each a member of the consumer group",
         json_schema_extra={"group": "operations", "metavar": "N"})] = 1
+    create_topics: Annotated[bool, Field(
+        description="create the input, output and dead-letter topics that do not exist; "
+                    "off by default, so that a mistyped topic name stops the stage with an "
+                    "error instead of creating a new, silent topic",
+        json_schema_extra={"group": "topics"})] = False
+    topic_partitions: Annotated[Count | None, Field(
+        ge=1, description="partitions of a topic --create-topics creates (default: the "
+                          "cluster's num.partitions)",
+        json_schema_extra={"group": "topics", "metavar": "N", "none": "cluster default"})] = None
+    topic_replication: Annotated[Count | None, Field(
+        ge=1, description="replication factor of a topic --create-topics creates (default: "
+                          "the cluster's default.replication.factor)",
+        json_schema_extra={"group": "topics", "metavar": "N", "none": "cluster default"})] = None
     sources: Annotated[Mapping[str, str], ReadOnly] = dataclasses.field(
         default_factory=lambda: MappingProxyType({}), compare=False, repr=False)
     """Setting -> where its value came from ("default", "file stage.yaml", ...)."""
@@ -218,6 +238,11 @@ class StageConfig:
         return f"  ({found})" if found else ""
 
 
+def _text(value: object) -> str:
+    """A default or value as it is written in YAML and the environment."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def _show(key: str, info: FieldInfo, value: object) -> str:
     if value is None:
         return str(extra(info).get("none", "-"))
@@ -229,7 +254,7 @@ def _show(key: str, info: FieldInfo, value: object) -> str:
         return ", ".join(f"{k}={v}" for k, v in sorted(redact(value).items())) or "-"
     if dataclasses.is_dataclass(value):
         return " ".join(f"{f.name}={getattr(value, f.name):g}" for f in dataclasses.fields(value))
-    return str(value)
+    return _text(value)
 
 
 # --- the settings model, generated from the fields ---------------------------------------
@@ -413,14 +438,15 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--config", metavar="FILE", type=Path, default=None,
         help=f"YAML configuration file (default: ${CONFIG_ENV}, if set)",
     )
-    groups = {name: parser.add_argument_group(name) for name in ("stage", "kafka", "operations")}
+    groups = {name: parser.add_argument_group(name)
+              for name in ("stage", "kafka", "topics", "operations")}
     for key, info in FIELDS.items():
         declared, shape = extra(info), kind(info)
         group = groups[declared.get("group", "stage")]
         env = f"{KAFKA_ENV_PREFIX}<KEY> with dots as underscores" if key == "kafka" \
             else env_name(key)
         default = "" if info.default in (None, ...) or info.is_required() or \
-            info.default_factory else f"; default {info.default}"
+            info.default_factory else f"; default {_text(info.default)}"
         metavar = {"int": "N", "float": "NUMBER"}.get(shape, key.upper())
         options: dict[str, Any] = {
             "dest": key, "default": None, "metavar": declared.get("metavar", metavar),
@@ -433,6 +459,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
             choices = choices_of(info)
             upper = all(c == c.upper() for c in choices)
             options.update(choices=choices, type=str.upper if upper else str)
+            del options["metavar"]
+        elif shape == "bool":
+            options["action"] = argparse.BooleanOptionalAction
             del options["metavar"]
         elif shape in ("int", "float") and not optional(info):
             options["type"] = int if shape == "int" else float

@@ -20,6 +20,7 @@ The settings are anything with the attributes of `StageSettings`: the configurat
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -42,6 +43,7 @@ from processor.runtime.stage import Stage
 from processor.serde.codec import Codec
 
 STATS_INTERVAL_KEY = "statistics.interval.ms"
+logger = logging.getLogger(__name__)
 
 
 class StageSettings(Protocol):
@@ -137,12 +139,35 @@ def _connect_statistics(stage: str, broker: KafkaBroker, client: dict[str, objec
         client["stats_cb"] = librdkafka_stats_callback(stage)
 
 
+def stage_topics(options: StageOptions) -> list[str]:
+    """Every topic a stage reads or writes: input, output, named outputs, dead letters."""
+    wanted = [options.input_topic, options.output_topic, *options.outputs.values(),
+              options.dlq_topic]
+    return list(dict.fromkeys(t for t in wanted if t is not None))
+
+
 def check_topics(broker: Broker, options: StageOptions) -> None:
     """Raise ConfigError naming every topic of the stage that does not exist."""
-    topics = broker.admin().list_topics()
-    wanted = [options.input_topic, options.output_topic, options.dlq_topic,
-              *options.outputs.values()]
-    missing = [t for t in wanted if t is not None and t not in topics]
-    if missing:
-        raise ConfigError(f"topic(s) {', '.join(missing)} do not exist on {broker.name}; "
-                          "create them first")
+    ensure_topics(broker, options, create=False)
+
+
+def ensure_topics(broker: Broker, options: StageOptions, *, create: bool,
+                  partitions: int | None = None, replication: int | None = None) -> list[str]:
+    """Check that the stage's topics exist; with `create`, create the missing ones
+    (`partitions`, `replication`: None takes the cluster's defaults) and return them.
+    Without `create`, a missing topic raises ConfigError naming every one."""
+    admin = broker.admin()
+    try:
+        existing = admin.list_topics()
+        missing = [t for t in stage_topics(options) if t not in existing]
+        if missing and not create:
+            raise ConfigError(
+                f"topic(s) {', '.join(missing)} do not exist on {broker.name}; create them "
+                "first (processor topics create), or let the stage create them "
+                "(--create-topics)")
+        for topic in missing:
+            admin.create_topic(topic, partitions=partitions, replication=replication)
+            logger.info("created topic %s on %s", topic, broker.name)
+    finally:
+        admin.close()
+    return missing

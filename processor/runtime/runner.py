@@ -21,9 +21,11 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING
 
-from processor.core.errors import ProcessorError
+from processor.core.errors import ConfigError, ProcessorError
 
 if TYPE_CHECKING:
+    from processor.backends.abstract import Broker
+    from processor.ops.health import HealthState, MetricsServer
     from processor.ops.settings import StageConfig
     from processor.runtime.stage import Stage
 
@@ -104,29 +106,54 @@ def claim_transactional_id(base: str, lock_dir: Path | None = None,
     raise ProcessorError(f"no free transactional id slot for {base!r} ({slots} in use)")
 
 
+def prepare_topics(cfg: StageConfig, broker: Broker | None = None) -> None:
+    """Fail fast, with one clear line, when the broker is unreachable or a topic is
+    missing; with `create_topics`, create the missing ones instead."""
+    from processor.backends.kafka import KafkaBroker
+    from processor.runtime.build import ensure_topics
+
+    ensure_topics(broker or KafkaBroker(cfg.bootstrap_servers, cfg.kafka), cfg.options,
+                  create=cfg.create_topics, partitions=cfg.topic_partitions,
+                  replication=cfg.topic_replication)
+
+
+def serve_metrics_for(cfg: StageConfig, health: HealthState) -> MetricsServer | None:
+    """The started `/metrics` server of `cfg`, or None when `metrics_port` is off. A
+    port that cannot be bound is one `ConfigError` saying which setting to change."""
+    from processor.ops.health import MetricsPortError, MetricsServer
+
+    if cfg.metrics_port is None:
+        return None
+    server = MetricsServer(health, cfg.metrics_host, cfg.metrics_port)
+    try:
+        server.start()
+    except MetricsPortError as exc:
+        raise ConfigError(
+            f"{exc}; choose another port with --metrics-port (PROCESSOR_METRICS_PORT, "
+            "metrics_port in YAML), 0 for any free port, or off for none") from None
+    return server
+
+
 def run_worker(cfg: StageConfig, index: int, serve_metrics: bool) -> int:
     """Run one stage until SIGTERM/SIGINT; returns the process exit code."""
     from processor.backends.kafka import KafkaBroker
-    from processor.ops.health import MetricsServer
-    from processor.runtime.build import build_stage, check_topics
+    from processor.ops.health import HealthState
+    from processor.runtime.build import build_stage
 
     _catch_stop_signals()
     base = cfg.options.transactional_id or f"{cfg.options.name}-{cfg.options.group}"
     txn_id, _slot_lock = claim_transactional_id(base)
     broker = KafkaBroker(cfg.bootstrap_servers, cfg.kafka)
-    # Fail fast, with one clear line, when the broker is unreachable or a topic is missing.
-    check_topics(broker, cfg.options)
-    stage = build_stage(cfg, broker, transactional_id=txn_id)
-    server = None
-    if serve_metrics and cfg.metrics_port is not None:
-        server = MetricsServer(stage.health, cfg.metrics_host, cfg.metrics_port)
-        server.start()
-        logger.info("metrics on http://%s:%d/metrics", cfg.metrics_host, server.port)
-    stage.health.set_broker_ok(True)
-    _RUNNING.append(stage)
-    if _STOP_REQUESTS:
-        stage.stop()
+    prepare_topics(cfg, broker)
+    health = HealthState()
+    # Bound before the stage joins its group: a busy port stops it with nothing to undo.
+    server = serve_metrics_for(cfg, health) if serve_metrics else None
     try:
+        stage = build_stage(cfg, broker, transactional_id=txn_id, health=health)
+        stage.health.set_broker_ok(True)
+        _RUNNING.append(stage)
+        if _STOP_REQUESTS:
+            stage.stop()
         stage.run()
     finally:
         if server is not None:
@@ -149,9 +176,15 @@ def _worker_main(cfg: StageConfig, index: int, multiproc_dir: str) -> None:
 
 
 def _run_parent(cfg: StageConfig) -> int:
-    from processor.ops.health import HealthState, MetricsServer
+    from processor.ops.health import HealthState
     from processor.ops.metrics import cleanup_multiprocess, enable_multiprocess, worker_exited
 
+    # Once, before the workers start: they would race to create the same topics.
+    prepare_topics(cfg)
+    health = HealthState()
+    health.set_assigned(1)
+    health.set_broker_ok(True)
+    server = serve_metrics_for(cfg, health)
     multiproc_dir = tempfile.mkdtemp(prefix="processor-metrics-")
     enable_multiprocess(multiproc_dir)
     ctx = multiprocessing.get_context("spawn")
@@ -162,13 +195,6 @@ def _run_parent(cfg: StageConfig) -> int:
     for w in workers:
         w.start()
     logger.info("started %d worker processes", len(workers))
-    health = HealthState()
-    health.set_assigned(1)
-    health.set_broker_ok(True)
-    server = None
-    if cfg.metrics_port is not None:
-        server = MetricsServer(health, cfg.metrics_host, cfg.metrics_port)
-        server.start()
 
     def forward(signum: int, frame: FrameType | None) -> None:
         for w in workers:

@@ -77,3 +77,40 @@ def test_invalid_topics_are_refused(
     with pytest.raises(BackendError):
         broker.admin().create_topic(topic, partitions=partitions)
     assert topic not in broker.admin().list_topics()
+
+
+def test_describe_topic(broker: Broker, unique_name: Name) -> None:
+    name = unique_name("described")
+    admin = broker.admin()
+    admin.create_topic(name, partitions=2, replication=1, config={"retention.ms": "3600000"})
+    described = admin.describe_topic(name)
+    assert described.name == name
+    assert [p.partition for p in described.partitions] == [0, 1]
+    assert described.replication == 1
+    for p in described.partitions:
+        assert len(p.replicas) == 1
+        assert p.leader in p.replicas
+        assert p.in_sync == p.replicas
+    assert dict(described.config) == {"retention.ms": "3600000"}
+
+
+def test_a_topic_without_settings_describes_none(broker: Broker, new_topic: NewTopic) -> None:
+    described = broker.admin().describe_topic(new_topic(1))
+    assert dict(described.config) == {}
+    assert len(described.partitions) == 1
+
+
+def test_create_topic_with_the_cluster_defaults(broker: Broker, unique_name: Name) -> None:
+    name = unique_name("defaults")
+    admin = broker.admin()
+    admin.create_topic(name, partitions=None, replication=None)
+    described = admin.describe_topic(name)
+    assert len(described.partitions) >= 1
+    assert described.replication >= 1
+    assert all(p.leader >= 0 for p in described.partitions)
+    assert admin.list_topics()[name] == len(described.partitions)
+
+
+def test_describe_missing_topic_raises_unknown_topic(broker: Broker, unique_name: Name) -> None:
+    with pytest.raises(UnknownTopic):
+        broker.admin().describe_topic(unique_name("missing"))

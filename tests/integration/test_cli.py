@@ -30,10 +30,10 @@ def test_produce_run_tail_and_lag(
     created = cli("topics", "create", "--bootstrap-servers", kafka_bootstrap, src, dst, dlq,
                   copy, "--partitions", "2")
     assert created.returncode == 0, created.stderr
-    assert created.stdout.splitlines() == [f"{t}: created, 2 partition(s)"
-                                           for t in (src, dst, dlq, copy)]
+    assert created.stdout.splitlines() == [
+        f"{t}: created, 2 partition(s), replication factor 1" for t in (src, dst, dlq, copy)]
     again = cli("topics", "create", "--bootstrap-servers", kafka_bootstrap, src)
-    assert again.stdout == f"{src}: exists, 2 partition(s)\n"
+    assert again.stdout == f"{src}: exists, 2 partition(s), replication factor 1\n"
     listed = cli("topics", "list", "--bootstrap-servers", kafka_bootstrap)
     assert listed.returncode == 0, listed.stderr
     counts = dict(line.split() for line in listed.stdout.splitlines())
@@ -84,6 +84,45 @@ def test_produce_run_tail_and_lag(
     assert total and total[0].split()[-1] == "0", lag.stdout
 
 
+def test_topics_create_describe_delete(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> None:
+    kept, plain = unique_name("kept"), unique_name("plain")
+    created = cli("topics", "create", "--bootstrap-servers", kafka_bootstrap, kept,
+                  "--partitions", "2", "--config", "retention.ms=3600000",
+                  "--config", "cleanup.policy=compact")
+    assert created.stdout == f"{kept}: created, 2 partition(s), replication factor 1\n"
+    defaults = cli("topics", "create", "--bootstrap-servers", kafka_bootstrap, plain)
+    # The local broker's num.partitions is 1, its default.replication.factor its size.
+    assert defaults.stdout == f"{plain}: created, 1 partition(s), replication factor 1\n"
+    described = cli("topics", "describe", "--bootstrap-servers", kafka_bootstrap, kept, plain)
+    assert described.returncode == 0, described.stderr
+    lines = described.stdout.splitlines()
+    assert lines[:2] == [f"{kept}: 2 partition(s), replication factor 1",
+                         "  settings: cleanup.policy=compact, retention.ms=3600000"]
+    assert lines[2].split() == ["partition", "leader", "replicas", "in-sync"]
+    assert [line.split()[0] for line in lines[3:5]] == ["0", "1"]
+    assert lines[5:7] == [f"{plain}: 1 partition(s), replication factor 1",
+                          "  settings: none of its own (the broker defaults)"]
+    leader, replicas, in_sync = lines[3].split()[1:]
+    assert leader == replicas == in_sync
+
+    deleted = cli("topics", "delete", "--bootstrap-servers", kafka_bootstrap, kept,
+                  unique_name("never"), plain)
+    assert deleted.returncode == 1
+    assert deleted.stdout == f"{kept}: deleted\n{plain}: deleted\n"
+    assert deleted.stderr.startswith("processor topics: error: unknown topic(s): never-")
+    listed = cli("topics", "list", "--bootstrap-servers", kafka_bootstrap).stdout
+    assert kept not in listed and plain not in listed
+    missing = cli("topics", "describe", "--bootstrap-servers", kafka_bootstrap, kept)
+    assert (missing.returncode, missing.stderr) == (
+        1, f"processor topics: error: unknown topic {kept!r}\n")
+    bad = cli("topics", "create", "--bootstrap-servers", kafka_bootstrap, kept,
+              "--config", "no.such.setting=1")
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "no.such.setting" in bad.stderr and len(bad.stderr.splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -114,6 +153,7 @@ def test_an_unreachable_broker_is_one_clear_line(args: list[str]) -> None:
         (["demo", "--count", "0"], "must be at least 1"),
         (["tail", "--topic", "t"], "--bootstrap-servers is required"),
         (["topics", "create", "t", "--partitions", "0"], "must be at least 1"),
+        (["topics", "create", "t", "--config", "retention"], "expected KEY=VALUE"),
         (["bench"], "invalid choice: 'bench'"),
         (["nonsense"], "invalid choice"),
     ],

@@ -28,7 +28,7 @@ ALL = commands(build_parser())
 def test_the_commands() -> None:
     assert sorted(" ".join(words) for words, _ in ALL) == [
         "broker", "config", "config check", "demo", "lag", "produce", "run", "tail", "topics",
-        "topics create", "topics list",
+        "topics create", "topics delete", "topics describe", "topics list",
     ]
 
 

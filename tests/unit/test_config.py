@@ -95,7 +95,9 @@ def test_defaults_with_only_the_required_fields() -> None:
     assert (o.name, o.input_topic, o.group, o.output_topic) == ("g", "in", "g", None)
     assert o.guarantee == "at-least-once" and o.batch_size == 2000
     assert config.bootstrap_servers == "127.0.0.1:9092"
-    assert config.metrics_port == DEFAULT_METRICS_PORT == 9100
+    assert config.metrics_port == DEFAULT_METRICS_PORT == 0  # any free port: no collisions
+    assert (config.create_topics, config.topic_partitions, config.topic_replication) == (
+        False, None, None)
     assert config.metrics_host == "0.0.0.0"
     assert (config.log_format, config.log_level, config.processes) == ("text", "INFO", 1)
     assert config.handlers == ("processor.core.handlers:chain",)
@@ -570,3 +572,37 @@ def test_one_declaration_gives_every_name() -> None:
         if key != "kafka":
             assert ENV_VARS["PROCESSOR_" + key.upper().replace(".", "_")] == key
         assert key.partition(".")[0] in KNOWN_KEYS
+
+
+# --- creating topics ---------------------------------------------------------------------
+
+
+def test_create_topics_from_each_source(tmp_path: Path) -> None:
+    on = load_config(None, MINIMAL, flags("--create-topics", "--topic-partitions", "3"))
+    assert (on.create_topics, on.topic_partitions, on.topic_replication) == (True, 3, None)
+    assert on.sources["create_topics"] == "flag --create-topics"
+    env = {**MINIMAL, "PROCESSOR_CREATE_TOPICS": "yes", "PROCESSOR_TOPIC_REPLICATION": "2"}
+    assert load_config(None, env, {}).create_topics is True
+    assert load_config(None, env, {}).topic_replication == 2
+    assert load_config(None, env, flags("--no-create-topics")).create_topics is False
+    path = write(tmp_path, BASE + "create_topics: true\ntopic_partitions: 6\n")
+    from_file = load_config(path, {}, {})
+    assert (from_file.create_topics, from_file.topic_partitions) == (True, 6)
+    described = from_file.describe()
+    assert "create_topics: true  (file stage.yaml)" in described
+    assert "topic_replication: cluster default  (default)" in described
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PROCESSOR_CREATE_TOPICS": "maybe"},
+         r"create_topics: expected true or false, got 'maybe' \(from environment "
+         r"PROCESSOR_CREATE_TOPICS\)"),
+        ({"PROCESSOR_TOPIC_PARTITIONS": "0"},
+         r"topic_partitions: must be at least 1, got 0"),
+    ],
+)
+def test_create_topics_errors_name_the_setting(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, {**MINIMAL, **env}, {})

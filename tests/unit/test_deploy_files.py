@@ -21,7 +21,7 @@ import yaml
 
 from processor.ops import metrics
 from processor.ops.settings import (
-    DEFAULT_METRICS_PORT,
+    CONTAINER_METRICS_PORT,
     PLATFORM_ENV,
     TOOLING_ENV,
     StageConfig,
@@ -113,19 +113,19 @@ def test_dockerfile() -> None:
     assert all(f.startswith("python:3.11-slim") for f in froms)
     users = [args for word, args in steps if word == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0")
-    assert [args for word, args in steps if word == "EXPOSE"] == [str(DEFAULT_METRICS_PORT)]
+    assert [args for word, args in steps if word == "EXPOSE"] == [str(CONTAINER_METRICS_PORT)]
     (healthcheck,) = [args for word, args in steps if word == "HEALTHCHECK"]
     assert "/healthz" in healthcheck and "curl" not in healthcheck and "wget" not in healthcheck
-    assert f"'{DEFAULT_METRICS_PORT}'" in healthcheck
+    assert f"'{CONTAINER_METRICS_PORT}'" in healthcheck
     (entrypoint,) = [args for word, args in steps if word == "ENTRYPOINT"]
     assert json.loads(entrypoint) == ["processor", "run"]
-    assert parses(["run", "--input-topic", "in", "--metrics-port", str(DEFAULT_METRICS_PORT)])
+    assert parses(["run", "--input-topic", "in", "--metrics-port", str(CONTAINER_METRICS_PORT)])
     for word, args in steps:
         if word == "ENV":
             for name in ENV_RE.findall(args):
                 assert is_known_env_var(name), name
     env = " ".join(args for word, args in steps if word == "ENV")
-    assert f"PROCESSOR_METRICS_PORT={DEFAULT_METRICS_PORT}" in env
+    assert f"PROCESSOR_METRICS_PORT={CONTAINER_METRICS_PORT}" in env
 
 
 def test_the_healthcheck_line_runs() -> None:
@@ -153,7 +153,7 @@ def test_compose_stages_are_valid_configurations() -> None:
     configs = {name: stage_config(services[name]["environment"]) for name in STAGES}
     for name, config in configs.items():
         assert config.name == name
-        assert config.metrics_port == DEFAULT_METRICS_PORT
+        assert config.metrics_port == CONTAINER_METRICS_PORT
         assert config.bootstrap_servers == "kafka:9092"
         assert config.handlers == (f"processor.demo:{name}",)
         assert services[name]["build"]["dockerfile"] == "deploy/Dockerfile"
@@ -211,7 +211,7 @@ def test_prometheus_scrapes_every_stage_on_the_metrics_port() -> None:
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "processor"]
     assert job.get("metrics_path", "/metrics") == "/metrics"
     targets = {t for sc in job["static_configs"] for t in sc["targets"]}
-    assert targets == {f"{name}:{DEFAULT_METRICS_PORT}" for name in STAGES}
+    assert targets == {f"{name}:{CONTAINER_METRICS_PORT}" for name in STAGES}
     services = compose()["services"]
     mount = services["prometheus"]["volumes"][0].split(":")
     assert (ROOT / mount[0]).resolve() == (DEPLOY / "prometheus" / "prometheus.yml").resolve()
@@ -282,7 +282,7 @@ def test_k8s_deployments_are_valid_stages() -> None:
         check_handlers(config)
         assert deployment["metadata"]["name"] == f"processor-{config.name}"
         port = config.metrics_port
-        assert port == DEFAULT_METRICS_PORT
+        assert port == CONTAINER_METRICS_PORT
         (declared,) = container["ports"]
         assert declared["containerPort"] == port
         assert container["livenessProbe"]["httpGet"] == {"path": "/healthz",
@@ -305,7 +305,7 @@ def test_k8s_services_and_budgets_select_their_deployment() -> None:
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert service["spec"]["selector"] == labels
         (port,) = service["spec"]["ports"]
-        assert port["port"] == DEFAULT_METRICS_PORT and port["targetPort"] == "metrics"
+        assert port["port"] == CONTAINER_METRICS_PORT and port["targetPort"] == "metrics"
     for _, budget in by_kind("PodDisruptionBudget"):
         deployment = deployments[budget["metadata"]["name"]]
         assert budget["spec"]["selector"]["matchLabels"] == \

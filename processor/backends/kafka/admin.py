@@ -1,7 +1,9 @@
 """The Kafka admin client: topic management and group inspection.
 
 Creating a topic waits until every partition has a leader, and deleting one until it is
-gone from the metadata, so that what a caller does next sees the change. Questions a
+gone from the metadata, so that what a caller does next sees the change. A partition
+count or replication factor of None is sent as -1: the broker then applies its
+`num.partitions` and `default.replication.factor`. Questions a
 fresh cluster answers with "not yet" (see `SETTLING`) are retried for a while.
 """
 
@@ -15,9 +17,19 @@ from typing import Any, TypeVar
 import confluent_kafka as ck
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
+
+# The config and resource types, by their defining modules: confluent_kafka.admin does
+# not declare its re-exports of them for type checkers.
+from confluent_kafka.admin._config import ConfigResource, ConfigSource
+from confluent_kafka.admin._resource import ResourceType
 from confluent_kafka.cimpl import NewTopic
 
-from processor.backends.abstract import Admin, TopicPartition
+from processor.backends.abstract import (
+    Admin,
+    PartitionDescription,
+    TopicDescription,
+    TopicPartition,
+)
 from processor.backends.kafka.errors import SETTLING, error_of, raise_kafka
 from processor.backends.kafka.settings import RDKAFKA_LOGGER
 from processor.core.errors import BackendError, UnknownTopic
@@ -71,10 +83,12 @@ class KafkaAdmin(Admin):
             return None
         return topic
 
-    def create_topic(self, name: str, partitions: int = 1, replication: int = 1,
+    def create_topic(self, name: str, partitions: int | None = 1,
+                     replication: int | None = 1,
                      config: Mapping[str, str] | None = None) -> None:
-        new = NewTopic(name, num_partitions=partitions, replication_factor=replication,
-                       config=dict(config or {}))
+        new = NewTopic(name, num_partitions=-1 if partitions is None else partitions,
+                       replication_factor=-1 if replication is None else replication,
+                       config={str(k): str(v) for k, v in (config or {}).items()})
         futures = self._a.create_topics([new], operation_timeout=self._timeout,
                                         request_timeout=self._timeout)
         try:
@@ -86,12 +100,14 @@ class KafkaAdmin(Admin):
             return
         self._wait_usable(name, partitions)
 
-    def _wait_usable(self, name: str, partitions: int) -> None:
-        """Wait until metadata shows every partition of `name` with a leader."""
+    def _wait_usable(self, name: str, partitions: int | None) -> None:
+        """Wait until metadata shows every partition of `name` (`partitions` of them, or
+        any number when the broker chose it) with a leader."""
         deadline = time.monotonic() + self._timeout
         while True:
             topic = self._metadata_topic(name)
-            if topic is not None and len(topic.partitions) == partitions and all(
+            if topic is not None and topic.partitions and (
+                    partitions is None or len(topic.partitions) == partitions) and all(
                     p.error is None and p.leader >= 0 for p in topic.partitions.values()):
                 return
             if time.monotonic() > deadline:
@@ -117,6 +133,28 @@ class KafkaAdmin(Admin):
             raise_kafka(exc, "list topics")
         return {name: len(topic.partitions) for name, topic in metadata.topics.items()
                 if not name.startswith("__") and topic.error is None}
+
+    def describe_topic(self, name: str) -> TopicDescription:
+        topic = self._metadata_topic(name)
+        if topic is None:
+            raise UnknownTopic(f"unknown topic {name!r}")
+        resource = ConfigResource(ResourceType.TOPIC, name)
+
+        def configs() -> dict[str, Any]:
+            found: dict[str, Any] = self._a.describe_configs(
+                [resource], request_timeout=self._timeout)[resource].result(
+                timeout=self._timeout + 5)
+            return found
+
+        entries = self._settled(configs, f"settings of topic {name!r}")
+        own = ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+        return TopicDescription(
+            name,
+            tuple(PartitionDescription(p.id, p.leader, tuple(p.replicas), tuple(p.isrs))
+                  for p in sorted(topic.partitions.values(), key=lambda p: p.id)),
+            {key: str(entry.value) for key, entry in sorted(entries.items())
+             if entry.source == own and entry.value is not None},
+        )
 
     def group_offsets(self, group: str, topics: Sequence[str] | None = None
                       ) -> dict[TopicPartition, int]:

@@ -10,8 +10,14 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 
-from processor.backends.abstract import Admin, TopicPartition
+from processor.backends.abstract import (
+    Admin,
+    PartitionDescription,
+    TopicDescription,
+    TopicPartition,
+)
 from processor.backends.memory.cluster import Cluster
 from processor.backends.memory.log import PartitionLog
 from processor.core.errors import BackendError, UnknownTopic
@@ -30,10 +36,13 @@ class MemoryAdmin(Admin):
     def create_topic(
         self,
         name: str,
-        partitions: int = 1,
-        replication: int = 1,
+        partitions: int | None = 1,
+        replication: int | None = 1,
         config: Mapping[str, str] | None = None,
     ) -> None:
+        # The cluster's defaults: one partition, one replica (there is one node).
+        partitions = 1 if partitions is None else partitions
+        replication = 1 if replication is None else replication
         if not _TOPIC_NAME.fullmatch(name) or name in (".", ".."):
             raise BackendError(f"invalid topic name {name!r}: use 1-249 of [A-Za-z0-9._-]")
         if partitions < 1:
@@ -47,6 +56,8 @@ class MemoryAdmin(Admin):
             cluster.topics[name] = [
                 PartitionLog(TopicPartition(name, p)) for p in range(partitions)
             ]
+            cluster.topic_settings[name] = (replication, {str(k): str(v) for k, v in
+                                                          (config or {}).items()})
             logger.info("created topic %s with %d partitions", name, partitions)
             cluster.topics_changed(name)
 
@@ -55,6 +66,7 @@ class MemoryAdmin(Admin):
         with cluster.lock:
             if cluster.topics.pop(name, None) is None:
                 raise UnknownTopic(f"unknown topic {name!r}")
+            cluster.topic_settings.pop(name, None)
             for group in cluster.groups.values():
                 for tp in [tp for tp in group.committed if tp.topic == name]:
                     del group.committed[tp]
@@ -64,6 +76,21 @@ class MemoryAdmin(Admin):
     def list_topics(self) -> dict[str, int]:
         with self._cluster.lock:
             return {name: len(parts) for name, parts in self._cluster.topics.items()}
+
+    def describe_topic(self, name: str) -> TopicDescription:
+        """Node 0 leads every partition; replicas are numbered 0..replication-1, all in
+        sync (the in-memory broker loses no node)."""
+        with self._cluster.lock:
+            parts = self._cluster.topics.get(name)
+            if parts is None:
+                raise UnknownTopic(f"unknown topic {name!r}")
+            replication, config = self._cluster.topic_settings.get(name, (1, {}))
+            replicas = tuple(range(replication))
+            return TopicDescription(
+                name,
+                tuple(PartitionDescription(p, 0, replicas, replicas) for p in range(len(parts))),
+                MappingProxyType(dict(config)),
+            )
 
     def group_offsets(
         self, group: str, topics: Sequence[str] | None = None

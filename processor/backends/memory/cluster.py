@@ -49,6 +49,8 @@ class Cluster:
         # Threads waiting on `cond` (produces skip the notification when there are none).
         self.waiting = 0
         self.topics: dict[str, list[PartitionLog]] = {}
+        # Topic -> (replication factor, the settings given at creation).
+        self.topic_settings: dict[str, tuple[int, dict[str, str]]] = {}
         self.groups: dict[str, Group] = {}
         # Transactional id -> its current producer epoch, and its open transaction.
         self.epochs: dict[str, int] = {}
