@@ -165,7 +165,7 @@ class MetricsServer:
     def __init__(
         self,
         health: HealthState,
-        host: str = "0.0.0.0",
+        host: str = "127.0.0.1",
         port: int = 0,
         registry: CollectorRegistry | None = None,
     ) -> None:

@@ -134,7 +134,7 @@ DEFAULT_METRICS_PORT: Final = 0
 CONTAINER_METRICS_PORT: Final = 9100
 """The fixed port the container image, the compose stack and the Kubernetes manifests set
 (`PROCESSOR_METRICS_PORT`), where probes and Prometheus look."""
-DEFAULT_METRICS_HOST: Final = "0.0.0.0"
+DEFAULT_METRICS_HOST: Final = "127.0.0.1"
 
 # --- the configuration value -------------------------------------------------------------
 

@@ -98,7 +98,7 @@ def test_defaults_with_only_the_required_fields() -> None:
     assert config.metrics_port == DEFAULT_METRICS_PORT == 0  # any free port: no collisions
     assert (config.create_topics, config.topic_partitions, config.topic_replication) == (
         False, None, None)
-    assert config.metrics_host == "0.0.0.0"
+    assert config.metrics_host == "127.0.0.1"
     assert (config.log_format, config.log_level, config.processes) == ("text", "INFO", 1)
     assert config.handlers == ("processor.core.handlers:chain",)
     assert dict(config.kafka) == {}
