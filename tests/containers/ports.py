@@ -18,8 +18,10 @@ def free_ports(count: int) -> list[int]:
 
 
 def is_free(port: int) -> bool:
-    """True when nothing listens on 127.0.0.1:`port` (a bind succeeds)."""
+    """True when nothing listens on 127.0.0.1:`port` (a bind succeeds; connections of a
+    closed listener lingering in TIME_WAIT do not count)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
