@@ -25,7 +25,37 @@ if [[ ! -x "$PLUGIN" ]] && docker compose version >/dev/null 2>&1; then
   command -v docker
   exit 0
 fi
-command -v go >/dev/null || { echo "compose-plugin: Go is needed to build Docker Compose" >&2; exit 1; }
+# Compose needs Go >= 1.24. An older or missing Go is replaced by the official toolchain, which
+# the Go module proxy serves as the module golang.org/toolchain.
+GO_TOOLCHAIN="${GO_TOOLCHAIN:-go1.24.9}"
+go_command() {
+  if command -v go >/dev/null && go version | grep -qE 'go1\.(2[4-9]|[3-9][0-9])(\.| )'; then
+    command -v go
+    return
+  fi
+  local arch
+  case "$(uname -m)" in
+    x86_64) arch=amd64 ;;
+    aarch64 | arm64) arch=arm64 ;;
+    *) echo "compose-plugin: no Go toolchain for $(uname -m)" >&2; exit 1 ;;
+  esac
+  local cache="$HOME/.cache/processor/go-toolchain"
+  local module="golang.org/toolchain@v0.0.1-$GO_TOOLCHAIN.linux-$arch"
+  if [[ ! -x "$cache/$module/bin/go" ]]; then
+    local proxy="${GOPROXY:-https://proxy.golang.org}"
+    proxy="${proxy%%,*}"
+    echo "compose-plugin: fetching $module from $proxy" >&2
+    mkdir -p "$cache"
+    curl -fsSL "$proxy/golang.org/toolchain/@v/v0.0.1-$GO_TOOLCHAIN.linux-$arch.zip" \
+      -o "$cache/toolchain.zip"
+    python3 -m zipfile -e "$cache/toolchain.zip" "$cache"
+    rm -f "$cache/toolchain.zip"
+    chmod -R a+x "$cache/$module/bin" "$cache/$module/pkg/tool"
+  fi
+  echo "$cache/$module/bin/go"
+}
+GO="$(go_command)"
+export GOTOOLCHAIN=local
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -38,8 +68,8 @@ go 1.24
 require github.com/docker/compose/v2 $COMPOSE_VERSION
 MOD
 # Compose's own go.mod excludes these versions; repeat its exclude and replace blocks here.
-modfile="$(go env GOMODCACHE)/cache/download/github.com/docker/compose/v2/@v/$COMPOSE_VERSION.mod"
-GOFLAGS=-mod=mod go mod download "github.com/docker/compose/v2@$COMPOSE_VERSION"
+modfile="$("$GO" env GOMODCACHE)/cache/download/github.com/docker/compose/v2/@v/$COMPOSE_VERSION.mod"
+GOFLAGS=-mod=mod "$GO" mod download "github.com/docker/compose/v2@$COMPOSE_VERSION"
 sed -n '/^exclude (/,/^)/p; /^replace (/,/^)/p; /^exclude [^(]/p; /^replace [^(]/p' "$modfile" >> go.mod
 cat > tools.go <<'SRC'
 //go:build tools
@@ -48,8 +78,8 @@ package tools
 
 import _ "github.com/docker/compose/v2/cmd"
 SRC
-GOFLAGS=-mod=mod go mod tidy -e >/dev/null 2>&1 || true
-GOFLAGS=-mod=mod nice -n 10 go build -trimpath \
+GOFLAGS=-mod=mod "$GO" mod tidy -e >/dev/null 2>&1 || true
+GOFLAGS=-mod=mod nice -n 10 "$GO" build -trimpath \
   -ldflags "-s -w -X github.com/docker/compose/v2/internal.Version=$COMPOSE_VERSION" \
   -o docker-compose github.com/docker/compose/v2/cmd
 mkdir -p "$PLUGIN_DIR"

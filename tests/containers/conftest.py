@@ -17,11 +17,11 @@ from pathlib import Path
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
-import pytest  # noqa: E402
+import pytest
 
-from tests.containers.engine import Engine, EngineError, ensure_compose, ensure_engine  # noqa: E402
-from tests.containers.images import Docker, ImageBuilder, ImageError, ImageSettings  # noqa: E402
-from tests.containers.kafka import KafkaContainer, start_kafka  # noqa: E402
+from tests.containers.engine import Engine, EngineError, ensure_compose, ensure_engine
+from tests.containers.images import Docker, ImageBuilder, ImageError, ImageSettings
+from tests.containers.kafka import KafkaContainer, start_kafka
 
 ROOT = Path(__file__).resolve().parents[2]
 REPORT_FILE = ROOT / "build" / "container-test-report.txt"

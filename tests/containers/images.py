@@ -29,6 +29,7 @@ whose label matches is not rebuilt.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -93,10 +94,36 @@ class ImageRecord:
     source: Source
     seconds: float
     size_bytes: int
+    build_seconds: float | None = None
 
     def line(self) -> str:
+        built = "" if self.build_seconds is None else f"  (built in {self.build_seconds:.1f} s)"
         return (f"{self.role:<11} {self.name:<40} {self.size_bytes / 1e6:8.1f} MB  "
-                f"{self.source:<7} {self.seconds:6.1f} s")
+                f"{self.source:<7} {self.seconds:6.1f} s{built}")
+
+
+class BuildLog:
+    """How long the build of each (image, inputs) took, kept across runs in the user cache, so
+    that a reused image still reports its build time."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or Path.home() / ".cache" / "processor" / "image-builds.json"
+
+    def _load(self) -> dict[str, float]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return {str(k): float(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def get(self, tag: str, inputs: str) -> float | None:
+        return self._load().get(f"{tag}@{inputs}")
+
+    def put(self, tag: str, inputs: str, seconds: float) -> None:
+        data = self._load()
+        data[f"{tag}@{inputs}"] = round(seconds, 1)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(data, indent=1, sort_keys=True))
 
 
 class Docker:
@@ -131,7 +158,7 @@ class Docker:
         return value
 
     def inputs_label(self, name: str) -> str | None:
-        return self.image_field(name, '{{ index .Config.Labels "%s" }}' % INPUTS_LABEL)
+        return self.image_field(name, "{{ index .Config.Labels \"" + INPUTS_LABEL + "\" }}")
 
     def size(self, name: str) -> int:
         return int(self.image_field(name, "{{.Size}}") or 0)
@@ -194,6 +221,7 @@ class ImageBuilder:
     settings: ImageSettings
     private_engine: bool
     records: dict[str, ImageRecord] = field(default_factory=dict)
+    build_log: BuildLog = field(default_factory=BuildLog)
 
     @property
     def may_pull(self) -> bool:
@@ -201,9 +229,16 @@ class ImageBuilder:
             return not self.private_engine
         return self.settings.pull == "always"
 
-    def _record(self, role: str, name: str, source: Source, started: float) -> str:
-        self.records[role] = ImageRecord(role, name, source, time.monotonic() - started,
-                                         self.docker.size(name))
+    def _record(self, role: str, name: str, source: Source, started: float,
+                inputs: str | None = None) -> str:
+        seconds = time.monotonic() - started
+        build_seconds = None
+        if inputs is not None:
+            if source == "built":
+                self.build_log.put(name, inputs, seconds)
+            build_seconds = self.build_log.get(name, inputs)
+        self.records[role] = ImageRecord(role, name, source, seconds, self.docker.size(name),
+                                         build_seconds)
         logger.info("image %s", self.records[role].line())
         return name
 
@@ -225,10 +260,10 @@ class ImageBuilder:
             extra.append(self.docker.image_id(base))
         inputs = hash_tree(context_files, context, [dockerfile.read_text(), *extra])
         if self.docker.inputs_label(tag) == inputs:
-            return self._record(role, tag, "cached", started)
+            return self._record(role, tag, "cached", started, inputs)
         logger.info("building %s", tag)
         self.docker.build(dockerfile, context, tag, inputs, args)
-        return self._record(role, tag, "built", started)
+        return self._record(role, tag, "built", started, inputs)
 
     def debian(self) -> str:
         """Debian bookworm (minbase) from the host's apt mirror, imported as an image."""
@@ -237,7 +272,7 @@ class ImageBuilder:
         inputs = hash_tree([], ROOT, ["mmdebstrap --variant=minbase bookworm", mirror])
         started = time.monotonic()
         if self.docker.inputs_label(tag) == inputs:
-            return self._record("debian", tag, "cached", started)
+            return self._record("debian", tag, "cached", started, inputs)
         mmdebstrap = shutil.which("mmdebstrap")
         if mmdebstrap is None:
             raise ImageError("mmdebstrap is missing (Debian package mmdebstrap; "
@@ -250,7 +285,7 @@ class ImageBuilder:
                             "bookworm", str(tarball), mirror], check=True, timeout=1200)
             self.docker.run("import", "--change", f"LABEL {INPUTS_LABEL}={inputs}",
                             "--change", 'CMD ["bash"]', str(tarball), tag)
-        return self._record("debian", tag, "built", started)
+        return self._record("debian", tag, "built", started, inputs)
 
     def python(self) -> str:
         standard = self._standard("python", self.settings.python)

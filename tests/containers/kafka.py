@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
-from testcontainers.core.container import DockerContainer  # noqa: E402
+from testcontainers.core.container import DockerContainer
 
-from processor.backends.kafka import KafkaBroker  # noqa: E402
-from tests.containers.ports import free_ports  # noqa: E402
+from processor.backends.kafka import KafkaBroker
+from tests.containers.ports import free_ports
 
 logger = logging.getLogger(__name__)
 
