@@ -88,8 +88,9 @@ def test_the_image_runs_as_non_root_turns_healthy_and_drains_on_sigterm(
     broker = KafkaBroker(bootstrap)
     topics = _topics("drain")
     topics.create(broker)
-    # ~4 ms of work per record: about 25 s of work, so the stage is busy when SIGTERM comes.
-    count = 6_000
+    # ~4 ms of work per record: about 50 s of work, so the stage is still busy when the
+    # HEALTHCHECK (every 15 s) reports healthy and SIGTERM comes.
+    count = 12_000
     produce_generated(bootstrap, topics.input, count)
 
     (metrics_port,) = free_ports(1)
