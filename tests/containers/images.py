@@ -232,6 +232,8 @@ class ImageBuilder:
     def _record(self, role: str, name: str, source: Source, started: float,
                 inputs: str | None = None) -> str:
         seconds = time.monotonic() - started
+        if source == "cached" and role in self.records:
+            return name  # a second use of an image this run got already (the Debian base)
         build_seconds = None
         if inputs is not None:
             if source == "built":

@@ -25,6 +25,9 @@ from tests.containers.engine import Engine
 from tests.containers.ports import is_free
 from tests.containers.stage import committed, topic_count, wait_until
 
+# Cold, the first test's set-up installs the engine, builds the images and Compose.
+pytestmark = pytest.mark.timeout(1800)
+
 PROJECT = "processor-compose-test"
 FILES = ("docker-compose.yml", "deploy/compose.host.yml")
 BOOTSTRAP = "127.0.0.1:19092"

@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 import uuid
 
+import pytest
+
 from processor.backends.kafka import KafkaBroker
 from processor.core.errors import ProcessorError
 from processor.serde.codec import Codec
@@ -26,6 +28,9 @@ from tests.containers.stage import (
     topic_count,
     wait_until,
 )
+
+# Cold, the first test's set-up installs the engine, builds the images and Compose.
+pytestmark = pytest.mark.timeout(1800)
 
 # Kubernetes gives the stage terminationGracePeriodSeconds: 45 (deploy/k8s); it drains within
 # PROCESSOR_SHUTDOWN_TIMEOUT (30 s).
