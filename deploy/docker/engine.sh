@@ -103,7 +103,8 @@ start() {
     fi
     sleep 0.5
   done
-  if [[ "$(id -u)" != 0 ]]; then "${SUDO[@]}" chmod 666 "$SOCKET"; fi
+  # The invoking user (not everyone) may use the socket.
+  if [[ "$(id -u)" != 0 ]]; then "${SUDO[@]}" chown "$(id -u)" "$SOCKET"; fi
   drop_docker0
   echo "DOCKER_HOST=$DOCKER_HOST"
 }
