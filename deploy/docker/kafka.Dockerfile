@@ -12,7 +12,7 @@ RUN apt-get update -qq \
     && mkdir -p /usr/share/man/man1 \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
        openjdk-17-jre-headless >/dev/null \
-    && rm -rf /var/lib/apt/lists/* \
+    && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 1000 --user-group --home-dir /var/lib/kafka --create-home \
        --shell /usr/sbin/nologin appuser
 COPY libs/ /opt/kafka/libs/

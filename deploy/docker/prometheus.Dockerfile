@@ -5,7 +5,7 @@ FROM ${DEBIAN_IMAGE}
 RUN apt-get update -qq \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
        prometheus >/dev/null \
-    && rm -rf /var/lib/apt/lists/* \
+    && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && mkdir -p /prometheus && chown prometheus:prometheus /prometheus
 USER prometheus
 WORKDIR /prometheus

@@ -49,6 +49,9 @@ DOCKER_DIR = ROOT / "deploy" / "docker"
 INPUTS_LABEL = "org.processor.inputs"
 LOCAL_CA_DIR = Path("/usr/local/share/ca-certificates")
 KAFKA_VERSION = "4.1.1"
+# Like Debian's slim images: no manual pages, documentation (but the copyright files) or
+# translations, in the base and in every package installed on it later.
+SLIM_EXCLUDES = ("man", "doc", "info", "locale", "lintian", "linda")
 STAGE_CONTEXT = ("pyproject.toml", "README.md", "processor", "schemas", "deploy/Dockerfile",
                  ".dockerignore")
 
@@ -268,10 +271,13 @@ class ImageBuilder:
         return self._record(role, tag, "built", started, inputs)
 
     def debian(self) -> str:
-        """Debian bookworm (minbase) from the host's apt mirror, imported as an image."""
+        """Debian bookworm (minbase, slimmed) from the host's apt mirror, imported as an image."""
         tag = "processor-local/debian:bookworm"
         mirror = apt_mirror()
-        inputs = hash_tree([], ROOT, ["mmdebstrap --variant=minbase bookworm", mirror])
+        options = [*(f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in SLIM_EXCLUDES),
+                   "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+                   "--aptopt=Acquire::Languages \"none\""]
+        inputs = hash_tree([], ROOT, ["mmdebstrap --variant=minbase bookworm", mirror, *options])
         started = time.monotonic()
         if self.docker.inputs_label(tag) == inputs:
             return self._record("debian", tag, "cached", started, inputs)
@@ -284,7 +290,8 @@ class ImageBuilder:
         with tempfile.TemporaryDirectory() as work:
             tarball = Path(work) / "rootfs.tar"
             subprocess.run([*sudo, "nice", "-n", "10", mmdebstrap, "--quiet", "--variant=minbase",
-                            "bookworm", str(tarball), mirror], check=True, timeout=1200)
+                            *options, "bookworm", str(tarball), mirror],
+                           check=True, timeout=1200)
             self.docker.run("import", "--change", f"LABEL {INPUTS_LABEL}={inputs}",
                             "--change", 'CMD ["bash"]', str(tarball), tag)
         return self._record("debian", tag, "built", started, inputs)

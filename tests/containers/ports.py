@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 from pathlib import Path
 
@@ -41,8 +42,9 @@ def _hex_address(text: str) -> tuple[str, int]:
     return socket.inet_ntop(family, packed), int(port, 16)
 
 
-def listeners() -> set[tuple[str, int]]:
-    """Every listening TCP socket of this network namespace, as (address, port)."""
+def listeners(inodes: set[int] | None = None) -> set[tuple[str, int]]:
+    """Listening TCP sockets of this network namespace, as (address, port); only those with
+    the given socket inodes when `inodes` is given."""
     found: set[tuple[str, int]] = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -51,9 +53,28 @@ def listeners() -> set[tuple[str, int]]:
             continue
         for line in lines:
             fields = line.split()
-            if fields[3] == "0A":  # TCP_LISTEN
+            if fields[3] == "0A" and (inodes is None or int(fields[9]) in inodes):  # LISTEN
                 found.add(_hex_address(fields[1]))
     return found
+
+
+def container_sockets(container_ids: list[str]) -> set[int]:
+    """Socket inodes held by the processes of the given containers (found by their cgroup)."""
+    inodes: set[int] = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cgroup = (proc / "cgroup").read_text()
+            if not any(cid in cgroup for cid in container_ids):
+                continue
+            for fd in (proc / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(int(target[8:-1]))
+        except OSError:  # the process ended meanwhile
+            continue
+    return inodes
 
 
 def is_loopback(address: str) -> bool:

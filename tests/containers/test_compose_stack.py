@@ -22,7 +22,7 @@ import pytest
 from processor.backends.kafka import KafkaBroker
 from tests.containers.conftest import ROOT, report
 from tests.containers.engine import Engine
-from tests.containers.ports import is_free, is_loopback, listeners
+from tests.containers.ports import container_sockets, is_free, is_loopback, listeners
 from tests.containers.stage import committed, topic_count, wait_until
 
 # Cold, the first test's set-up installs the engine, builds the images and Compose.
@@ -49,7 +49,6 @@ class Compose:
             "PROCESSOR_IMAGE_KAFKA": images["kafka"],
             "PROCESSOR_IMAGE_PROMETHEUS": images["prometheus"],
         })
-        self.listeners_before: set[tuple[str, int]] = set()
 
     def __call__(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         command = ["docker", "compose", "-p", PROJECT]
@@ -89,7 +88,6 @@ def stack(compose: Engine, images: dict[str, str]) -> Iterator[Compose]:
     busy = [port for port in PORTS if not is_free(port)]
     assert not busy, f"the overlay's loopback ports {busy} are in use"
     run = Compose(compose, images)
-    run.listeners_before = listeners()
     started = time.monotonic()
     run("up", "-d", "--no-build", "--pull", "never")
     report(f"compose stack: `up -d` returned in {time.monotonic() - started:.1f} s")
@@ -106,11 +104,14 @@ def test_records_flow_through_the_three_stages_and_prometheus_sees_them(
     wait_until(lambda: stage_targets() == {s: "up" for s, _, _ in CHAIN}, 180,
                "Prometheus to report every stage target up")
     report(f"Prometheus targets up: {', '.join(sorted(stage_targets()))} (job processor)")
-    opened = listeners() - stack.listeners_before
-    assert {("::ffff:127.0.0.1", 19092), ("127.0.0.1", 19092)} & opened, "Kafka listens"
+    containers = stack("ps", "-q").stdout.split()
+    opened = listeners(container_sockets(containers))
+    assert {port for _, port in opened} >= {19092, 19093, 19090, 19101, 19102, 19103}
     wide = sorted(address for address in opened if not is_loopback(address[0]))
     assert not wide, f"the stack listens beyond loopback: {wide}"
-    report(f"compose: {len(opened)} new listening sockets, all on loopback")
+    report(f"compose: the stack's {len(containers)} containers listen on "
+           f"{len(opened)} sockets, all on loopback: "
+           + ", ".join(f"{a}:{p}" for a, p in sorted(opened, key=lambda x: x[1])))
     wait_until(lambda: topic_count(broker, "orders.enriched") > 0, 120,
                "records through all three stages")
 

@@ -18,7 +18,7 @@ from processor.core.errors import ProcessorError
 from processor.serde.codec import Codec
 from tests.containers.conftest import report
 from tests.containers.kafka import KafkaContainer
-from tests.containers.ports import free_ports
+from tests.containers.ports import container_sockets, free_ports, is_loopback, listeners
 from tests.containers.stage import (
     StageTopics,
     committed,
@@ -69,6 +69,10 @@ def test_artifacts_pass_through_a_containerised_stage(
         wait_until(lambda: topic_count(broker, topics.output) + topic_count(broker, topics.dlq)
                    >= count, 120, f"{count} records out of the containerised stage")
         wrapped = container.get_wrapped_container()
+        kafka_id = kafka_container.container.get_wrapped_container().id
+        opened = listeners(container_sockets([kafka_id, wrapped.id]))
+        assert metrics_port in {port for _, port in opened}
+        assert all(is_loopback(address) for address, _ in opened), opened
         wrapped.stop(timeout=GRACE_SECONDS)
         wrapped.reload()
         assert wrapped.attrs["State"]["ExitCode"] == 0, wrapped.logs(tail=30)
@@ -84,7 +88,8 @@ def test_artifacts_pass_through_a_containerised_stage(
     ends = broker.admin().high_watermarks(topics.input)
     assert committed(broker, topics.group, topics.input) == ends, "offsets committed to the end"
     report(f"containerised stage (testcontainers, processor.demo:validate): {count} in, "
-           f"{len(out)} out, {dead} dead-lettered, 0 lost")
+           f"{len(out)} out, {dead} dead-lettered, 0 lost; Kafka and stage listen on "
+           f"loopback only ({len(opened)} sockets)")
 
 
 def test_the_image_runs_as_non_root_turns_healthy_and_drains_on_sigterm(
