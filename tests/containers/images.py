@@ -172,6 +172,10 @@ class Docker:
             logger.info("cannot pull %s: %s", name, result.stderr.strip()[-300:])
         return result.returncode == 0
 
+    def prune_superseded(self) -> None:
+        """Remove the untagged images our builds left behind (earlier versions, build stages)."""
+        self.run("image", "prune", "--force", "--filter", f"label={INPUTS_LABEL}", check=False)
+
     def build(self, dockerfile: Path, context: Path, tag: str, inputs: str,
               args: Mapping[str, str] | None = None) -> None:
         command = ["build", "--network", "host", "--quiet", "-f", str(dockerfile),
@@ -268,6 +272,7 @@ class ImageBuilder:
             return self._record(role, tag, "cached", started, inputs)
         logger.info("building %s", tag)
         self.docker.build(dockerfile, context, tag, inputs, args)
+        self.docker.prune_superseded()
         return self._record(role, tag, "built", started, inputs)
 
     def debian(self) -> str:
@@ -294,6 +299,7 @@ class ImageBuilder:
                            check=True, timeout=1200)
             self.docker.run("import", "--change", f"LABEL {INPUTS_LABEL}={inputs}",
                             "--change", 'CMD ["bash"]', str(tarball), tag)
+        self.docker.prune_superseded()
         return self._record("debian", tag, "built", started, inputs)
 
     def python(self) -> str:
