@@ -45,11 +45,15 @@ install_packages() {
     printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "$policy" >/dev/null
     "${SUDO[@]}" chmod +x "$policy"
     created_policy=1
+    trap '"${SUDO[@]}" rm -f /usr/sbin/policy-rc.d' EXIT
   fi
   "${SUDO[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends \
     "${missing[@]}" >/dev/null
-  [[ $created_policy == 1 ]] && "${SUDO[@]}" rm -f "$policy"
+  if [[ $created_policy == 1 ]]; then
+    "${SUDO[@]}" rm -f "$policy"
+    trap - EXIT
+  fi
   stop_default_daemon
 }
 
