@@ -1,4 +1,4 @@
-"""The pure parts of the container tier's image builder and port helpers (no engine needed)."""
+"""The pure parts of the container tier: image builder settings and inputs, port functions."""
 
 from __future__ import annotations
 
