@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 KAFKA_VERSION := 4.1.1
 KAFKA_HOME ?= $(HOME)/.cache/processor/kafka-$(KAFKA_VERSION)
 
-.PHONY: demo test lint typecheck unit conformance integration faults bench kafka-jars system-deps broker clean
+.PHONY: container-test demo test lint typecheck unit conformance integration faults bench kafka-jars system-deps broker clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
@@ -51,7 +51,16 @@ test: $(STAMP) kafka-jars
 	$(BIN)/ruff check processor tests benchmarks
 	$(BIN)/lint-imports --no-logo
 	$(BIN)/mypy --strict processor tests
-	PROCESSOR_KAFKA_HOME=$(KAFKA_HOME) $(BIN)/pytest -q -ra --durations=15 tests
+	PROCESSOR_KAFKA_HOME=$(KAFKA_HOME) $(BIN)/pytest -q -ra --durations=15 tests \
+	  --ignore=tests/containers
+	$(MAKE) container-test
+
+# The container tier (tests/containers): a Docker engine (the one DOCKER_HOST or the default
+# socket points at, else a private loopback-only engine from deploy/docker/engine.sh), the images
+# (pulled, or built locally where they cannot be), Docker Compose v2 (built from source when
+# missing). Figures in build/container-test-report.txt.
+container-test: system-deps $(STAMP)
+	$(BIN)/pytest -q -ra --durations=10 tests/containers
 
 # The side-by-side benchmark (benchmarks/README.md); options through BENCH_ARGS, e.g.
 # make bench BENCH_ARGS="--count 50000 --only ceiling,project-alo"

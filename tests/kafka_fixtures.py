@@ -1,14 +1,18 @@
 """Real-broker fixtures, loaded as a pytest plugin by `tests/conftest.py`.
 
-`kafka_bootstrap` finds an Apache Kafka broker, in this order:
+`kafka_bootstrap` finds an Apache Kafka broker as the setting PROCESSOR_TEST_KAFKA says:
 
-1. `KAFKA_BOOTSTRAP_SERVERS`, when set (a broker someone else runs);
-2. a local one-node KRaft cluster (`processor.devtools.local_kafka.LocalKafka`), started once per
-   test session and stopped at its end -- needs `java` and `mvn`;
-3. testcontainers' Kafka module, when it is installed and a Docker engine answers.
+* `external`: the broker at KAFKA_BOOTSTRAP_SERVERS (someone else runs it);
+* `local`: a local one-node KRaft cluster (`processor.devtools.local_kafka.LocalKafka`),
+  started once per test session and stopped at its end -- needs `java` and `mvn`;
+* `testcontainers`: Kafka in a container (the image of PROCESSOR_IMAGE_KAFKA, default
+  apache/kafka, or its local stand-in where it cannot be pulled; see tests/containers/), on the
+  host network, with a Docker engine found or started by tests/containers/engine.py.
 
-Without any of them the tests are skipped with the reason, except under `CI=true`, where
-a missing broker fails the test: CI must never pass by skipping the real-broker tiers.
+Unset, it is `external` when KAFKA_BOOTSTRAP_SERVERS is set, else `local`, falling back to
+`testcontainers` when Java or Maven is missing. Without any broker the tests are skipped with
+the reason, except under `CI=true`, where a missing broker fails the test: CI must never pass by
+skipping the real-broker tiers.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+CHOICES = ("external", "local", "testcontainers")
+
 
 def _in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
@@ -38,63 +44,88 @@ def _no_broker(reason: str) -> None:
     pytest.skip(message)
 
 
-def _docker_kafka() -> tuple[str, object] | None:
-    """A testcontainers Kafka when the package is installed and Docker answers."""
+def kafka_choice(env: dict[str, str] | None = None) -> tuple[str, bool]:
+    """(where the broker comes from, whether that was chosen explicitly)."""
+    env = dict(os.environ) if env is None else env
+    value = env.get("PROCESSOR_TEST_KAFKA", "").strip().lower()
+    if not value:
+        return ("external" if env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip() else "local"), False
+    if value not in CHOICES:
+        raise pytest.UsageError(f"PROCESSOR_TEST_KAFKA must be one of {', '.join(CHOICES)}, "
+                                f"not {value!r}")
+    return value, True
+
+
+def _testcontainers_kafka() -> Iterator[str]:
+    """Kafka in a container for the session; the engine is stopped after if started here."""
+    from tests.containers.engine import EngineError, ensure_engine
+    from tests.containers.images import Docker, ImageBuilder, ImageError, ImageSettings
+    from tests.containers.kafka import start_kafka
+
     try:
-        import docker  # type: ignore[import-not-found, import-untyped, unused-ignore]
-        from testcontainers.kafka import (  # type: ignore[import-not-found, unused-ignore]
-            KafkaContainer,
-        )
-    except ImportError:
-        return None
+        engine = ensure_engine()
+    except EngineError as error:
+        _no_broker(f"no Docker engine for testcontainers: {error}")
+        return
     try:
-        docker.from_env().ping()
-    except Exception:  # any failure means: no usable engine
-        return None
-    container = KafkaContainer().with_kraft()
-    container.start()
-    return str(container.get_bootstrap_server()), container
+        builder = ImageBuilder(Docker(engine.host), ImageSettings.from_env(), engine.private)
+        image = builder.kafka()
+        saved = os.environ.get("DOCKER_HOST")
+        if engine.host:
+            os.environ["DOCKER_HOST"] = engine.host
+        try:
+            kafka = start_kafka(image)
+        finally:
+            if saved is None:
+                os.environ.pop("DOCKER_HOST", None)
+            else:
+                os.environ["DOCKER_HOST"] = saved
+        logger.info("Kafka container %s at %s", image, kafka.bootstrap_servers)
+        try:
+            yield kafka.bootstrap_servers
+        finally:
+            kafka.stop()
+    except (ImageError, RuntimeError) as error:
+        pytest.fail(f"the Kafka container did not start: {error}", pytrace=False)
+    finally:
+        engine.stop()
 
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
     """The bootstrap servers of a real Apache Kafka broker (see the module docstring)."""
-    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
-    if configured:
+    choice, explicit = kafka_choice()
+    if choice == "external":
+        configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+        if not configured:
+            _no_broker("PROCESSOR_TEST_KAFKA=external needs KAFKA_BOOTSTRAP_SERVERS")
         yield configured
+        return
+    if choice == "testcontainers":
+        yield from _testcontainers_kafka()
         return
 
     from processor.devtools.local_kafka import LocalKafka, LocalKafkaError, ToolMissing
 
     local: LocalKafka | None = None
-    missing: ToolMissing | None = None
     try:
         local = LocalKafka(nodes=1)
         local.start()
     except ToolMissing as error:
-        missing = error
-        local = None
+        if explicit:
+            _no_broker(str(error))
+        logger.info("no local Kafka (%s): trying testcontainers", error)
+        yield from _testcontainers_kafka()
+        return
     except LocalKafkaError as error:
         # Java and Maven are there, yet the broker did not start: a real failure.
         pytest.fail(f"the local Kafka broker did not start: {error}", pytrace=False)
-    if local is not None:
-        logger.info("local Kafka at %s (started in %.1fs)", local.bootstrap_servers,
-                    local.startup_seconds or 0.0)
-        try:
-            yield local.bootstrap_servers
-        finally:
-            local.stop()
-        return
-
-    docker_kafka = _docker_kafka()
-    if docker_kafka is not None:
-        bootstrap, container = docker_kafka
-        try:
-            yield bootstrap
-        finally:
-            container.stop()  # type: ignore[attr-defined]
-        return
-    _no_broker(f"{missing}; or set KAFKA_BOOTSTRAP_SERVERS, or run a Docker engine")
+    logger.info("local Kafka at %s (started in %.1fs)", local.bootstrap_servers,
+                local.startup_seconds or 0.0)
+    try:
+        yield local.bootstrap_servers
+    finally:
+        local.stop()
 
 
 @pytest.fixture

@@ -110,7 +110,9 @@ def test_dockerfile() -> None:
     steps = dockerfile_instructions()
     froms = [args for word, args in steps if word == "FROM"]
     assert len(froms) >= 2, "multi-stage build"
-    assert all(f.startswith("python:3.11-slim") for f in froms)
+    # The base is a build argument whose default is the official slim image.
+    assert steps[0] == ("ARG", "BASE_IMAGE=python:3.11-slim")
+    assert all(f.startswith("${BASE_IMAGE}") for f in froms)
     users = [args for word, args in steps if word == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert [args for word, args in steps if word == "EXPOSE"] == [str(CONTAINER_METRICS_PORT)]

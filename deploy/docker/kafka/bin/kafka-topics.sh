@@ -1,0 +1,3 @@
+#!/bin/sh
+# kafka-topics of Apache Kafka (org.apache.kafka.tools.TopicCommand).
+KAFKA_LOG_LEVEL="${KAFKA_TOOL_LOG_LEVEL:-WARN}" KAFKA_HEAP_OPTS="${KAFKA_TOOL_HEAP_OPTS:--Xmx256m}" exec /opt/kafka/bin/kafka-run-class.sh org.apache.kafka.tools.TopicCommand "$@"
