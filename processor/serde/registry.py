@@ -15,7 +15,7 @@ write.
   `record` (the record's full name) or `topic-record` (`<topic>-<full name>`), through
   confluent-kafka's own strategy functions.
 * `RegistrySchemas` is a stage's view of the registry: the id its own schema has (registered
-  or looked up once per subject, at start) and the writer schema of any id it meets (asked
+  or looked up once per output subject, at start) and the writer schema of any id it meets (asked
   for once, then cached). An id the registry does not have is a `SchemaError` (the record
   is dead-lettered with reason `schema`); a registry that cannot be reached is a
   `RegistryUnavailable`, which stops the stage rather than dead-letter good records.
@@ -128,7 +128,7 @@ class RegistryConfig:
 def registry_client(config: RegistryConfig) -> SchemaRegistryClient:
     """confluent-kafka's client for the registry of `config`."""
     try:
-        return SchemaRegistryClient(config.client_config())
+        return SchemaRegistryClient.new_client(config.client_config())
     except (ValueError, TypeError) as exc:
         raise SchemaError(f"schema registry {config.url}: {exc}") from exc
 
@@ -158,25 +158,23 @@ class RegistrySchemas:
         self.config = config
 
     def own_id(self, schema: Mapping[str, Any], topics: Iterable[str]) -> int:
-        """The registry id of `schema` under the subject of every topic in `topics`
-        (registered there first when `registration` is `auto`).
+        """The registry id of `schema` under the subject of the first of `topics`, after
+        registering it (when `registration` is `auto`) or looking it up under the subject
+        of every one of them.
 
-        The wire format carries one id per record, so the topics must agree on it (a
-        registry gives the same schema the same id in every subject)."""
+        A registry id names one schema whatever the subject, so records framed with it
+        read the same on every topic; registering under each topic's subject puts the
+        schema under the compatibility rules of each."""
         text = json.dumps(schema)
         name = record_name(schema)
         ids: dict[str, int] = {}
         for topic in dict.fromkeys(topics):
             subject = subject_name(self.config.subject_strategy, topic, name)
-            if subject in ids:
-                continue
-            ids[subject] = self._id_in(subject, text)
-        distinct = set(ids.values())
-        if len(distinct) != 1:
-            found = ", ".join(f"{s}={i}" for s, i in ids.items()) or "no subject"
-            raise SchemaError(f"schema registry {self.config.url}: the artifact schema must "
-                              f"have one id for all output subjects; got {found}")
-        return distinct.pop()
+            if subject not in ids:
+                ids[subject] = self._id_in(subject, text)
+        if not ids:
+            raise SchemaError("no topic to register the artifact schema for")
+        return next(iter(ids.values()))
 
     def _id_in(self, subject: str, text: str) -> int:
         schema = Schema(text, "AVRO")

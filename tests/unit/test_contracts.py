@@ -1,0 +1,246 @@
+"""Data contracts on the memory broker: stages of schema versions 1 and 2 chained in both
+directions, writer identities in headers and in the Confluent wire format (`mock://`
+registry), and the `schema` dead-letter reason."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+from fastavro import parse_schema, schemaless_writer
+
+from processor.backends.memory import MemoryBroker
+from processor.core.artifact import Approval, Artifact
+from processor.core.errors import SchemaError
+from processor.core.handlers import Outcome
+from processor.runtime.build import StageSetup, build_stage
+from processor.runtime.contracts import stage_codec
+from processor.runtime.dead_letters import H_REASON, header_dict
+from processor.serde.codec import SCHEMA_HEADER, Codec, load_schema, schema_fingerprint
+from processor.serde.registry import RegistryConfig, RegistrySchemas, framed_id, subject_name
+from processor.serde.wire import WireCodec
+from tests.unit.stage_support import options, read_all
+
+V1 = load_schema("artifact.v1.avsc")
+V2 = load_schema()
+COUNT = 200
+
+
+def v1_codec() -> WireCodec:
+    return WireCodec(Codec(V1))
+
+
+def chain_broker(hops: int) -> tuple[MemoryBroker, list[str]]:
+    broker = MemoryBroker()
+    topics = [f"t{i}" for i in range(hops + 1)]
+    for topic in [*topics, "dlq"]:
+        broker.admin().create_topic(topic, partitions=2)
+    return broker, topics
+
+
+def approve(artifact: Artifact) -> Outcome:
+    """A version 2 stage's handler: counts the hop and adds an approval."""
+    hops = artifact.get("hops", 0) + 1
+    return artifact.with_meta("hops", hops).with_approval(f"key-{hops}", b"sig", hops)
+
+
+def hop(artifact: Artifact) -> Outcome:
+    """A version 1 stage's handler: counts the hop."""
+    return artifact.with_meta("hops", artifact.get("hops", 0) + 1)
+
+
+def run_chain(versions: list[int], first_writer: WireCodec,
+              handlers: dict[int, Callable[[Artifact], Outcome]] | None = None,
+              ) -> tuple[list[Artifact], list[int]]:
+    """Feed COUNT artifacts written by `first_writer`, run one stage per version in order;
+    the artifacts at the end (read by a version 2 codec) and each stage's dead letters."""
+    handlers = handlers or {1: hop, 2: approve}
+    broker, topics = chain_broker(len(versions))
+    producer = broker.producer()
+    for i in range(COUNT):
+        artifact = Artifact.new(f"p{i}", meta={"seq": i})
+        producer.produce(topics[0], first_writer.encode(artifact), str(i % 5).encode(),
+                         first_writer.headers(None))
+    producer.flush()
+    dead: list[int] = []
+    for i, version in enumerate(versions):
+        codec = v1_codec() if version == 1 else WireCodec()
+        stage = build_stage(
+            StageSetup(options(name=f"hop{i}", input_topic=topics[i], output_topic=topics[i + 1],
+                               group=f"g{i}")),
+            broker, handler=handlers[version], codec=codec)
+        stage.run(max_records=COUNT, idle_timeout=2.0)
+        dead.append(stage.stats.dead_lettered)
+    reader = WireCodec()
+    out = [reader.decode(m.value() or b"", m.headers()) for m in read_all(broker, topics[-1])]
+    return out, dead
+
+
+@pytest.mark.parametrize("versions", [[1, 2, 1, 2], [2, 1, 2, 1]])
+def test_a_chain_mixing_versions_loses_nothing_in_either_direction(versions: list[int]) -> None:
+    first = v1_codec() if versions[0] == 1 else WireCodec()
+    out, dead = run_chain(versions, first)
+    print(f"chain {versions}: {COUNT} in, {len(out)} out, dead-lettered per stage {dead}")
+    assert dead == [0, 0, 0, 0]
+    assert sorted(a.get("seq", -1) for a in out) == list(range(COUNT))
+    assert all(a.get("hops", 0) == 4 for a in out)
+    # The last stage re-encoded: a version 2 stage keeps the approval it added, a version 1
+    # stage writes only its own fields (Avro drops what its reader does not know).
+    expected = 1 if versions[-1] == 2 else 0
+    assert all(len(a.approvals) == expected for a in out)
+
+
+def test_a_version_1_stage_passes_version_2_bytes_through_with_their_fields() -> None:
+    out, dead = run_chain([2, 1, 2], WireCodec(), {1: lambda a: a, 2: approve})
+    assert dead == [0, 0, 0]
+    assert len(out) == COUNT
+    assert all([x.key_id for x in a.approvals] == ["key-1", "key-2"] for a in out)
+
+
+def test_records_without_identity_of_either_version_are_read() -> None:
+    """Records written before identities existed were version 1; plain producers write
+    the current version without a header."""
+    artifact = Artifact.new("legacy").with_approval("k", b"s", 1)
+    reader, old_reader = WireCodec(), v1_codec()
+    v1_bytes, v2_bytes = Codec(V1).encode(artifact), Codec().encode(artifact)
+    assert reader.decode(v1_bytes) == artifact._replace(approvals=())
+    assert reader.decode(v2_bytes) == artifact
+    assert old_reader.decode(v2_bytes) == artifact._replace(approvals=())
+
+
+def test_the_schema_header_is_set_replaced_or_kept() -> None:
+    codec, old = WireCodec(), v1_codec()
+    mine = (SCHEMA_HEADER, codec.fingerprint.encode())
+    assert codec.headers(None) == [mine]
+    assert codec.headers([("k", b"v")]) == [("k", b"v"), mine]
+    same = [mine, ("k", b"v")]
+    assert codec.headers(same) is same
+    assert codec.headers(old.headers([("k", b"v")])) == [("k", b"v"), mine]
+    assert codec.fingerprint == schema_fingerprint(V2) != old.fingerprint
+
+
+def incompatible_schema() -> dict[str, Any]:
+    """A writer schema whose id is a long: no Avro resolution into a string."""
+    schema = load_schema("artifact.v1.avsc")
+    schema["fields"][0] = {"name": "id", "type": "long"}
+    return schema
+
+
+def test_unresolvable_and_unknown_writer_schemas_are_dead_lettered_as_schema() -> None:
+    broker, topics = chain_broker(1)
+    bad = incompatible_schema()
+    writer_fp = schema_fingerprint(bad)
+    buf = io.BytesIO()
+    record = {**{f["name"]: f.get("default") for f in V1["fields"]}, "id": 7, "timestamp": 1,
+              "payload": b"", "checksum": b""}
+    schemaless_writer(buf, parse_schema(bad), record)
+    producer = broker.producer()
+    producer.produce(topics[0], buf.getvalue(), b"k", [(SCHEMA_HEADER, writer_fp.encode())])
+    producer.produce(topics[0], WireCodec().encode(Artifact.new("x")), b"k",
+                     [(SCHEMA_HEADER, b"0123456789abcdef")])
+    good = WireCodec()
+    producer.produce(topics[0], good.encode(Artifact.new("ok")), b"k", good.headers(None))
+    producer.flush()
+    # The stage knows the incompatible schema (its writer_schemas), not the other one.
+    codec = WireCodec(Codec(writer_schemas=[bad]))
+    stage = build_stage(StageSetup(options(input_topic=topics[0], output_topic=topics[1])),
+                        broker, handler=lambda a: a, codec=codec)
+    stage.run(max_records=3, idle_timeout=2.0)
+    dlq = read_all(broker, "dlq")
+    assert [header_dict(m.headers())[H_REASON] for m in dlq] == ["schema", "schema"]
+    assert "does not resolve" in header_dict(dlq[0].headers())["dlq.error.message"]
+    assert "unknown writer schema" in header_dict(dlq[1].headers())["dlq.error.message"]
+    assert stage.stats.dead_letter_reasons == {"schema": 2}
+    assert len(read_all(broker, topics[1])) == 1
+
+
+# --- the registry's wire format (the client's mock:// registry) ------------------------
+
+
+def mock_registry(strategy: str = "topic") -> RegistrySchemas:
+    config = RegistryConfig(url="mock://contracts", subject_strategy=strategy)  # type: ignore[arg-type]
+    return RegistrySchemas(SchemaRegistryClient.new_client({"url": config.url}), config)
+
+
+def test_framed_records_carry_the_registry_id_and_round_trip() -> None:
+    registry = mock_registry()
+    codec = WireCodec(registry=registry, topics=["out", "other"])
+    artifact = Artifact.new("framed").with_approval("k", b"s", 3)
+    data = codec.encode(artifact)
+    assert data[:1] == b"\x00" and framed_id(data) == codec.schema_id
+    assert data[5:] == Codec().encode(artifact)
+    assert codec.decode(data) == artifact
+    assert codec.headers([(SCHEMA_HEADER, b"x"), ("k", b"v")]) == [("k", b"v")]
+    subjects = registry.client.get_subjects()
+    assert sorted(subjects) == ["other-value", "out-value"]
+
+
+def test_a_version_1_stage_reads_framed_version_2_records_by_asking_the_registry() -> None:
+    registry = mock_registry()
+    new = WireCodec(registry=registry, topics=["t"])
+    old = WireCodec(Codec(V1), registry=registry, topics=["t"])
+    assert old.schema_id != new.schema_id
+    artifact = Artifact.new("both ways").with_approval("k", b"s", 3)
+    assert old.decode(new.encode(artifact)) == artifact._replace(approvals=())
+    assert new.decode(old.encode(artifact)) == artifact._replace(approvals=())
+
+
+def test_an_id_the_registry_does_not_have_is_a_schema_error() -> None:
+    codec = WireCodec(registry=mock_registry(), topics=["t"])
+    with pytest.raises(SchemaError, match="schema id 999"):
+        codec.decode(b"\x00\x00\x00\x03\xe7" + Codec().encode(Artifact.new("x")))
+
+
+@pytest.mark.parametrize(
+    ("strategy", "subject"),
+    [("topic", "orders-value"), ("record", "processor.v1.Artifact"),
+     ("topic-record", "orders-processor.v1.Artifact")],
+)
+def test_subject_naming_strategies(strategy: str, subject: str) -> None:
+    assert subject_name(strategy, "orders", "processor.v1.Artifact") == subject
+    registry = mock_registry(strategy)
+    WireCodec(registry=registry, topics=["orders"])
+    assert subject in registry.client.get_subjects()
+
+
+def test_confluent_serializers_and_our_codec_read_each_other() -> None:
+    registry = mock_registry()
+    client = registry.client
+    ours = WireCodec(registry=registry, topics=["t"])
+    ctx = SerializationContext("t", MessageField.VALUE)
+    artifact = Artifact.new("cross", meta={"n": 1}).with_approval("k", b"s", 3)
+    # Theirs reads ours: the artifact as a plain record.
+    record = AvroDeserializer(client)(ours.encode(artifact), ctx)
+    assert isinstance(record, dict)
+    assert record["payload"] == b"cross" and record["approvals"][0]["key_id"] == "k"
+    # Ours reads theirs (a version 1 writer, auto-registered by their serializer).
+    theirs = AvroSerializer(client, json.dumps(V1), conf={"auto.register.schemas": True})
+    plain = {**record, "meta": {"n": 1}}
+    del plain["approvals"], plain["pseudonym_hash"], plain["merkle_root"]
+    back = ours.decode(theirs(plain, ctx) or b"")
+    assert back == artifact._replace(approvals=())
+
+
+def test_stage_codec_from_settings_registers_under_the_output_subjects() -> None:
+    settings = SimpleNamespace(schema_registry_url="mock://settings", schema_file=None,
+                               writer_schemas=(), schema_subject_strategy="topic-record")
+    codec = stage_codec(settings, options(outputs={"audit": "audit-topic"}))
+    assert codec.framed and codec.schema_id is not None
+    header_only = stage_codec(SimpleNamespace(), options())
+    assert not header_only.framed and header_only.schema_id is None
+
+
+def test_registry_config_keeps_the_password_out_of_its_repr() -> None:
+    from pydantic import SecretStr
+
+    config = RegistryConfig(url="https://r", user="u", password=SecretStr("hunter2"))
+    assert "hunter2" not in repr(config)
+    assert config.client_config()["basic.auth.user.info"] == "u:hunter2"
+    assert Approval("k", b"s", 1).key_id == "k"
