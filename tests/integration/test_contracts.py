@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -46,8 +47,6 @@ def read(broker: KafkaBroker, topic: str, count: int, timeout: float = 60.0) -> 
     consumer = broker.consumer(f"reader-{topic}", auto_offset_reset="earliest")
     consumer.subscribe([topic])
     out: list[Any] = []
-    import time
-
     deadline = time.monotonic() + timeout
     while len(out) < count and time.monotonic() < deadline:
         out.extend(consumer.consume(1000, 0.5))
@@ -145,8 +144,8 @@ def test_confluent_serializers_round_trip_through_a_stage(
           f"{len(records)} out, {stage.stats.dead_lettered} dead-lettered")
     assert stage.stats.dead_lettered == 0
     assert len(records) == COUNT
-    assert sorted(r["meta"]["seq"] for r in records) == list(range(COUNT))  # type: ignore[index]
-    assert all(r["approvals"][0]["key_id"] == "key-1" for r in records)  # type: ignore[index]
+    assert sorted(r["meta"]["seq"] for r in records) == list(range(COUNT))
+    assert all(r["approvals"][0]["key_id"] == "key-1" for r in records)
     assert isinstance(codec, WireCodec) and codec.schema_id is not None
 
 
