@@ -244,3 +244,16 @@ def test_registry_config_keeps_the_password_out_of_its_repr() -> None:
     assert "hunter2" not in repr(config)
     assert config.client_config()["basic.auth.user.info"] == "u:hunter2"
     assert Approval("k", b"s", 1).key_id == "k"
+
+
+def test_the_registry_password_is_a_secret_in_the_settings() -> None:
+    from processor.ops.settings import load_config
+
+    config = load_config(None, {"PROCESSOR_SCHEMA_REGISTRY_PASSWORD": "hunter2"}, {
+        "input_topic": "in", "group": "g", "handlers": ["validate"],
+        "bootstrap_servers": "127.0.0.1:9092", "schema_registry_url": "mock://cfg",
+        "schema_registry_user": "u", "schema_subject_strategy": "record"})
+    text = config.describe()
+    assert "hunter2" not in text and "schema_registry_password: ***" in text
+    registry = stage_codec(config, config.options)
+    assert registry.framed
