@@ -117,6 +117,7 @@ from processor.ops.setting_sources import (
     flag_source,
     kafka_key_from_env,
 )
+from processor.serde.formats import InputFormat, OutputFormat
 from processor.serde.registry import Registration, SubjectStrategy
 
 __all__ = [
@@ -214,6 +215,13 @@ class StageConfig:
     schema_registry_password: Annotated[SecretStr | None, Field(
         description="schema registry basic-auth password (a secret: never printed)",
         json_schema_extra={"group": "schemas", "metavar": "PASSWORD"})] = None
+    input_format: Annotated[InputFormat, Field(
+        description="what the input holds: artifact, or plain json, avro (through the "
+                    "registry) or bytes, each wrapped into a new artifact",
+        json_schema_extra={"group": "schemas"})] = "artifact"
+    output_format: Annotated[OutputFormat, Field(
+        description="what the outputs get: artifact, or payload (the artifact's payload "
+                    "alone)", json_schema_extra={"group": "schemas"})] = "artifact"
     schema_registry_ca_file: Annotated[Name | None, Field(
         description="CA certificates (PEM) to verify the schema registry's TLS certificate",
         json_schema_extra={"group": "schemas", "metavar": "FILE"})] = None

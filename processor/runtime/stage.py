@@ -271,6 +271,9 @@ class Stage:
         decode = self.codec.decode
         encode = self.codec.encode
         out_headers = self.codec.headers
+        # False for a stage that wraps plain input or writes plain payloads.
+        passthrough = self.codec.passthrough
+        wrap = self.codec.wrap
         handler = self.handler
         produce = self.producer.produce
         outputs = self._outputs
@@ -308,7 +311,7 @@ class Stage:
             value = msg.value() or b""
             bytes_in += len(value)
             try:
-                artifact = decode(value, msg.headers())
+                artifact = decode(value, msg.headers()) if passthrough else wrap(msg)
             except SchemaError as exc:
                 self._dead_letter(msg, Reason.SCHEMA, exc)
                 pending[tp] = offset + 1
@@ -344,7 +347,7 @@ class Stage:
                 continue
 
             key = msg.key()
-            if result is artifact:
+            if result is artifact and passthrough:
                 # Unchanged: pass the original bytes through, no re-encoding.
                 if default_topic is None:
                     raise StageFailed(
@@ -389,7 +392,7 @@ class Stage:
                             f"{output!r}, which is not configured (known: "
                             f"{', '.join(k or '<default>' for k in outputs)})"
                         )
-                    if out is artifact:
+                    if out is artifact and passthrough:
                         data = value
                         produce(out_topic, data, key, headers)
                     else:

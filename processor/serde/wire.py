@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Protocol
 
 from processor.core.artifact import Artifact
 from processor.core.errors import ChecksumMismatch, DecodeError, EmptyInput, SchemaError
@@ -38,6 +39,15 @@ logger = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
 """Kafka headers as the backends give and take them (`processor.backends.abstract`)."""
+
+
+class Record(Protocol):
+    """What `wrap` reads of a consumed record (a backend's `Message` has it)."""
+
+    def topic(self) -> str: ...
+    def value(self) -> bytes | None: ...
+    def headers(self) -> Headers | None: ...
+    def timestamp(self) -> tuple[int, int]: ...
 
 
 class WireCodec:
@@ -77,6 +87,9 @@ class WireCodec:
         # Headerless data: the own schema first, then the others, oldest first.
         self._order = [fp for fp in self.codec.fingerprints(oldest_first=True) if fp != own]
 
+    passthrough = True
+    """Whether an artifact a handler returned unchanged may go out as its input bytes."""
+
     @property
     def fingerprint(self) -> str:
         """The fingerprint of the schema this codec writes."""
@@ -111,6 +124,10 @@ class WireCodec:
                         return _fast_decode(value)
                     return self.codec.decode(value, written_with)
         return self._unidentified(value)
+
+    def wrap(self, message: Record) -> Artifact:
+        """The artifact of a consumed record (`decode` of its value and headers)."""
+        return self.decode(message.value() or b"", message.headers())
 
     def _learn(self, schema_id: int) -> str:
         assert self._registry is not None

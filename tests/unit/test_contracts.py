@@ -257,3 +257,85 @@ def test_the_registry_password_is_a_secret_in_the_settings() -> None:
     assert "hunter2" not in text and "schema_registry_password: ***" in text
     registry = stage_codec(config, config.options)
     assert registry.framed
+
+
+# --- plain records in and out (FormatCodec) -------------------------------------------
+
+
+def edge_stage(broker: MemoryBroker, codec: WireCodec, handler: Callable[[Artifact], Outcome]
+               ) -> Any:
+    stage = build_stage(StageSetup(options(input_topic="t0", output_topic="t1")), broker,
+                        handler=handler, codec=codec)
+    return stage
+
+
+def test_plain_json_and_bytes_are_wrapped_with_key_headers_and_timestamp() -> None:
+    from processor.serde.formats import FormatCodec
+
+    for kind, values in (("json", [b'{"n": 1}', b"[2]", b"not json"]),
+                         ("bytes", [b"\x00\xff", b"", b"x"])):
+        broker, _ = chain_broker(1)
+        producer = broker.producer()
+        for i, value in enumerate(values):
+            producer.produce("t0", value, f"k{i}".encode(), [("trace", b"t")])
+        producer.flush()
+        seen: list[Artifact] = []
+
+        def keep(a: Artifact, seen: list[Artifact] = seen) -> Outcome:
+            seen.append(a)
+            return a  # unchanged: still encoded, as an artifact
+
+        stage = edge_stage(broker, FormatCodec(input_format=kind), keep)  # type: ignore[arg-type]
+        stage.run(max_records=3, idle_timeout=1.0)
+        good = [v for v in values if kind == "bytes" or v != b"not json"]
+        assert [a.payload for a in seen] == good
+        assert {a.media_type for a in seen} == {"application/json" if kind == "json"
+                                                else "application/octet-stream"}
+        assert all(a.origin == "t0" and a.timestamp > 0 for a in seen)
+        out = read_all(broker, "t1")
+        reader = WireCodec()
+        assert [reader.decode(m.value() or b"", m.headers()) for m in out] == seen
+        assert [m.key() for m in out] == [f"k{i}".encode() for i, v in enumerate(values)
+                                          if v in good]
+        assert all(("trace", b"t") in (m.headers() or []) for m in out)
+        dlq = read_all(broker, "dlq")
+        assert [header_dict(m.headers())[H_REASON] for m in dlq] == (
+            ["decode"] if kind == "json" else [])
+
+
+def test_plain_avro_through_the_registry_in_and_payloads_out() -> None:
+    from processor.serde.formats import SCHEMA_ID_META, FormatCodec
+
+    registry = mock_registry()
+    schema = {"type": "record", "name": "Order", "fields": [{"name": "n", "type": "long"}]}
+    serializer = AvroSerializer(registry.client, json.dumps(schema))
+    value = serializer({"n": 7}, SerializationContext("t0", MessageField.VALUE)) or b""
+    broker, _ = chain_broker(1)
+    producer = broker.producer()
+    producer.produce("t0", value, b"k")
+    producer.produce("t0", b"\x00\x00\x00\x03\xe7\x02", b"k")  # an id the registry lacks
+    producer.flush()
+    ids: list[int] = []
+
+    def check(a: Artifact) -> Outcome:
+        ids.append(int(a.get(SCHEMA_ID_META, -1)))
+        return a.with_state("seen")
+
+    codec = FormatCodec(registry=registry, input_format="avro", output_format="payload")
+    edge_stage(broker, codec, check).run(max_records=2, idle_timeout=1.0)
+    out = read_all(broker, "t1")
+    assert [m.value() for m in out] == [value]  # the plain record, unwrapped, as it came
+    assert AvroDeserializer(registry.client)(
+        out[0].value(), SerializationContext("t1", MessageField.VALUE)) == {"n": 7}
+    assert ids == [framed_id(value)]
+    assert [header_dict(m.headers())[H_REASON] for m in read_all(broker, "dlq")] == ["schema"]
+
+
+def test_payload_egress_drops_the_schema_header() -> None:
+    from processor.serde.formats import FormatCodec
+
+    codec = FormatCodec(output_format="payload")
+    assert codec.encode(Artifact.new(b"raw")) == b"raw"
+    assert codec.headers([(SCHEMA_HEADER, b"x"), ("k", b"v")]) == [("k", b"v")]
+    with pytest.raises(SchemaError, match="schema_registry_url"):
+        FormatCodec(input_format="avro")
