@@ -196,3 +196,56 @@ def test_schema_register_check_show(
     missing = cli("show", "--registry-url", schema_registry_url, "--subject", "nope-value")
     assert missing.returncode == 1 and "processor schema: error: subject 'nope-value'" in (
         missing.stderr)
+
+
+# --- plain records in and out: produce/tail formats and an edge stage ------------------
+
+
+def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(processor_cmd(*args), input=stdin, capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+
+
+def test_plain_records_in_and_out_through_produce_a_stage_and_tail(
+    kafka_bootstrap: str, schema_registry_url: str, unique_name: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    broker = KafkaBroker(kafka_bootstrap)
+    plain_in, artifacts, plain_out, dlq = (unique_name(n) for n in ("pin", "part", "pout",
+                                                                     "pdlq"))
+    for topic in (plain_in, artifacts, plain_out, dlq):
+        broker.admin().create_topic(topic, partitions=1)
+    order = {"type": "record", "name": "Order",
+             "fields": [{"name": "n", "type": "long"}, {"name": "sku", "type": "string"}]}
+    schema_file = tmp_path / "order.avsc"
+    schema_file.write_text(json.dumps(order))
+    lines = "".join(json.dumps({"n": i, "sku": f"s{i}"}) + "\n" for i in range(20))
+    produced = run_cli("produce", "--bootstrap-servers", kafka_bootstrap, "--topic", plain_in,
+                       "--format", "avro", "--schema-file", str(schema_file),
+                       "--registry-url", schema_registry_url, stdin=lines + '{"n": "x"}\n')
+    assert produced.returncode == 1, produced.stderr  # the last line is not an Order
+    assert "20 avro records written" in produced.stderr
+
+    # An ingest stage wraps them into artifacts; an egress stage unwraps the payloads.
+    for source, target, formats in ((plain_in, artifacts, ("avro", "artifact")),
+                                    (artifacts, plain_out, ("artifact", "payload"))):
+        opts = options(name=f"edge-{formats[0]}", input_topic=source, output_topic=target,
+                       group=f"{source}-g", dlq_topic=dlq, poll_timeout=0.2)
+        settings = SimpleNamespace(schema_registry_url=schema_registry_url,
+                                   input_format=formats[0], output_format=formats[1])
+        stage = build_stage(StageSetup(opts), broker, handler=hop,
+                            codec=stage_codec(settings, opts))
+        stage.run(max_records=20, idle_timeout=10.0)
+        assert (stage.stats.consumed, stage.stats.dead_lettered) == (20, 0)
+
+    tailed = run_cli("tail", "--bootstrap-servers", kafka_bootstrap, "--topic", artifacts,
+                     "--from-beginning", "--count", "20", "--timeout", "20",
+                     "--registry-url", schema_registry_url)
+    shown = [json.loads(line) for line in tailed.stdout.splitlines()]
+    assert len(shown) == 20 and {a["media_type"] for a in shown} == {"application/avro"}
+    assert all(a["meta"]["hops"] == 1 and a["origin"] == plain_in for a in shown)
+    out = run_cli("tail", "--bootstrap-servers", kafka_bootstrap, "--topic", plain_out,
+                  "--from-beginning", "--count", "20", "--timeout", "20", "--format", "avro",
+                  "--registry-url", schema_registry_url)
+    assert [json.loads(line) for line in out.stdout.splitlines()] == [
+        {"n": i, "sku": f"s{i}"} for i in range(20)], out.stderr

@@ -339,3 +339,14 @@ def test_payload_egress_drops_the_schema_header() -> None:
     assert codec.headers([(SCHEMA_HEADER, b"x"), ("k", b"v")]) == [("k", b"v")]
     with pytest.raises(SchemaError, match="schema_registry_url"):
         FormatCodec(input_format="avro")
+
+
+def test_the_json_form_carries_the_version_2_fields() -> None:
+    from processor.serde.jsonform import artifact_from_json, artifact_to_json
+
+    artifact = Artifact.new("x").with_approval("k", b"\x00s", 5).with_fields(
+        pseudonym_hash=b"p", merkle_root=b"r")
+    text = artifact_to_json(artifact)
+    assert json.loads(text)["approvals"] == [{"key_id": "k", "signature": "AHM=",
+                                              "timestamp": 5}]
+    assert artifact_from_json(text) == artifact
