@@ -107,6 +107,8 @@ class WireCodec:
         if not value:
             raise EmptyInput()
         if self._registry is not None and value[0] == MAGIC_BYTE:
+            if self._fast and self._prefix and value.startswith(self._prefix):
+                return _fast_decode(value, FRAME_SIZE)  # written with this codec's schema
             schema_id = int.from_bytes(value[1:FRAME_SIZE], "big")
             fp = self._fingerprints.get(schema_id)
             if fp is None:
