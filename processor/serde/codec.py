@@ -150,7 +150,8 @@ class Codec:
     fingerprint, besides the packaged versions, which it always knows.
     """
 
-    __slots__ = ("_fast", "_legacy", "_raw", "_schema", "_size", "_writers", "fingerprint")
+    __slots__ = ("_fast", "_legacy", "_projectable", "_raw", "_schema", "_size", "_writers",
+                 "fingerprint")
 
     def __init__(
         self,
@@ -174,6 +175,9 @@ class Codec:
         self.fingerprint: str = schema_fingerprint(parsed)
         """The fingerprint of the schema this codec writes (for `SCHEMA_HEADER`)."""
         self._writers: dict[str, Schema] = {self.fingerprint: parsed}
+        self._projectable: dict[str, bool] = {}
+        """Writer fingerprint -> whether its fields that this schema has are of the same
+        types (then resolving is reading with the writer and taking this schema's fields)."""
         # The specialised encoder and decoder are written for the packaged schema only;
         # the decoder also reads what version 1 wrote (`_legacy`: its fingerprint).
         self._fast: bool = self.fingerprint == _PACKAGED_FINGERPRINT
@@ -281,8 +285,9 @@ class Codec:
                 return _fast_decode(data, start, legacy=True)
         source = BytesIO(data)
         source.seek(start)
+        project = writer is not self._schema and self._same_types(fp, writer)
         try:
-            if writer is self._schema:
+            if writer is self._schema or project:
                 record = schemaless_reader(source, writer, None)
             else:
                 record = schemaless_reader(source, writer, self._schema)
@@ -298,7 +303,54 @@ class Codec:
                 f"{source.tell() - start}-byte artifact: one message must hold exactly one "
                 "record"
             )
+        if project:
+            record = self._projected(record)
         return _artifact(record, self._size)
+
+    def _same_types(self, fp: str, writer: Schema) -> bool:
+        """Whether every field of `writer` that this schema has is of the same type.
+
+        Then Avro's resolution is plain: read with the writer's schema, keep this schema's
+        fields, give the others their defaults. It is done here rather than by fastavro's
+        resolution, which matches a union branch by the first compatible reader branch,
+        promotions included: a `bytes` meta value would resolve to the `string` branch
+        (Apache Avro's Java reader prefers the branch of the same type, as this does).
+        """
+        known = self._projectable.get(fp)
+        if known is None:
+            theirs = {f["name"]: _plain_type(f["type"]) for f in writer.get("fields", ())}
+            known = all(theirs.get(f["name"], _plain_type(f["type"])) == _plain_type(f["type"])
+                        for f in self._schema["fields"])
+            self._projectable[fp] = known
+        return known
+
+    def _projected(self, record: object) -> dict[str, Any]:
+        if not isinstance(record, dict):
+            raise DecodeError(f"decoded a {type(record).__name__}, not an artifact record")
+        out: dict[str, Any] = {}
+        for field in self._schema["fields"]:
+            name = field["name"]
+            if name in record:
+                out[name] = record[name]
+            elif "default" not in field:
+                raise SchemaError(f"writer schema does not resolve to the artifact schema: "
+                                  f"it has no field {name!r}, which has no default")
+            else:
+                default = copy.deepcopy(field["default"])
+                if field["type"] == "bytes" and isinstance(default, str):
+                    default = default.encode("latin-1")  # Avro's JSON form of bytes
+                out[name] = default
+        return out
+
+
+def _plain_type(schema: object) -> object:
+    """A field type without docs, defaults and fastavro's own keys, to compare types."""
+    if isinstance(schema, dict):
+        return {k: _plain_type(v) for k, v in schema.items()
+                if k not in ("doc", "default", "aliases") and not k.startswith("__")}
+    if isinstance(schema, list):
+        return [_plain_type(v) for v in schema]
+    return schema
 
 
 def _artifact(record: object, size: int) -> Artifact:

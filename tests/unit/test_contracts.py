@@ -350,3 +350,12 @@ def test_the_json_form_carries_the_version_2_fields() -> None:
     assert json.loads(text)["approvals"] == [{"key_id": "k", "signature": "AHM=",
                                               "timestamp": 5}]
     assert artifact_from_json(text) == artifact
+
+
+def test_resolution_keeps_each_meta_value_in_its_own_type() -> None:
+    """Across versions a bytes meta value stays bytes (not the string branch a union
+    resolution by first compatible branch would give), both ways."""
+    artifact = Artifact.new("m", meta={"raw": b"\x80\x00", "text": "t", "n": 1, "ok": True})
+    new, old = WireCodec(), v1_codec()
+    assert old.decode(new.encode(artifact), new.headers(None)) == artifact
+    assert new.decode(old.encode(artifact), old.headers(None)) == artifact
