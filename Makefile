@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 KAFKA_VERSION := 4.1.1
 KAFKA_HOME ?= $(HOME)/.cache/processor/kafka-$(KAFKA_VERSION)
 
-.PHONY: container-test demo test lint typecheck unit conformance integration faults bench kafka-jars system-deps broker clean
+.PHONY: container-test demo test lint typecheck unit conformance integration faults bench kafka-jars registry-app system-deps broker clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
@@ -36,6 +36,12 @@ kafka-jars: system-deps $(STAMP)
 	PROCESSOR_KAFKA_HOME=$(KAFKA_HOME) $(BIN)/python -c \
 	  "from processor.devtools.local_kafka import ensure_jars; print('Apache Kafka jars in', ensure_jars())"
 
+# The schema registry of the tests (Apicurio, from Maven; runs on Java 21 or later, which
+# processor.devtools.registry.find_java looks for and names when missing).
+registry-app: system-deps $(STAMP)
+	$(BIN)/python -c "from processor.devtools.registry import ensure_registry, find_java; \
+	  print('schema registry in', ensure_registry(), 'with', find_java())"
+
 # Style, and the import contracts of pyproject.toml (layers: see docs/architecture.md).
 lint: $(STAMP)
 	$(BIN)/ruff check processor tests benchmarks
@@ -47,7 +53,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-test: $(STAMP) kafka-jars
+test: $(STAMP) kafka-jars registry-app
 	$(BIN)/ruff check processor tests benchmarks
 	$(BIN)/lint-imports --no-logo
 	$(BIN)/mypy --strict processor tests

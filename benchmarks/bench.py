@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.util
 import os
 import platform
@@ -58,6 +59,8 @@ CONTENDERS = (
     Contender("ceiling-codec", "hand-written loop with the project's codec", 1),
     Contender("ceiling-2p", "ceiling loop, 2 processes (the machine's scaling bound)", 2),
     Contender("project-alo", "project, at-least-once, 1 process", 1),
+    Contender("project-alo-registry", "project, at-least-once, 1 process, schema registry "
+              "(Confluent wire format in and out)", 1),
     Contender("project-eos", "project, exactly-once, 1 process", 1),
     Contender("project-alo-2p", "project, at-least-once, 2 processes (processor run)", 2),
     Contender("quix", "Quix Streams, at-least-once, 1 process", 1),
@@ -142,6 +145,8 @@ class Run:
     timeout: float
     quix: Path | None
     logs: Path
+    registry_url: str | None = None
+    framed_topic: str | None = None
 
 
 def commands(contender: Contender, run: Run, output: str, group: str,
@@ -157,6 +162,9 @@ def commands(contender: Contender, run: Run, output: str, group: str,
         assert run.quix is not None
         return [[str(run.quix), str(HERE / "contender_quix.py"), *common, "--result", result[0]]]
     guarantee = "exactly-once" if contender.key == "project-eos" else "at-least-once"
+    if contender.key == "project-alo-registry":
+        assert run.registry_url is not None
+        common += ["--schema-registry-url", run.registry_url]
     if contender.processes > 1 and via_runner:
         # The project's own multi-process runner: N workers in one consumer group.
         settings = {**workload.CONSUMER_SETTINGS, **workload.PRODUCER_SETTINGS}
@@ -212,6 +220,9 @@ def run_contender(contender: Contender, run: Run, profile: Path | None = None,
     import json
 
     row = Row(contender.key, contender.label, contender.processes)
+    if contender.key == "project-alo-registry" and run.framed_topic is not None:
+        # The same artifacts, in the Confluent wire format.
+        run = dataclasses.replace(run, input_topic=run.framed_topic)
     attempt = "" if via_runner else "-stages"
     output = f"bench-out-{contender.key}{attempt}-{run.run_id}"
     group = f"bench-{contender.key}{attempt}-{run.run_id}"
@@ -429,6 +440,31 @@ def kafka(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
         say("stopping the local Kafka")
 
 
+def framed_input(stack: contextlib.ExitStack, bootstrap: str, run_id: str,
+                 args: argparse.Namespace) -> tuple[str, str]:
+    """For the registry row: a local schema registry (stopped with `stack`) and an input
+    topic of the same artifacts in the Confluent wire format, the schema registered."""
+    import json
+
+    from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+
+    from processor.devtools.registry import LocalRegistry
+
+    registry = stack.enter_context(LocalRegistry())
+    say(f"schema registry (Apicurio) ready at {registry.url} in "
+        f"{registry.startup_seconds or 0:.1f}s")
+    topic = f"bench-in-framed-{run_id}"
+    client = SchemaRegistryClient({"url": registry.url})
+    schema_id = client.register_schema(f"{topic}-value",
+                                       Schema(json.dumps(workload.load_schema_json()), "AVRO"))
+    harness.create_topic(bootstrap, topic, args.partitions)
+    say(f"pre-loading the same artifacts in the Confluent wire format (schema id "
+        f"{schema_id}) into {topic}")
+    harness.preload(bootstrap, topic, args.count, args.partitions, args.size, say,
+                    prefix=b"\x00" + int(schema_id).to_bytes(4, "big"))
+    return registry.url, topic
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     chosen = selected(args)
@@ -454,7 +490,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.results.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
     load_start = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, kafka(args) as (bootstrap, broker):
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, kafka(args) as (bootstrap, broker), \
+            contextlib.ExitStack() as stack:
         run_id = uuid.uuid4().hex[:8]
         topic = f"bench-in-{run_id}"
         say("warming the broker up (consumer offsets and transaction state topics)")
@@ -468,6 +505,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         run = Run(bootstrap, topic, args.count, args.partitions, pre.total_bytes, run_id,
                   Path(tmp), timeout, quix, args.results / "logs")
         run.logs.mkdir(parents=True, exist_ok=True)
+        if any(c.key == "project-alo-registry" for c in chosen):
+            registry_url, framed_topic = framed_input(stack, bootstrap, run_id, args)
+            run = dataclasses.replace(run, registry_url=registry_url, framed_topic=framed_topic)
         if args.profile:
             return profile_run(chosen[0], run)
         for contender in chosen:

@@ -14,7 +14,7 @@ import pstats
 import signal
 import sys
 from pathlib import Path
-from types import FrameType
+from types import FrameType, SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -25,6 +25,7 @@ from processor.backends.kafka import KafkaBroker
 from processor.core.errors import RebalanceInProgress
 from processor.core.options import StageOptions
 from processor.runtime.build import StageSetup, build_stage
+from processor.runtime.contracts import stage_codec
 from processor.runtime.stage import Stage
 
 
@@ -39,6 +40,8 @@ def main() -> int:
                         default="at-least-once")
     parser.add_argument("--instance", type=int, default=0)
     parser.add_argument("--profile", metavar="FILE")
+    parser.add_argument("--schema-registry-url", metavar="URL",
+                        help="frame records in the Confluent wire format through this registry")
     args = parser.parse_args()
 
     options = StageOptions(
@@ -73,7 +76,8 @@ def main() -> int:
     restarts: list[str] = []
     while True:
         stage = build_stage(
-            setup, broker,
+            setup, broker, codec=stage_codec(
+                SimpleNamespace(schema_registry_url=args.schema_registry_url), options),
             consumer_settings=workload.CONSUMER_SETTINGS,
             producer_settings=workload.PRODUCER_SETTINGS,
         )

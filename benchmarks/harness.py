@@ -110,8 +110,9 @@ def payload_size_for(schema: Any, size: int) -> int:
 
 
 def preload(bootstrap: str, topic: str, count: int, partitions: int, size: int,
-            progress: Progress) -> Preloaded:
-    """Write `count` valid artifacts of about `size` bytes, round-robin over partitions."""
+            progress: Progress, prefix: bytes = b"") -> Preloaded:
+    """Write `count` valid artifacts of about `size` bytes, round-robin over partitions;
+    `prefix` before each (the Confluent wire format's magic byte and schema id)."""
     schema = parse_schema(workload.load_schema_json())
     plen = payload_size_for(schema, size)
     pool = os.urandom(1 << 20)
@@ -138,6 +139,7 @@ def preload(bootstrap: str, topic: str, count: int, partitions: int, size: int,
     for seq in range(count):
         start = (seq * 7919) % span
         out = BytesIO()
+        out.write(prefix)
         schemaless_writer(out, schema, _record(seq, pool[start:start + plen]))
         data = out.getvalue()
         total += len(data)
@@ -312,8 +314,11 @@ def read_back(bootstrap: str, topic: str, expected: int, progress: Progress,
                 if ts_type != TIMESTAMP_LOG_APPEND_TIME:
                     result.not_log_append_time += 1
                 try:
-                    record = cast(dict[str, Any],
-                                  schemaless_reader(BytesIO(msg.value() or b""), schema, None))
+                    value = msg.value() or b""
+                    source = BytesIO(value)
+                    if value[:1] == b"\x00":  # the Confluent wire format
+                        source.seek(5)  # (an artifact's own first byte is its id's length)
+                    record = cast(dict[str, Any], schemaless_reader(source, schema, None))
                 except Exception:
                     result.invalid += 1
                     continue

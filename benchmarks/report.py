@@ -94,6 +94,7 @@ def compute_targets(rows: Mapping[str, Row], count: int) -> list[Target]:
     eos = _rate(rows, "project-eos")
     two = _rate(rows, "project-alo-2p")
     quix = _rate(rows, "quix")
+    framed = _rate(rows, "project-alo-registry")
     ceiling_two = _ratio(_rate(rows, "ceiling-2p"), ceiling)
     if ceiling_two is not None and "ceiling-2p" in rows:
         rows["ceiling-2p"].targets.append(f"{ceiling_two:.2f}x ceiling 1 process")
@@ -106,6 +107,8 @@ def compute_targets(rows: Mapping[str, Row], count: int) -> list[Target]:
                short=">=0.7x ALO"),
         Target("2 processes vs 1 process", "project-alo-2p", _ratio(two, alo), 1.7, "x",
                short=">=1.7x 1 process"),
+        Target("registry-framed vs plain ALO", "project-alo-registry", _ratio(framed, alo),
+               0.9, "x", short=">=0.9x plain"),
     ]
     stage_rss = [rows[k].peak_rss_bytes / MB for k in ("project-alo", "project-eos")
                  if k in rows and rows[k].ok and rows[k].peak_rss_bytes]
@@ -256,6 +259,7 @@ def write_chart(path: Path, rows: Sequence[Row], title: str) -> str | None:
              "ceiling-2p": "ceiling\n2p",
              "project-alo": "project\nALO 1p",
              "project-eos": "project\nEOS 1p", "project-alo-2p": "project\nALO 2p",
+             "project-alo-registry": "project\nALO registry",
              "quix": "Quix\nStreams"}
     labels = [short.get(r.key, r.key) for r in measured]
     fig, axes = plt.subplots(1, 3, figsize=(15, 5), gridspec_kw={"width_ratios": [2, 1, 1]})

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-pytest_plugins = ["tests.kafka_fixtures"]
+pytest_plugins = ["tests.kafka_fixtures", "tests.registry_fixtures"]
 
 
 @pytest.fixture

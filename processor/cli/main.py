@@ -8,7 +8,8 @@ table (`add_parsers`) and names the function that runs it (`func`):
 * `processor.cli.produce`: `produce` and `tail`, artifacts into and out of a topic;
 * `processor.cli.topics`: `topics create`, `list`, `describe` and `delete`;
 * `processor.cli.broker`: `broker`, a local Apache Kafka for development;
-* `processor.cli.lag`: `lag`, a consumer group's lag.
+* `processor.cli.lag`: `lag`, a consumer group's lag;
+* `processor.cli.schema`: `schema register | check | show`, the schema registry.
 
 A command's `ProcessorError` is one line on stderr (`processor COMMAND: error: ...`) and
 exit status 1; Ctrl-C is status 130; a closed output pipe (`| head`) ends quietly.
@@ -22,7 +23,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from processor.cli import broker, demo, lag, produce, run, topics
+from processor.cli import broker, demo, lag, produce, run, schema, topics
 from processor.cli.common import HelpFormatter
 from processor.core.errors import ProcessorError
 
@@ -40,7 +41,7 @@ examples:
 `processor COMMAND --help` explains a command and its flags.
 """
 
-COMMAND_GROUPS = (demo, run, produce, topics, broker, lag)
+COMMAND_GROUPS = (demo, run, produce, topics, broker, lag, schema)
 """The modules whose `add_parsers` build the sub-commands, in the order `--help` lists them."""
 
 Command = Callable[[argparse.Namespace], int]

@@ -1,15 +1,21 @@
 """`processor produce` and `processor tail`: artifacts into and out of a Kafka topic, as
-JSON lines (the JSON form of `processor.serde.jsonform`)."""
+JSON lines (the JSON form of `processor.serde.jsonform`), and plain records in the formats
+a stage ingests and egresses (`processor.serde.formats`): plain JSON, plain Avro through a
+schema registry, raw bytes, payloads.
+
+Artifacts are written with their schema's identity, as a stage writes them: the
+`artifact-schema` header, or the Confluent wire format with `--registry-url`."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +28,7 @@ from processor.cli.common import (
     positive_int,
 )
 from processor.core.artifact import Artifact, MediaType
-from processor.core.errors import DecodeError, InvalidArtifact, ProcessorError
+from processor.core.errors import DecodeError, InvalidArtifact, ProcessorError, SchemaError
 
 PROGRESS_EVERY = 1.0
 """Seconds between `produce`'s progress lines on stderr."""
@@ -37,12 +43,17 @@ def add_parsers(sub: Subcommands) -> None:
         "application/json, the line number in its metadata under `line`); with --artifacts "
         "each line is a whole artifact in the JSON form that `processor tail` prints. A "
         "line that does not parse is skipped and reported on stderr; the exit status is "
-        "then 1.",
+        "then 1.\n\n"
+        "--format writes plain records instead, for a stage that ingests them "
+        "(input_format): json, avro (through --registry-url, with --schema-file) or bytes. "
+        "With --registry-url, artifacts are written in the Confluent wire format.",
         epilog="examples:\n"
         "  processor produce --topic orders.raw orders.jsonl\n"
         "  processor tail --topic a --from-beginning --count 10 | "
         "processor produce --topic b --artifacts\n"
-        "  processor produce --topic orders.raw --generate 100000 --key-field customer",
+        "  processor produce --topic orders.raw --generate 100000 --key-field customer\n"
+        "  processor produce --topic plain.orders --format avro --schema-file order.avsc "
+        "--registry-url http://127.0.0.1:8081",
     )
     add_bootstrap(produce)
     produce.add_argument("--topic", required=True, help="the topic to write to")
@@ -56,6 +67,15 @@ def add_parsers(sub: Subcommands) -> None:
     produce.add_argument("--generate", type=positive_int, metavar="N",
                          help="produce N generated demo orders (some deliberately bad) "
                          "instead of reading input")
+    produce.add_argument("--format", choices=("artifact", "json", "avro", "bytes"),
+                         default="artifact",
+                         help="artifact (default): artifacts as above; json: each line as a "
+                         "plain JSON value; avro: each line, a JSON object, as a plain Avro "
+                         "record of --schema-file through the registry; bytes: each line as "
+                         "it is")
+    produce.add_argument("--schema-file", metavar="FILE",
+                         help="--format avro: the Avro schema (.avsc) of the records")
+    _add_registry(produce)
     produce.set_defaults(func=cmd_produce)
 
     tail = command_parser(
@@ -66,7 +86,9 @@ def add_parsers(sub: Subcommands) -> None:
         "Runs until Ctrl-C or SIGTERM, or until --count or --timeout stops it.",
         epilog="examples:\n"
         "  processor tail --topic orders.enriched --from-beginning --count 10\n"
-        "  processor tail --topic orders.dlq --from-beginning --timeout 5",
+        "  processor tail --topic orders.dlq --from-beginning --timeout 5\n"
+        "  processor tail --topic plain.orders --format avro --registry-url "
+        "http://127.0.0.1:8081",
     )
     add_bootstrap(tail)
     tail.add_argument("--topic", required=True, help="the topic to read")
@@ -76,7 +98,61 @@ def add_parsers(sub: Subcommands) -> None:
                       help="stop after N records")
     tail.add_argument("--timeout", type=positive_float, metavar="SECONDS",
                       help="stop when no record arrived for this long")
+    tail.add_argument("--format", choices=("artifact", "payload", "json", "avro", "bytes"),
+                      default="artifact",
+                      help="artifact (default): each artifact in JSON form; payload: each "
+                      "artifact's payload; json or bytes: each plain value as text; avro: "
+                      "each plain Avro record (through the registry) as JSON")
+    _add_registry(tail)
     tail.set_defaults(func=cmd_tail)
+
+
+def _add_registry(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--registry-url", metavar="URL",
+                        default=os.environ.get("PROCESSOR_SCHEMA_REGISTRY_URL"),
+                        help="schema registry: artifacts in the Confluent wire format, and "
+                        "--format avro (default: $PROCESSOR_SCHEMA_REGISTRY_URL)")
+
+
+def _registry(args: argparse.Namespace) -> Any:
+    """The registry's `RegistrySchemas`, or None without --registry-url."""
+    from processor.serde.registry import RegistryConfig, RegistrySchemas, registry_client
+
+    if not args.registry_url:
+        if args.format == "avro":
+            raise ProcessorError("--format avro needs --registry-url (or "
+                                 "PROCESSOR_SCHEMA_REGISTRY_URL)")
+        return None
+    config = RegistryConfig(url=args.registry_url)
+    return RegistrySchemas(registry_client(config), config)
+
+
+def _plain_writer(args: argparse.Namespace, registry: Any) -> Callable[[str], bytes]:
+    """What turns one input line into a plain value, for --format json, avro or bytes."""
+    if args.format == "bytes":
+        return lambda line: line.rstrip("\r\n").encode("utf-8")
+    if args.format == "json":
+        def plain_json(line: str) -> bytes:
+            json.loads(line)  # ValueError: reported and skipped
+            return line.strip().encode("utf-8")
+        return plain_json
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    from processor.serde.codec import read_schema_file
+
+    if not args.schema_file:
+        raise ProcessorError("--format avro needs --schema-file (the records' Avro schema)")
+    serializer = AvroSerializer(registry.client, json.dumps(read_schema_file(args.schema_file)))
+    context = SerializationContext(args.topic, MessageField.VALUE)
+
+    def plain_avro(line: str) -> bytes:
+        record = json.loads(line)
+        try:
+            return bytes(serializer(record, context) or b"")
+        except Exception as exc:  # the serializer's errors name the field
+            raise ValueError(f"not a record of {args.schema_file}: {exc}") from exc
+    return plain_avro
 
 
 def _lines(path: str) -> Iterator[tuple[int, str]]:
@@ -107,13 +183,15 @@ def _key_of(artifact: Artifact, field: str | None) -> bytes | None:
 def cmd_produce(args: argparse.Namespace) -> int:
     from processor.backends.kafka import KafkaBroker
     from processor.demo.run import generate
-    from processor.serde.codec import Codec
     from processor.serde.jsonform import artifact_from_json
+    from processor.serde.wire import WireCodec
 
     err = sys.stderr
     broker = KafkaBroker(need_bootstrap(args))
+    registry = _registry(args)
+    plain = None if args.format == "artifact" else _plain_writer(args, registry)
     producer = broker.producer(client_id="processor-produce")
-    codec = Codec()
+    codec = WireCodec(registry=registry, topics=[args.topic]) if plain is None else None
     sent = bad = 0
     last = time.monotonic()
 
@@ -126,7 +204,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
             if not line.strip():
                 continue
             try:
-                if args.artifacts:
+                if plain is not None:
+                    yield plain(line)
+                elif args.artifacts:
                     yield artifact_from_json(line)
                 else:
                     json.loads(line)
@@ -137,10 +217,11 @@ def cmd_produce(args: argparse.Namespace) -> int:
                 err.write(f"processor produce: line {number} skipped: {exc}\n")
 
     for item in items():
-        if isinstance(item, bytes):
-            producer.produce(args.topic, item)
+        if isinstance(item, bytes) or codec is None:
+            producer.produce(args.topic, item)  # type: ignore[arg-type]
         else:
-            producer.produce(args.topic, codec.encode(item), _key_of(item, args.key_field))
+            producer.produce(args.topic, codec.encode(item), _key_of(item, args.key_field),
+                             codec.headers(None))
         sent += 1
         now = time.monotonic()
         if now - last >= PROGRESS_EVERY:
@@ -153,15 +234,16 @@ def cmd_produce(args: argparse.Namespace) -> int:
         reason = failures[0].reason if failures else f"{remaining} unacknowledged"
         raise ProcessorError(f"{len(failures) + remaining} of {sent} records not delivered: "
                              f"{reason}")
-    err.write(f"processor produce: {sent:,} artifacts written to {args.topic}"
+    what = "artifacts" if plain is None else f"{args.format} records"
+    err.write(f"processor produce: {sent:,} {what} written to {args.topic}"
               f"{f', {bad} lines skipped' if bad else ''}\n")
     return 0 if not bad else 1
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
     from processor.backends.kafka import KafkaBroker
-    from processor.serde.codec import Codec
     from processor.serde.jsonform import artifact_to_json
+    from processor.serde.wire import WireCodec
 
     out = sys.stdout
     broker = KafkaBroker(need_bootstrap(args))
@@ -171,7 +253,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
         f"processor-tail-{uuid.uuid4().hex[:8]}",
         auto_offset_reset="earliest" if args.from_beginning else "latest",
     )
-    codec = Codec()
+    registry = _registry(args)
+    codec = WireCodec(registry=registry)
+    show = _tail_format(args, registry, codec, artifact_to_json)
     consumer.subscribe([args.topic])
     printed = 0
     last = time.monotonic()
@@ -192,10 +276,10 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 break
             for msg in batch:
                 try:
-                    out.write(artifact_to_json(codec.decode(msg.value() or b"")) + "\n")
-                except DecodeError as exc:
+                    out.write(show(msg.value() or b"", msg.headers()) + "\n")
+                except (DecodeError, SchemaError, ValueError) as exc:
                     sys.stderr.write(f"processor tail: {msg.topic()}[{msg.partition()}]@"
-                                     f"{msg.offset()} is not an artifact: {exc}\n")
+                                     f"{msg.offset()} is not {_WHAT[args.format]}: {exc}\n")
                 printed += 1
                 if args.count is not None and printed >= args.count:
                     stop = True
@@ -206,3 +290,44 @@ def cmd_tail(args: argparse.Namespace) -> int:
     finally:
         consumer.close()
     return 0
+
+
+_WHAT = {"artifact": "an artifact", "payload": "an artifact", "json": "JSON",
+         "bytes": "text", "avro": "a plain Avro record"}
+
+
+def _tail_format(args: argparse.Namespace, registry: Any, codec: Any,
+                 to_json: Callable[[Artifact], str]) -> Callable[[bytes, Any], str]:
+    """What turns one record (value, headers) into the line `tail` prints, for --format."""
+    import base64
+
+    def text_or_base64(data: bytes) -> str:
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return "base64:" + base64.b64encode(data).decode("ascii")
+
+    if args.format == "artifact":
+        return lambda value, headers: to_json(codec.decode(value, headers))
+    if args.format == "payload":
+        return lambda value, headers: text_or_base64(codec.decode(value, headers).payload)
+    if args.format == "json":
+        def plain_json(value: bytes, headers: Any) -> str:
+            return json.dumps(json.loads(value), ensure_ascii=False)
+        return plain_json
+    if args.format == "bytes":
+        return lambda value, headers: text_or_base64(value)
+    from confluent_kafka.schema_registry.avro import AvroDeserializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    deserializer = AvroDeserializer(registry.client)
+    context = SerializationContext(args.topic, MessageField.VALUE)
+
+    def plain_avro(value: bytes, headers: Any) -> str:
+        try:
+            record = deserializer(value, context)
+        except Exception as exc:  # the deserializer's errors say what is wrong
+            raise ValueError(str(exc)) from exc
+        return json.dumps(record, ensure_ascii=False, default=lambda b: base64.b64encode(
+            b).decode("ascii") if isinstance(b, bytes) else str(b))
+    return plain_avro

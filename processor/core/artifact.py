@@ -6,6 +6,11 @@ stage then passes the original bytes through without encoding them again.
 
 Metadata values are typed: text, int, float, bool or bytes. Setting a key replaces its
 value (the original Go code appended a second entry instead).
+
+Version 2 of the wire schema added three optional fields for the security features, each
+with a default so that readers and writers of either version understand each other:
+`approvals` (a tuple of `Approval`s, empty by default), `pseudonym_hash` and `merkle_root`
+(bytes, or None by default).
 """
 
 from __future__ import annotations
@@ -108,6 +113,32 @@ def _check_meta(meta: Mapping[str, Any]) -> None:
             )
 
 
+class Approval(NamedTuple):
+    """One approver's signature over an artifact (wire schema version 2)."""
+
+    key_id: str
+    """The id of the approver's signing key."""
+    signature: bytes
+    timestamp: int
+    """When the approval was given, in milliseconds since the Unix epoch."""
+
+
+def _approvals(value: Any) -> tuple[Approval, ...]:
+    """Approvals as a tuple of `Approval`s, from approvals or (key_id, signature, timestamp)
+    sequences or mappings."""
+    out: list[Approval] = []
+    for item in value:
+        if isinstance(item, Mapping):
+            item = (item["key_id"], item["signature"], item["timestamp"])
+        key_id, signature, timestamp = item
+        if not isinstance(key_id, str) or not isinstance(signature, bytes) or (
+                type(timestamp) is not int):
+            raise TypeError("an approval is (key_id: str, signature: bytes, timestamp: int), "
+                            f"got {item!r}")
+        out.append(Approval(key_id, signature, timestamp))
+    return tuple(out)
+
+
 class Artifact(NamedTuple):
     """An immutable artifact. Build one with `Artifact.new(...)`."""
 
@@ -133,6 +164,12 @@ class Artifact(NamedTuple):
     encrypted_key: bytes | None = None
     ephemeral_public_key: bytes | None = None
     signature: bytes | None = None
+    approvals: tuple[Approval, ...] = ()
+    """Approvals in the order they were given (schema version 2)."""
+    pseudonym_hash: bytes | None = None
+    """A keyed hash standing for a pseudonymised identity (schema version 2)."""
+    merkle_root: bytes | None = None
+    """The root of a Merkle tree over the artifact's parts (schema version 2)."""
 
     # --- building --------------------------------------------------------------------
 
@@ -230,8 +267,17 @@ class Artifact(NamedTuple):
         fields[index] = value
         return _tuple_new(Artifact, fields)
 
+    def with_approval(self, key_id: str, signature: bytes,
+                      timestamp: int | None = None) -> Artifact:
+        """A copy with one more approval (timestamp: now, unless given)."""
+        approval = _approvals([(key_id, signature,
+                                timestamp if timestamp is not None else now_millis())])
+        return self._replace(approvals=(*self.approvals, *approval))
+
     def with_fields(self, **fields: Any) -> Artifact:
         """A copy with any fields replaced (the checksum follows a new payload)."""
+        if "approvals" in fields:
+            fields["approvals"] = _approvals(fields["approvals"])
         if "payload" in fields and "checksum" not in fields:
             fields["checksum"] = checksum_of(fields["payload"])
         if "meta" in fields:

@@ -117,6 +117,8 @@ from processor.ops.setting_sources import (
     flag_source,
     kafka_key_from_env,
 )
+from processor.serde.formats import InputFormat, OutputFormat
+from processor.serde.registry import Registration, SubjectStrategy
 
 __all__ = [
     "CONFIG_ENV", "CONTAINER_METRICS_PORT", "DEFAULT_METRICS_HOST", "DEFAULT_METRICS_PORT",
@@ -207,6 +209,42 @@ class StageConfig:
         ge=1, description="replication factor of a topic --create-topics creates (default: "
                           "the cluster's default.replication.factor)",
         json_schema_extra={"group": "topics", "metavar": "N", "none": "cluster default"})] = None
+    # Data contracts (docs/data-contracts.md): the schema and the registry.
+    schema_file: Annotated[Name | None, Field(
+        description="Avro schema (.avsc) the stage reads into and writes with (default: the "
+                    "packaged artifact schema)",
+        json_schema_extra={"group": "schemas", "metavar": "FILE"})] = None
+    writer_schemas: Annotated[tuple[Name, ...], BeforeValidator(_one_or_many), Field(
+        description="another writer schema file (.avsc) to read records of, known by its "
+                    "fingerprint",
+        json_schema_extra={"group": "schemas", "flag": "writer-schema", "metavar": "FILE"})] = ()
+    schema_registry_url: Annotated[Name | None, Field(
+        description="Confluent-compatible schema registry URL; set, records use the "
+                    "Confluent wire format",
+        json_schema_extra={"group": "schemas", "metavar": "URL"})] = None
+    schema_subject_strategy: Annotated[SubjectStrategy, Field(
+        description="registry subject naming: topic (TOPIC-value), record (the record "
+                    "name) or topic-record (TOPIC-RECORD)",
+        json_schema_extra={"group": "schemas"})] = "topic"
+    schema_registration: Annotated[Registration, Field(
+        description="auto: register the stage's schema at start; existing: it must be "
+                    "registered already", json_schema_extra={"group": "schemas"})] = "auto"
+    schema_registry_user: Annotated[Name | None, Field(
+        description="schema registry basic-auth user",
+        json_schema_extra={"group": "schemas", "metavar": "USER"})] = None
+    schema_registry_password: Annotated[SecretStr | None, Field(
+        description="schema registry basic-auth password (a secret: never printed)",
+        json_schema_extra={"group": "schemas", "metavar": "PASSWORD"})] = None
+    input_format: Annotated[InputFormat, Field(
+        description="what the input holds: artifact, or plain json, avro (through the "
+                    "registry) or bytes, each wrapped into a new artifact",
+        json_schema_extra={"group": "schemas"})] = "artifact"
+    output_format: Annotated[OutputFormat, Field(
+        description="what the outputs get: artifact, or payload (the artifact's payload "
+                    "alone)", json_schema_extra={"group": "schemas"})] = "artifact"
+    schema_registry_ca_file: Annotated[Name | None, Field(
+        description="CA certificates (PEM) to verify the schema registry's TLS certificate",
+        json_schema_extra={"group": "schemas", "metavar": "FILE"})] = None
     sources: Annotated[Mapping[str, str], ReadOnly] = dataclasses.field(
         default_factory=lambda: MappingProxyType({}), compare=False, repr=False)
     """Setting -> where its value came from ("default", "file stage.yaml", ...)."""
@@ -439,7 +477,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"YAML configuration file (default: ${CONFIG_ENV}, if set)",
     )
     groups = {name: parser.add_argument_group(name)
-              for name in ("stage", "kafka", "topics", "operations")}
+              for name in ("stage", "kafka", "topics", "schemas", "operations")}
     for key, info in FIELDS.items():
         declared, shape = extra(info), kind(info)
         group = groups[declared.get("group", "stage")]

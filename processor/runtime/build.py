@@ -10,6 +10,7 @@ their stages here, so every stage gets the same parts:
 * the metrics: `StageMetrics` in Prometheus, labelled with the stage's name, topics and
   guarantee (or the `Metrics` given, for example `NullMetrics`);
 * the health state the `/healthz` and `/readyz` probes read;
+* the codec: the schema and the registry of the settings (`processor.runtime.contracts`);
 * on Kafka, the librdkafka statistics: `statistics.interval.ms` (unless the settings
   name one) and a `stats_cb` feeding `processor.ops.metrics.record_librdkafka_stats`,
   on both the consumer and the producer.
@@ -39,8 +40,10 @@ from processor.ops.metrics import (
     StageMetrics,
     librdkafka_stats_callback,
 )
+from processor.runtime.contracts import stage_codec
 from processor.runtime.stage import Stage
 from processor.serde.codec import Codec
+from processor.serde.wire import WireCodec
 
 STATS_INTERVAL_KEY = "statistics.interval.ms"
 logger = logging.getLogger(__name__)
@@ -78,7 +81,7 @@ def build_stage(
     transactional_id: str | None = None,
     metrics: Metrics | None = None,
     health: HealthState | None = None,
-    codec: Codec | None = None,
+    codec: WireCodec | Codec | None = None,
     clock: Callable[[], float] = time.monotonic,
     consumer_settings: Mapping[str, object] | None = None,
     producer_settings: Mapping[str, object] | None = None,
@@ -109,6 +112,8 @@ def build_stage(
     if metrics is None:
         metrics = StageMetrics(options.name, options.input_topic, options.output_topic,
                                options.guarantee, extra_topics=_produced_topics(options))
+    if codec is None:
+        codec = stage_codec(settings, options)
     consumer = dict(consumer_settings or {})
     producer = dict(producer_settings or {})
     if isinstance(broker, KafkaBroker):

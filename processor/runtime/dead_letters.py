@@ -1,6 +1,7 @@
 """Dead-letter records: the input bytes, untouched, with headers that say why.
 
-A record goes to the dead-letter topic when it cannot be decoded, its checksum does not
+A record goes to the dead-letter topic when it cannot be decoded, its writer schema cannot
+be resolved into the stage's (unknown, or incompatible), its checksum does not
 match, a handler declared it invalid, its retries ran out, or a handler failed and the
 error policy is "dead-letter". Nothing is lost: the value and key are the input's own, so
 the record can be replayed once the cause is fixed.
@@ -36,6 +37,7 @@ class Reason:
     """Why a record was dead-lettered; also the `reason` label of the metric."""
 
     DECODE: Final = "decode"
+    SCHEMA: Final = "schema"
     CHECKSUM: Final = "checksum"
     INVALID: Final = "invalid"
     RETRIES_EXHAUSTED: Final = "retries-exhausted"

@@ -75,7 +75,7 @@ def _scrub_secrets(cfg: StageConfig) -> None:
     from processor.ops.logs import register_secret
     from processor.ops.settings import secret_values
 
-    for value in secret_values(cfg.kafka):
+    for value in secret_values({**cfg.kafka, "registry": cfg.schema_registry_password}):
         register_secret(value)
 
 

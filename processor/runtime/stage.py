@@ -42,6 +42,7 @@ from processor.core.errors import (
     ProcessorError,
     ProducerFenced,
     RetryableError,
+    SchemaError,
 )
 from processor.core.handlers import DEFAULT_OUTPUT, Handler, outcomes
 from processor.core.options import EXACTLY_ONCE, StageOptions
@@ -60,6 +61,7 @@ from processor.runtime.flow import Backpressure
 from processor.runtime.retry import RetryHolder
 from processor.runtime.stats import StageStats, report_batch
 from processor.serde.codec import Codec
+from processor.serde.wire import WireCodec
 
 __all__ = ["LATENCY_SAMPLE_EVERY", "Stage", "StageFailed", "StageStats", "tune_gc"]
 
@@ -108,7 +110,7 @@ class Stage:
         broker: Broker,
         handler: Handler,
         *,
-        codec: Codec | None = None,
+        codec: WireCodec | Codec | None = None,
         metrics: Metrics | None = None,
         health: HealthState | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -118,7 +120,8 @@ class Stage:
         self.options = options
         self.broker = broker
         self.handler = handler
-        self.codec = codec or Codec()
+        # Records carry their writer schema's identity (`processor.serde.wire`).
+        self.codec = codec if isinstance(codec, WireCodec) else WireCodec(codec)
         self.metrics: Metrics = metrics if metrics is not None else NullMetrics()
         self.health = health if health is not None else HealthState(clock=clock)
         self.clock = clock
@@ -267,6 +270,10 @@ class Stage:
         stats = self.stats
         decode = self.codec.decode
         encode = self.codec.encode
+        out_headers = self.codec.headers
+        # False for a stage that wraps plain input or writes plain payloads.
+        passthrough = self.codec.passthrough
+        wrap = self.codec.wrap
         handler = self.handler
         produce = self.producer.produce
         outputs = self._outputs
@@ -304,7 +311,11 @@ class Stage:
             value = msg.value() or b""
             bytes_in += len(value)
             try:
-                artifact = decode(value)
+                artifact = decode(value, msg.headers()) if passthrough else wrap(msg)
+            except SchemaError as exc:
+                self._dead_letter(msg, Reason.SCHEMA, exc)
+                pending[tp] = offset + 1
+                continue
             except ChecksumMismatch as exc:
                 self._dead_letter(msg, Reason.CHECKSUM, exc)
                 pending[tp] = offset + 1
@@ -336,7 +347,7 @@ class Stage:
                 continue
 
             key = msg.key()
-            if result is artifact:
+            if result is artifact and passthrough:
                 # Unchanged: pass the original bytes through, no re-encoding.
                 if default_topic is None:
                     raise StageFailed(
@@ -357,7 +368,7 @@ class Stage:
                         f"stage {self.options.name} has no output topic for an artifact"
                     )
                 data = encode(result)
-                produce(default_topic, data, key, msg.headers())
+                produce(default_topic, data, key, out_headers(msg.headers()))
                 produced += 1
                 passed += 1
                 bytes_out += len(data)
@@ -381,8 +392,12 @@ class Stage:
                             f"{output!r}, which is not configured (known: "
                             f"{', '.join(k or '<default>' for k in outputs)})"
                         )
-                    data = value if out is artifact else encode(out)
-                    produce(out_topic, data, key, headers)
+                    if out is artifact and passthrough:
+                        data = value
+                        produce(out_topic, data, key, headers)
+                    else:
+                        data = encode(out)
+                        produce(out_topic, data, key, out_headers(headers))
                     size = len(data)
                     bytes_out += size
                     if out_topic != default_topic:

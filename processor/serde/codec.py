@@ -15,34 +15,41 @@ to fastavro's generic `schemaless_writer` / `schemaless_reader` and about twice 
 Any other schema, a different writer schema, and anything the specialised encoder does not
 handle exactly go through fastavro.
 
-Writer schemas (kept for schema evolution, which the data-contracts work builds on: every
-record will carry the identity of the schema it was written with, and a consumer resolves
-that writer schema into its own reader schema):
+Writer schemas (schema evolution: every record a stage writes carries the identity of the
+schema it was written with, and a consumer resolves that writer schema into its own reader
+schema by Avro's rules; `processor.serde.wire` reads and writes that identity):
 
 * `schema_fingerprint` gives a schema's identity, the CRC-64-AVRO fingerprint of its
   parsing canonical form; `Codec.fingerprint` is the one this codec writes with;
-* `SCHEMA_HEADER` names the Kafka header meant to carry that fingerprint (no stage sets it
-  yet);
-* a codec knows other writer schemas by fingerprint: `Codec(writer_schemas=...)`,
-  `Codec.register`, `Codec.writer_schema`, `Codec.fingerprints`, and for the shared
-  default codec `register_writer_schema` and `writer_schema_for`;
+* `SCHEMA_HEADER` names the Kafka header that carries that fingerprint;
+* a codec knows other writer schemas by fingerprint: every packaged version of the schema
+  (`PACKAGED_VERSIONS`), and `Codec(writer_schemas=...)`, `Codec.register`,
+  `Codec.writer_schema`, `Codec.fingerprints`, and for the shared default codec
+  `register_writer_schema` and `writer_schema_for`;
 * `Codec.decode(data, writer_schema=...)` takes a schema or a known fingerprint (text, or
   the header's ASCII bytes) and resolves the record into the codec's schema, so data
   written with an older or newer version (fields added or removed, each with a default)
   decodes into this one.
 
-Avro object container files and the Confluent wire format (magic byte and registry id)
-were here once and are not: nothing in the product used them. The schema registry framing
-comes back with the registry client that needs it.
+A codec's schema may be an older version of the artifact schema: its fields must be the
+first fields of `Artifact`, in order, at least up to `checksum`. Such a codec writes only
+its fields, and the artifacts it decodes have the later fields' defaults; that is how a
+stage runs an older schema version (`schema_file`).
+
+Version 2 of the packaged schema (`artifact.avsc`) added `approvals`, `pseudonym_hash` and
+`merkle_root`; version 1 is `artifact.v1.avsc`. The specialised decoder reads data of both
+versions into version 2.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from io import BytesIO
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, TypeAlias
 
@@ -50,7 +57,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from processor.core.artifact import Artifact
+from processor.core.artifact import Approval, Artifact
 from processor.core.errors import (
     DecodeError,
     EmptyInput,
@@ -66,19 +73,36 @@ SCHEMA_HEADER: Final = "artifact-schema"
 
 FINGERPRINT_ALGORITHM: Final = "CRC-64-AVRO"
 
+PACKAGED_VERSIONS: Final = ("artifact.v1.avsc", "artifact.avsc")
+"""The packaged versions of the artifact schema, oldest first; the last is the current one."""
+
 Schema: TypeAlias = dict[str, Any]
 """An Avro schema as a JSON object (parsed by fastavro or not)."""
 
 _FIELDS: Final = Artifact._fields
-_make = Artifact._make
+_DEFAULTS: Final = tuple(Artifact._field_defaults.get(name) for name in _FIELDS)
+_MIN_FIELDS: Final = _FIELDS.index("checksum") + 1
+_APPROVALS: Final = _FIELDS.index("approvals")
 _sha256 = hashlib.sha256
 
 
-def load_schema() -> Schema:
-    """The artifact schema shipped with the package, as a fresh (unparsed) JSON object."""
-    schema_file = resources.files("processor.serde").joinpath("schemas", "artifact.avsc")
+def load_schema(name: str = PACKAGED_VERSIONS[-1]) -> Schema:
+    """A packaged version of the artifact schema (default: the current one), as a fresh
+    (unparsed) JSON object."""
+    schema_file = resources.files("processor.serde").joinpath("schemas", name)
     text = schema_file.read_text("utf-8")
     loaded: Schema = json.loads(text)
+    return loaded
+
+
+def read_schema_file(path: str | Path) -> Schema:
+    """An Avro schema from a `.avsc` file, or `SchemaError` saying why it cannot be read."""
+    try:
+        loaded: Schema = json.loads(Path(path).read_text("utf-8"))
+    except OSError as exc:
+        raise SchemaError(f"schema file {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise SchemaError(f"schema file {path} is not JSON: {exc}") from exc
     return loaded
 
 
@@ -121,11 +145,13 @@ class Codec:
     """Encodes artifacts to Avro bytes and back, with one schema parsed up front.
 
     `schema` is the schema this codec writes and reads into (default: the packaged
-    `artifact.avsc`); its fields must be the `Artifact` fields, in order. `writer_schemas`
-    are other versions the decoder should know by fingerprint.
+    `artifact.avsc`); its fields must be the first `Artifact` fields, in order, at least up
+    to `checksum`. `writer_schemas` are other versions the decoder should know by
+    fingerprint, besides the packaged versions, which it always knows.
     """
 
-    __slots__ = ("_fast", "_schema", "_writers", "fingerprint")
+    __slots__ = ("_fast", "_legacy", "_projectable", "_raw", "_schema", "_size", "_writers",
+                 "fingerprint")
 
     def __init__(
         self,
@@ -133,19 +159,31 @@ class Codec:
         *,
         writer_schemas: Iterable[Mapping[str, Any] | str] = (),
     ) -> None:
-        parsed = _parse(schema if schema is not None else load_schema())
+        raw = schema if schema is not None else load_schema()
+        self._raw = json.loads(raw) if isinstance(raw, str) else dict(raw)
+        parsed = _parse(raw)
         names = tuple(f.get("name") for f in parsed.get("fields", ()))
-        if parsed.get("type") != "record" or names != _FIELDS:
+        if parsed.get("type") != "record" or len(names) < _MIN_FIELDS or (
+                names != _FIELDS[:len(names)]):
             raise SchemaError(
                 f"an artifact schema must be a record with the fields {', '.join(_FIELDS)} "
-                f"in that order; got {', '.join(map(str, names)) or 'no fields'}"
+                f"in that order (a version before {_FIELDS[-1]} may end after "
+                f"{_FIELDS[_MIN_FIELDS - 1]}); got {', '.join(map(str, names)) or 'no fields'}"
             )
         self._schema = parsed
+        self._size = len(names)
         self.fingerprint: str = schema_fingerprint(parsed)
         """The fingerprint of the schema this codec writes (for `SCHEMA_HEADER`)."""
         self._writers: dict[str, Schema] = {self.fingerprint: parsed}
-        # The specialised encoder and decoder are written for the packaged schema only.
+        self._projectable: dict[str, bool] = {}
+        """Writer fingerprint -> whether its fields that this schema has are of the same
+        types (then resolving is reading with the writer and taking this schema's fields)."""
+        # The specialised encoder and decoder are written for the packaged schema only;
+        # the decoder also reads what version 1 wrote (`_legacy`: its fingerprint).
         self._fast: bool = self.fingerprint == _PACKAGED_FINGERPRINT
+        self._legacy: str | None = _V1_FINGERPRINT if self._fast else None
+        for packaged in _PACKAGED_SCHEMAS:
+            self.register(packaged)
         for other in writer_schemas:
             self.register(other)
 
@@ -153,6 +191,17 @@ class Codec:
     def schema(self) -> Schema:
         """The parsed schema this codec writes with and reads into."""
         return self._schema
+
+    @property
+    def schema_json(self) -> Schema:
+        """The schema as it was given (unparsed JSON), as a registry stores it."""
+        return copy.deepcopy(self._raw)
+
+    @property
+    def fast(self) -> bool:
+        """Whether this codec's schema is the packaged one, which takes the specialised
+        encoder and decoder."""
+        return self._fast
 
     # --- writer schemas ----------------------------------------------------------------
 
@@ -172,29 +221,35 @@ class Codec:
             raise SchemaError(f"unknown writer schema fingerprint {fp!r}; known: {known}")
         return found
 
-    def fingerprints(self) -> list[str]:
-        """The fingerprints of every schema this codec can decode."""
-        return sorted(self._writers)
+    def fingerprints(self, *, oldest_first: bool = False) -> list[str]:
+        """The fingerprints of every schema this codec can decode: sorted, or in the order
+        they became known (its own, the packaged versions oldest first, the others)."""
+        return list(self._writers) if oldest_first else sorted(self._writers)
 
     # --- single records ----------------------------------------------------------------
 
     def _record(self, artifact: Artifact) -> dict[str, Any]:
-        record = dict(zip(_FIELDS, artifact, strict=True))
+        record: dict[str, Any] = dict(zip(_FIELDS[:self._size], artifact, strict=False))
         record["checksum"] = _sha256(artifact.payload).digest()
         # fastavro writes a plain dict faster than a read-only mapping proxy.
         record["meta"] = dict(artifact.meta)
+        if self._size > _APPROVALS:
+            record["approvals"] = [
+                a._asdict() if hasattr(a, "_asdict") else a for a in artifact.approvals]
         return record
 
-    def encode(self, artifact: Artifact) -> bytes:
-        """The Avro encoding of `artifact`, with its checksum set from its payload."""
+    def encode(self, artifact: Artifact, prefix: bytes = b"") -> bytes:
+        """`prefix` (a framing, such as the Confluent wire format's), then the Avro
+        encoding of `artifact`, with its checksum set from its payload."""
         if self._fast:
             try:
-                return _fast_encode(artifact)
+                return _fast_encode(artifact, prefix)
             except Exception:
                 pass  # fastavro, below, encodes it or says why it cannot
         try:
             record = self._record(artifact)
             out = BytesIO()
+            out.write(prefix)
             schemaless_writer(out, self._schema, record)
         except (ValueError, TypeError, AttributeError, OverflowError) as exc:
             raise EncodeError(f"cannot encode artifact {_describe(artifact)}: {exc}") from exc
@@ -204,28 +259,35 @@ class Codec:
         self,
         data: bytes | bytearray | memoryview,
         writer_schema: Mapping[str, Any] | str | bytes | None = None,
+        start: int = 0,
     ) -> Artifact:
-        """The artifact encoded in `data`.
+        """The artifact encoded in `data` (from byte `start` on, after a framing).
 
         `writer_schema` is the schema the data was written with, when not this codec's:
         a schema, or the fingerprint of a known one (text or ASCII bytes, as found in the
         `SCHEMA_HEADER` header).
         """
-        if not data:
+        if len(data) <= start:
             raise EmptyInput()
         writer = self._schema
+        fp = self.fingerprint
         if writer_schema is not None:
             if isinstance(writer_schema, str | bytes):
-                writer = self.writer_schema(writer_schema)
+                fp = _fingerprint_text(writer_schema)
+                writer = self.writer_schema(fp)
             else:
-                writer = self._writers.get(schema_fingerprint(writer_schema)) or _parse(
-                    writer_schema
-                )
-        if writer is self._schema and self._fast:
-            return _fast_decode(data)
-        source = BytesIO(data)
-        try:
+                fp = schema_fingerprint(writer_schema)
+                writer = self._writers.get(fp) or _parse(writer_schema)
+        if self._fast:
             if writer is self._schema:
+                return _fast_decode(data, start)
+            if fp == self._legacy:
+                return _fast_decode(data, start, legacy=True)
+        source = BytesIO(data)
+        source.seek(start)
+        project = writer is not self._schema and self._same_types(fp, writer)
+        try:
+            if writer is self._schema or project:
                 record = schemaless_reader(source, writer, None)
             else:
                 record = schemaless_reader(source, writer, self._schema)
@@ -234,22 +296,74 @@ class Codec:
                 f"writer schema does not resolve to the artifact schema: {exc}"
             ) from exc
         except READ_ERRORS as exc:
-            raise DecodeError(read_failure(exc, len(data))) from exc
+            raise DecodeError(read_failure(exc, len(data) - start)) from exc
         if source.tell() != len(data):
             raise DecodeError(
-                f"{len(data) - source.tell()} trailing bytes after a {source.tell()}-byte "
-                "artifact: one message must hold exactly one record"
+                f"{len(data) - source.tell()} trailing bytes after a "
+                f"{source.tell() - start}-byte artifact: one message must hold exactly one "
+                "record"
             )
-        return _artifact(record, ordered=writer is self._schema)
+        if project:
+            record = self._projected(record)
+        return _artifact(record, self._size)
+
+    def _same_types(self, fp: str, writer: Schema) -> bool:
+        """Whether every field of `writer` that this schema has is of the same type.
+
+        Then Avro's resolution is plain: read with the writer's schema, keep this schema's
+        fields, give the others their defaults. It is done here rather than by fastavro's
+        resolution, which matches a union branch by the first compatible reader branch,
+        promotions included: a `bytes` meta value would resolve to the `string` branch
+        (Apache Avro's Java reader prefers the branch of the same type, as this does).
+        """
+        known = self._projectable.get(fp)
+        if known is None:
+            theirs = {f["name"]: _plain_type(f["type"]) for f in writer.get("fields", ())}
+            known = all(theirs.get(f["name"], _plain_type(f["type"])) == _plain_type(f["type"])
+                        for f in self._schema["fields"])
+            self._projectable[fp] = known
+        return known
+
+    def _projected(self, record: object) -> dict[str, Any]:
+        if not isinstance(record, dict):
+            raise DecodeError(f"decoded a {type(record).__name__}, not an artifact record")
+        out: dict[str, Any] = {}
+        for field in self._schema["fields"]:
+            name = field["name"]
+            if name in record:
+                out[name] = record[name]
+            elif "default" not in field:
+                raise SchemaError(f"writer schema does not resolve to the artifact schema: "
+                                  f"it has no field {name!r}, which has no default")
+            else:
+                default = copy.deepcopy(field["default"])
+                if field["type"] == "bytes" and isinstance(default, str):
+                    default = default.encode("latin-1")  # Avro's JSON form of bytes
+                out[name] = default
+        return out
 
 
-def _artifact(record: object, *, ordered: bool) -> Artifact:
-    """Build the artifact from a decoded record and verify its checksum."""
+def _plain_type(schema: object) -> object:
+    """A field type without docs, defaults and fastavro's own keys, to compare types."""
+    if isinstance(schema, dict):
+        return {k: _plain_type(v) for k, v in schema.items()
+                if k not in ("doc", "default", "aliases") and not k.startswith("__")}
+    if isinstance(schema, list):
+        return [_plain_type(v) for v in schema]
+    return schema
+
+
+def _artifact(record: object, size: int) -> Artifact:
+    """Build the artifact from a decoded record of `size` fields (the later ones take
+    their defaults) and verify its checksum."""
     if not isinstance(record, dict):
         raise DecodeError(f"decoded a {type(record).__name__}, not an artifact record")
     record["meta"] = MappingProxyType(record["meta"])
-    # With the codec's own schema as writer, the record's keys come in the field order.
-    artifact = _make(record.values() if ordered else [record[name] for name in _FIELDS])
+    values = [record[name] for name in _FIELDS[:size]]
+    if size > _APPROVALS:
+        values[_APPROVALS] = tuple(
+            Approval(a["key_id"], a["signature"], a["timestamp"]) for a in values[_APPROVALS])
+    artifact: Artifact = _tuple_new(Artifact, (*values, *_DEFAULTS[size:]))
     if _sha256(artifact.payload).digest() != artifact.checksum:
         raise checksum_mismatch(artifact)
     return artifact
@@ -259,8 +373,12 @@ def _describe(artifact: object) -> str:
     return repr(getattr(artifact, "id", artifact))
 
 
-_PACKAGED_FINGERPRINT: Final = schema_fingerprint(load_schema())
+_tuple_new = tuple.__new__
+_PACKAGED_SCHEMAS: Final = tuple(_parse(load_schema(name)) for name in PACKAGED_VERSIONS)
+_PACKAGED_FINGERPRINT: Final = schema_fingerprint(_PACKAGED_SCHEMAS[-1])
 """The fingerprint the specialised encoder and decoder are written for."""
+_V1_FINGERPRINT: Final = schema_fingerprint(_PACKAGED_SCHEMAS[0])
+"""The fingerprint of version 1, which the specialised decoder reads too."""
 
 default_codec: Final = Codec()
 """The codec for the packaged schema, shared by the module-level functions."""

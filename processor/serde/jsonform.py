@@ -18,7 +18,8 @@ from typing import Any
 from processor.core.artifact import Artifact, MediaType, MetaValue
 from processor.core.errors import InvalidArtifact
 
-_OPTIONAL_BYTES = ("encrypted_payload", "encrypted_key", "ephemeral_public_key", "signature")
+_OPTIONAL_BYTES = ("encrypted_payload", "encrypted_key", "ephemeral_public_key", "signature",
+                   "pseudonym_hash", "merkle_root")
 
 
 def _is_textual(media_type: str) -> bool:
@@ -72,6 +73,9 @@ def artifact_to_json_dict(artifact: Artifact) -> dict[str, Any]:
         value = getattr(artifact, name)
         if value is not None:
             out[name] = _b64(value)
+    if artifact.approvals:
+        out["approvals"] = [{"key_id": a.key_id, "signature": _b64(a.signature),
+                             "timestamp": a.timestamp} for a in artifact.approvals]
     return out
 
 
@@ -137,8 +141,25 @@ def artifact_from_json_dict(data: Mapping[str, Any]) -> Artifact:
         raise InvalidArtifact(
             "field 'checksum' is not the SHA-256 of the payload (leave it out to have it set)"
         )
-    extra = {n: _unb64(data[n], n) for n in _OPTIONAL_BYTES if data.get(n) is not None}
+    extra: dict[str, Any] = {
+        n: _unb64(data[n], n) for n in _OPTIONAL_BYTES if data.get(n) is not None}
+    if data.get("approvals"):
+        extra["approvals"] = _approvals_from_json(data["approvals"])
     return artifact.with_fields(**extra) if extra else artifact
+
+
+def _approvals_from_json(raw: object) -> list[tuple[str, bytes, int]]:
+    if not isinstance(raw, list):
+        raise InvalidArtifact("field 'approvals' must be a list")
+    out: list[tuple[str, bytes, int]] = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, Mapping) or not isinstance(item.get("key_id"), str) or (
+                type(item.get("timestamp")) is not int):
+            raise InvalidArtifact(f"approvals[{i}] must be an object with key_id (text), "
+                                  "signature (base64) and timestamp (an integer)")
+        out.append((item["key_id"], _unb64(item.get("signature", ""), f"approvals[{i}]"),
+                    item["timestamp"]))
+    return out
 
 
 def artifact_from_json(line: str) -> Artifact:

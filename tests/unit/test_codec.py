@@ -77,7 +77,7 @@ BODY = (
     "04" "6869"  # payload b"hi"
     "40" + SHA256_HI  # checksum: 32 bytes (zigzag 64 = 0x40), SHA-256 of b"hi"
 )
-NO_SECURITY = "00" "00" "00" "00"  # four nulls: union branch 0
+NO_SECURITY = "00" "00" "00" "00" "00" "00" "00"  # four nulls, no approvals, two nulls
 
 META_CASES: list[tuple[dict[str, MetaValue], str]] = [
     ({}, "00"),
@@ -111,7 +111,26 @@ def test_exact_bytes_of_metadata(meta: dict[str, MetaValue], meta_hex: str) -> N
     ],
 )
 def test_exact_bytes_of_optional_fields(fields: dict[str, bytes], tail_hex: str) -> None:
-    assert encode(known(**fields)).hex() == HEAD + "00" + BODY + tail_hex
+    assert encode(known(**fields)).hex() == HEAD + "00" + BODY + tail_hex + "00" "00" "00"
+
+
+@pytest.mark.parametrize(
+    ("fields", "tail_hex"),
+    [
+        ({"pseudonym_hash": b"P"}, "00" "02" "0250" "00"),
+        ({"merkle_root": b""}, "00" "00" "02" "00"),
+        # An array is blocks of (count, items...) ended by a 0 count; an item is a record,
+        # its fields in order: key_id "k", signature b"S", timestamp 5 (zigzag 10 = 0a).
+        ({"approvals": [("k", b"S", 5)]}, "02" "026b" "0253" "0a" "00" "00" "00"),
+        ({"approvals": [("k", b"", -1), ("", b"", 0)]},
+         "04" "026b" "00" "01" "00" "00" "00" "00" "00" "00"),
+    ],
+)
+def test_exact_bytes_of_version_2_fields(fields: dict[str, Any], tail_hex: str) -> None:
+    """Version 2's fields follow version 1's, which end with four nulls here."""
+    data = encode(known().with_fields(**fields))
+    assert data.hex() == HEAD + "00" + BODY + "00" "00" "00" "00" + tail_hex
+    assert decode(data) == known().with_fields(**fields)
 
 
 @pytest.mark.parametrize(
@@ -145,7 +164,7 @@ def test_plain_fastavro_reads_what_the_codec_writes() -> None:
         schema = fastavro.parse_schema(json.load(fo))
     record = fastavro.schemaless_reader(io.BytesIO(encode(artifact)), schema)
     assert isinstance(record, dict)
-    assert record == {**artifact._asdict(), "meta": dict(artifact.meta)}
+    assert record == {**artifact._asdict(), "meta": dict(artifact.meta), "approvals": []}
     assert type(record["meta"]["ok"]) is bool
     assert type(record["timestamp"]) is int
 
@@ -195,7 +214,7 @@ def test_decoded_metadata_is_read_only() -> None:
 
 def test_checksum_mismatch_is_caught() -> None:
     data = bytearray(encode(known()))
-    data[-5] ^= 0xFF  # the last checksum byte, before the four null unions
+    data[-8] ^= 0xFF  # the last checksum byte, before four nulls, no approvals, two nulls
     with pytest.raises(ChecksumMismatch, match="not the SHA-256 of its 2-byte payload"):
         decode(bytes(data))
 

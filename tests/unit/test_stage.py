@@ -86,7 +86,7 @@ def test_bad_input_is_dead_lettered_with_headers_and_nothing_is_lost() -> None:
     broker = make_broker(partitions=1)
     good = [CODEC.encode(a) for a in artifacts(30)]
     tampered = bytearray(CODEC.encode(Artifact.new("tampered")))
-    tampered[-5] ^= 0xFF  # inside the checksum bytes: decodes, but does not match
+    tampered[-8] ^= 0xFF  # inside the checksum bytes: decodes, but does not match
     invalid = CODEC.encode(Artifact.new("reject me"))
     values = [*good[:10], b"\x00\x01not avro", *good[10:20], bytes(tampered), invalid, b"",
               *good[20:]]
