@@ -21,6 +21,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 from tests.integration.broker_process import start_broker
 from tests.procs import ROOT, stop
@@ -31,41 +32,49 @@ BUILD_TIMEOUT = 300.0
 STEP_TIMEOUT = 120.0
 
 
-def requirement_names(dist: metadata.Distribution) -> list[str]:
-    """The distributions `dist` requires, extras aside (a marker-only requirement that
-    is not installed here is not needed here either)."""
-    names = []
-    for requirement in dist.requires or []:
-        if re.search(r"extra\s*==", requirement):
+def requirements(dist: metadata.Distribution,
+                 extras: frozenset[str] = frozenset()) -> list[tuple[str, frozenset[str]]]:
+    """The distributions `dist` requires with the `extras` asked of it, each with the
+    extras it is asked for in turn (a requirement whose environment marker does not hold
+    here is left out)."""
+    wanted = []
+    for text in dist.requires or []:
+        requirement = Requirement(text)
+        marker = requirement.marker
+        if marker is not None and not any(
+            marker.evaluate({"extra": extra}) for extra in (extras or {""})
+        ):
             continue
-        match = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", requirement)
-        if match:
-            names.append(match.group(0))
-    return names
+        wanted.append((requirement.name, frozenset(requirement.extras)))
+    return wanted
 
 
 def link_dependencies(target: Path) -> list[str]:
     """Link the installed files of every distribution `processor` needs into `target`;
     returns their names. The `processor` distribution itself is never linked."""
-    seen: set[str] = set()
-    todo = requirement_names(metadata.distribution("processor"))
+    seen: set[tuple[str, frozenset[str]]] = set()
+    linked: set[str] = set()
+    todo = requirements(metadata.distribution("processor"))
     while todo:
-        name = todo.pop()
+        name, extras = todo.pop()
         key = re.sub(r"[-_.]+", "-", name).lower()
-        if key in seen or key == "processor":
+        if (key, extras) in seen or key == "processor":
             continue
         try:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:
             continue
-        seen.add(key)
-        todo.extend(requirement_names(dist))
+        seen.add((key, extras))
+        todo.extend(requirements(dist, extras))
+        if key in linked:
+            continue
+        linked.add(key)
         tops = {Path(str(f)).parts[0] for f in dist.files or [] if ".." not in Path(str(f)).parts}
         for top in tops:
             source = Path(str(dist.locate_file(top)))
             if source.exists() and not (target / top).exists():
                 (target / top).symlink_to(source)
-    return sorted(seen)
+    return sorted(linked)
 
 
 def run(command: list[str], cwd: Path, env: dict[str, str],
