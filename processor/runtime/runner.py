@@ -37,15 +37,30 @@ _RUNNING: list[Stage] = []
 def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
     from processor.ops.logs import lifecycle
 
-    _STOP_REQUESTS.append(signal.Signals(signum).name)
-    lifecycle(logger, "shutdown", signal=_STOP_REQUESTS[-1],
-              stages=[s.options.name for s in _RUNNING])
+    name = signal.Signals(signum).name
+    if _STOP_REQUESTS:
+        _force_exit(name, 128 + signum)
+    _STOP_REQUESTS.append(name)
+    lifecycle(logger, "shutdown", signal=name, stages=[s.options.name for s in _RUNNING])
     for stage in _RUNNING:
         stage.stop()
 
 
+def _force_exit(name: str, code: int) -> None:
+    """A second stop signal: exit at once, saying what is left uncommitted (at-least-once
+    reads it again after a restart; exactly-once has its open transaction aborted)."""
+    left = "; ".join(f"stage {s.options.name}: {s.uncommitted()}" for s in _RUNNING)
+    logger.warning("second stop signal (%s): exiting now, without finishing the shutdown; "
+                   "left uncommitted: %s", name, left or "nothing (no stage running)")
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _catch_stop_signals() -> None:
-    """SIGTERM/SIGINT stop the stage, or keep it from starting: a clean exit either way."""
+    """SIGTERM/SIGINT stop the stage, or keep it from starting: a clean exit either way,
+    within `shutdown_timeout`. A second one exits at once (`_force_exit`)."""
     signal.signal(signal.SIGTERM, _on_stop_signal)
     signal.signal(signal.SIGINT, _on_stop_signal)
 

@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from processor.backends.abstract import Broker, Consumer, Message, Producer, TopicPartition
 from processor.core.artifact import Artifact
 from processor.core.errors import (
+    BackendError,
     ChecksumMismatch,
     DecodeError,
     DeliveryFailed,
@@ -70,6 +71,9 @@ LAG_REPORT_INTERVAL = 5.0
 
 GC_THRESHOLDS = (20_000, 50, 100)
 """Collector thresholds while a stage runs (CPython's defaults are (700, 10, 10))."""
+
+CLOSE_FLOOR = 0.5
+"""Seconds each client gets to close even when the shutdown deadline has passed."""
 
 _NO_PARTITION = TopicPartition("", -1)
 
@@ -202,31 +206,64 @@ class Stage:
         return self.stats
 
     def stop(self) -> None:
-        """Ask the loop to finish: it stops polling, drains, commits and closes."""
+        """Ask the loop to finish: it stops polling, drains, commits and closes, all of it
+        within `shutdown_timeout` seconds from now (a commit under way is cut short)."""
+        self._set_stop_by()
         self._stop.set()
+
+    def _set_stop_by(self) -> float:
+        if self.commits.stop_by is None:
+            self.commits.stop_by = time.monotonic() + self.options.shutdown_timeout
+        return self.commits.stop_by
 
     def wait_stopped(self, timeout: float | None = None) -> bool:
         return self._stopped.wait(timeout)
 
+    def uncommitted(self) -> str:
+        """What a stop now would leave uncommitted (re-read after a restart), in words."""
+        parts = [f"{tp}@{offset}" for tp, offset in sorted(self._pending.items())]
+        text = (f"handled up to (not including) {', '.join(parts)}" if parts
+                else "no handled record")
+        text += f"; {self._in_flight} output(s) since the last commit"
+        if self.commits.in_transaction:
+            text += "; a transaction open (the broker aborts it)"
+        return text
+
     def close(self) -> None:
-        """Commit what is handled (within `shutdown_timeout`), then close both clients.
+        """Commit what is handled, then close both clients: all of it within
+        `shutdown_timeout` (counted from `stop()`, or from now). Each client still gets
+        a short moment (`CLOSE_FLOOR`) after an earlier step used the time up.
         `run()` calls it on its way out; a caller driving `run_once()` calls it itself."""
-        deadline = self.clock() + self.options.shutdown_timeout
+        stop_by = self._set_stop_by()
+
+        def left() -> float:
+            return max(CLOSE_FLOOR, stop_by - time.monotonic())
+
         try:
-            self.commit(deadline - self.clock())
+            self.commit(left())
         except ProcessorError:
             logger.exception("stage %s: final commit failed", self.options.name)
         finally:
             try:
-                self.consumer.close()
+                self.consumer.close(left())
+            except BackendError as exc:
+                logger.warning("stage %s: closing the consumer: %s", self.options.name, exc)
             finally:
-                self.producer.close()
-                self._stopped.set()
-                lifecycle(
-                    logger, "stopped", stage=self.options.name, consumed=self.stats.consumed,
-                    produced=self.stats.produced, dropped=self.stats.dropped,
-                    dead_lettered=self.stats.dead_lettered,
-                )
+                try:
+                    self.producer.close(left())
+                except BackendError as exc:
+                    logger.warning("stage %s: closing the producer: %s",
+                                   self.options.name, exc)
+                finally:
+                    if self._pending:
+                        logger.warning("stage %s: stopped with %s; those records will be "
+                                       "read again", self.options.name, self.uncommitted())
+                    self._stopped.set()
+                    lifecycle(
+                        logger, "stopped", stage=self.options.name,
+                        consumed=self.stats.consumed, produced=self.stats.produced,
+                        dropped=self.stats.dropped, dead_lettered=self.stats.dead_lettered,
+                    )
 
     # --- the loop --------------------------------------------------------------------
 
@@ -495,8 +532,12 @@ class Stage:
 
         An output that failed raises `DeliveryFailed`; the offsets handled since the last
         commit are then forgotten, so that no later commit (not even the one at shutdown)
-        marks the records of the failed outputs done."""
-        timeout = timeout if timeout is not None and timeout > 0 else 30.0
+        marks the records of the failed outputs done.
+
+        `timeout` defaults to `shutdown_timeout`: a commit under way when a stop is asked
+        for then ends by the shutdown deadline too."""
+        if timeout is None or timeout <= 0:
+            timeout = self.options.shutdown_timeout
         offsets = {tp: off for tp, off in self._pending.items() if tp in self._assigned}
         try:
             result = self.commits.commit(offsets, timeout)
