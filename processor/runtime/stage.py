@@ -67,7 +67,9 @@ __all__ = ["LATENCY_SAMPLE_EVERY", "Stage", "StageFailed", "StageStats", "tune_g
 logger = logging.getLogger(__name__)
 
 LAG_REPORT_INTERVAL = 5.0
-"""Seconds between two reports of the consumer lag."""
+"""Seconds between two reports of the consumer lag (and two probes of the broker)."""
+BROKER_PROBE_TIMEOUT = 2.0
+"""Seconds the readiness probe of the broker waits for an answer."""
 
 GC_THRESHOLDS = (20_000, 50, 100)
 """Collector thresholds while a stage runs (CPython's defaults are (700, 10, 10))."""
@@ -624,6 +626,7 @@ class Stage:
         self._report_paused()
 
     def _report_lag(self) -> None:
+        self._probe_broker()
         for tp in list(self._assigned):
             try:
                 position = self.consumer.position(tp)
@@ -632,4 +635,20 @@ class Stage:
                 continue
             if position is not None and position >= 0 and high >= 0:
                 self.metrics.lag(tp.partition, max(0, high - position))
+
+    def _probe_broker(self) -> None:
+        """Readiness: ask the leader of one assigned partition for its watermarks (a
+        round trip, at most `BROKER_PROBE_TIMEOUT`); `/readyz` shows the broker away
+        while that fails. Without partitions the stage is not ready anyway."""
+        if not self._assigned:
+            return
+        tp = min(self._assigned)
+        try:
+            self.consumer.watermarks(tp, timeout=BROKER_PROBE_TIMEOUT)
+        except ProcessorError as exc:
+            if self.health.broker_ok:
+                logger.warning("stage %s: broker not answering (%s): not ready",
+                               self.options.name, exc)
+            self.health.set_broker_ok(False)
+            return
         self.health.set_broker_ok(True)

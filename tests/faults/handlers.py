@@ -23,6 +23,12 @@ def slow_reject(artifact: Artifact) -> Artifact:
     return artifact.with_meta("hops", artifact.get("hops", 0) + 1)
 
 
+def slow_hop(artifact: Artifact) -> Artifact:
+    """`hop` with about 1 ms of work: a stage is still mid-stream when a fault strikes."""
+    time.sleep(0.001)
+    return artifact.with_meta("hops", artifact.get("hops", 0) + 1)
+
+
 def hang_on_marked(artifact: Artifact) -> Artifact:
     """Hangs for ever on an artifact whose meta has `hang`; passes the others on."""
     if artifact.get("hang"):

@@ -36,9 +36,18 @@ FLUSH_SLICE = 0.2
 """Longest single `flush()` call, in seconds."""
 
 
+class CallTimedOut(BrokerUnavailable):
+    """A bounded call did not return in time; it goes on in the background, and `done`
+    is set when it ends."""
+
+    def __init__(self, message: str, done: threading.Event) -> None:
+        super().__init__(message)
+        self.done = done
+
+
 def call_within(what: str, call: Callable[[], T], timeout: float) -> T:
-    """The result of `call()`, run on a helper thread; `BrokerUnavailable` when it has
-    not returned within `timeout` seconds. An exception of `call` is raised here."""
+    """The result of `call()`, run on a helper thread; `CallTimedOut` when it has not
+    returned within `timeout` seconds. An exception of `call` is raised here."""
     outcome: list[T] = []
     failure: list[BaseException] = []
     done = threading.Event()
@@ -54,8 +63,9 @@ def call_within(what: str, call: Callable[[], T], timeout: float) -> T:
     thread = threading.Thread(target=run, name=f"kafka-{what}", daemon=True)
     thread.start()
     if not done.wait(max(0.0, timeout)):
-        raise BrokerUnavailable(
-            f"{what}: no answer from the broker within {max(0.0, timeout):.1f}s; given up")
+        raise CallTimedOut(
+            f"{what}: no answer from the broker within {max(0.0, timeout):.1f}s; given up",
+            done)
     if failure:
         raise failure[0]
     return outcome[0]

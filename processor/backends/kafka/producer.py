@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn, cast
@@ -25,12 +26,11 @@ from processor.backends.abstract import (
     Producer,
     TopicPartition,
 )
-from processor.backends.kafka.bounded import call_within, flush_within
+from processor.backends.kafka.bounded import CallTimedOut, call_within, flush_within
 from processor.backends.kafka.convert import to_kafka
 from processor.backends.kafka.errors import ErrorLog, error_of, raise_kafka
 from processor.core.errors import (
     BackendError,
-    BrokerUnavailable,
     TransactionError,
     UnknownTopic,
 )
@@ -70,6 +70,8 @@ class KafkaProducer(Producer):
         self._known_topics: set[str] = set()
         # Whether a transaction was begun and not yet committed or aborted.
         self._in_transaction = False
+        # Set when a transactional call that outran its wait has ended at last.
+        self._txn_busy: threading.Event | None = None
         self._closed = False
 
     def _check_topic(self, topic: str) -> None:
@@ -151,12 +153,21 @@ class KafkaProducer(Producer):
             except KafkaException as exc:
                 raise_kafka(exc, what, transactional=True, fatal_hint=self._errors.fatal)
         deadline = time.monotonic() + timeout
+        busy = self._txn_busy
+        if busy is not None:
+            # An earlier call outran its wait and still runs: librdkafka refuses another
+            # one until it ends (_CONFLICT), so wait for it within this call's time.
+            if not busy.wait(max(0.0, deadline - time.monotonic())):
+                raise TransactionError(f"{what}: an earlier transactional call is still "
+                                       f"waiting for the broker after {timeout:.1f}s")
+            self._txn_busy = None
         while True:
             left = max(0.0, deadline - time.monotonic())
             try:
                 call_within(what, functools.partial(call, left), left + TXN_GRACE)
                 return
-            except BrokerUnavailable as exc:
+            except CallTimedOut as exc:
+                self._txn_busy = exc.done
                 raise TransactionError(str(exc)) from exc
             except KafkaException as exc:
                 error = error_of(exc)
