@@ -187,6 +187,10 @@ class StageConfig:
     processes: Annotated[Count, Field(
         ge=1, description="worker processes, each a member of the consumer group",
         json_schema_extra={"group": "operations", "metavar": "N"})] = 1
+    memory_limit: Annotated[Count | None, Field(
+        ge=32, description="resident memory (MiB) above which a worker stops cleanly and "
+                           "is restarted (off: no limit)",
+        json_schema_extra={"group": "operations", "metavar": "MIB", "none": "off"})] = None
     sources: Annotated[Mapping[str, str], ReadOnly] = dataclasses.field(
         default_factory=lambda: MappingProxyType({}), compare=False, repr=False)
     """Setting -> where its value came from ("default", "file stage.yaml", ...)."""

@@ -3,7 +3,12 @@
 With `--processes N` the parent starts N worker processes, each a member of the stage's
 consumer group (so Kafka spreads the partitions over them), serves one aggregated
 `/metrics` endpoint, forwards SIGTERM/SIGINT to the workers and exits with the worst of
-their exit codes.
+their exit codes. With a `memory_limit` (even for one worker) a worker whose resident
+memory passes it stops cleanly (`processor.runtime.memory_guard`) and the parent starts
+a new one in its place.
+
+A stop signal gives the stage `shutdown_timeout` seconds to commit and close; a second
+one exits at once, logging what was left uncommitted.
 """
 
 from __future__ import annotations
@@ -79,8 +84,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     from processor.core.handlers import registry
 
     registry.resolve_all(cfg.handlers)
-    if cfg.processes <= 1:
+    if cfg.processes <= 1 and cfg.memory_limit is None:
         return run_worker(cfg, index=0, serve_metrics=True)
+    # A memory limit needs a parent to restart the worker it stops.
     return _run_parent(cfg)
 
 
@@ -124,6 +130,7 @@ def run_worker(cfg: StageConfig, index: int, serve_metrics: bool) -> int:
     from processor.backends.kafka import KafkaBroker
     from processor.ops.health import MetricsServer
     from processor.runtime.build import build_stage, check_topics
+    from processor.runtime.memory_guard import MEMORY_EXIT, MemoryGuard
 
     _catch_stop_signals()
     base = cfg.options.transactional_id or f"{cfg.options.name}-{cfg.options.group}"
@@ -141,12 +148,17 @@ def run_worker(cfg: StageConfig, index: int, serve_metrics: bool) -> int:
     _RUNNING.append(stage)
     if _STOP_REQUESTS:
         stage.stop()
+    guard = None
+    if cfg.memory_limit is not None:
+        guard = MemoryGuard(cfg.memory_limit, stage.stop, index).start()
     try:
         stage.run()
     finally:
+        if guard is not None:
+            guard.close()
         if server is not None:
             server.stop()
-    return 0
+    return MEMORY_EXIT if guard is not None and guard.tripped else 0
 
 
 def _worker_main(cfg: StageConfig, index: int, multiproc_dir: str) -> None:
@@ -166,16 +178,19 @@ def _worker_main(cfg: StageConfig, index: int, multiproc_dir: str) -> None:
 def _run_parent(cfg: StageConfig) -> int:
     from processor.ops.health import HealthState, MetricsServer
     from processor.ops.metrics import cleanup_multiprocess, enable_multiprocess, worker_exited
+    from processor.runtime.memory_guard import MEMORY_EXIT
 
     multiproc_dir = tempfile.mkdtemp(prefix="processor-metrics-")
     enable_multiprocess(multiproc_dir)
     ctx = multiprocessing.get_context("spawn")
-    workers = [
-        ctx.Process(target=_worker_main, args=(cfg, i, multiproc_dir), name=f"worker-{i}")
-        for i in range(cfg.processes)
-    ]
-    for w in workers:
-        w.start()
+
+    def spawn(i: int) -> multiprocessing.process.BaseProcess:
+        worker = ctx.Process(target=_worker_main, args=(cfg, i, multiproc_dir),
+                             name=f"worker-{i}")
+        worker.start()
+        return worker
+
+    workers = [spawn(i) for i in range(cfg.processes)]
     logger.info("started %d worker processes", len(workers))
     health = HealthState()
     health.set_assigned(1)
@@ -184,8 +199,10 @@ def _run_parent(cfg: StageConfig) -> int:
     if cfg.metrics_port is not None:
         server = MetricsServer(health, cfg.metrics_host, cfg.metrics_port)
         server.start()
+    stopping: list[int] = []
 
     def forward(signum: int, frame: FrameType | None) -> None:
+        stopping.append(signum)
         for w in workers:
             if w.pid is not None and w.is_alive():
                 os.kill(w.pid, signum)
@@ -193,16 +210,26 @@ def _run_parent(cfg: StageConfig) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     codes = []
+    running = list(range(len(workers)))
     try:
-        for w in workers:
-            while w.is_alive():
-                w.join(1.0)
+        while running:
+            for i in list(running):
+                w = workers[i]
+                w.join(0.5)
                 health.beat()
-            codes.append(w.exitcode or 0)
-            if w.pid is not None:
-                worker_exited(w.pid)
-            if w.exitcode:
-                forward(signal.SIGTERM, None)
+                if w.is_alive():
+                    continue
+                if w.pid is not None:
+                    worker_exited(w.pid)
+                if w.exitcode == MEMORY_EXIT and not stopping:
+                    logger.warning("worker %d stopped cleanly at its memory limit; "
+                                   "restarting it", i)
+                    workers[i] = spawn(i)
+                    continue
+                running.remove(i)
+                codes.append(0 if w.exitcode == MEMORY_EXIT else w.exitcode or 0)
+                if w.exitcode and w.exitcode != MEMORY_EXIT:
+                    forward(signal.SIGTERM, None)
     finally:
         if server is not None:
             server.stop()

@@ -57,6 +57,7 @@ from processor.ops.metrics import (
 )
 from processor.runtime.commit import AtLeastOnce, CommitResult, CommitStrategy, ExactlyOnce
 from processor.runtime.dead_letters import DeadLetters, Reason
+from processor.runtime.deadline import DeadlineHandler
 from processor.runtime.flow import Backpressure
 from processor.runtime.retry import RetryHolder
 from processor.runtime.stats import StageStats, report_batch
@@ -123,10 +124,15 @@ class Stage:
     ) -> None:
         self.options = options
         self.broker = broker
-        self.handler = handler
         self.codec = codec or Codec()
         self.metrics: Metrics = metrics if metrics is not None else NullMetrics()
         self.health = health if health is not None else HealthState(clock=clock)
+        self._deadline: DeadlineHandler | None = None
+        if options.handler_timeout is not None:
+            self._deadline = DeadlineHandler(handler, options.handler_timeout, self.health,
+                                             options.name)
+            handler = self._deadline
+        self.handler = handler
         self.clock = clock
         self.stats = StageStats(started=clock())
         self._eos = options.guarantee == EXACTLY_ONCE
@@ -168,6 +174,9 @@ class Stage:
         self._last_lag = clock()
         self.backpressure = Backpressure(options.name, self.consumer, self.producer,
                                          options.max_in_flight)
+        self._probe_stop = threading.Event()
+        self._prober = threading.Thread(target=self._probe_loop, daemon=True,
+                                        name=f"broker-probe-{options.name}")
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -179,6 +188,7 @@ class Stage:
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
+        self._prober.start()
         lifecycle(
             logger, "start", stage=self.options.name, input=self.options.input_topic,
             output=self.options.output_topic, group=self.options.group,
@@ -237,6 +247,9 @@ class Stage:
         a short moment (`CLOSE_FLOOR`) after an earlier step used the time up.
         `run()` calls it on its way out; a caller driving `run_once()` calls it itself."""
         stop_by = self._set_stop_by()
+        self._probe_stop.set()
+        if self._prober.is_alive():
+            self._prober.join(BROKER_PROBE_TIMEOUT + 1.0)
 
         def left() -> float:
             return max(CLOSE_FLOOR, stop_by - time.monotonic())
@@ -296,6 +309,8 @@ class Stage:
         if now - self._last_lag >= LAG_REPORT_INTERVAL:
             self._last_lag = now
             self._report_lag()
+        if self._deadline is not None and self._deadline.hung:
+            raise StageFailed(f"stage {self.options.name}: {self._deadline.hung}")
         return n
 
     def _process(self, messages: Sequence[Message], previous_attempts: int = 0) -> None:
@@ -626,7 +641,6 @@ class Stage:
         self._report_paused()
 
     def _report_lag(self) -> None:
-        self._probe_broker()
         for tp in list(self._assigned):
             try:
                 position = self.consumer.position(tp)
@@ -636,13 +650,23 @@ class Stage:
             if position is not None and position >= 0 and high >= 0:
                 self.metrics.lag(tp.partition, max(0, high - position))
 
+    def _probe_loop(self) -> None:
+        """Readiness, on a thread of its own so that it answers while the loop waits on
+        a flush or a commit: every `LAG_REPORT_INTERVAL` seconds ask the leader of one
+        assigned partition for its watermarks (a round trip, at most
+        `BROKER_PROBE_TIMEOUT`); `/readyz` shows the broker away while that fails.
+        `close()` stops it before it closes the consumer."""
+        while not self._probe_stop.wait(LAG_REPORT_INTERVAL):
+            try:
+                self._probe_broker()
+            except Exception as exc:  # a probe must never end the thread
+                logger.debug("stage %s: broker probe: %s", self.options.name, exc)
+
     def _probe_broker(self) -> None:
-        """Readiness: ask the leader of one assigned partition for its watermarks (a
-        round trip, at most `BROKER_PROBE_TIMEOUT`); `/readyz` shows the broker away
-        while that fails. Without partitions the stage is not ready anyway."""
-        if not self._assigned:
-            return
-        tp = min(self._assigned)
+        assigned = list(self._assigned)
+        if not assigned:
+            return  # without partitions the stage is not ready anyway
+        tp = min(assigned)
         try:
             self.consumer.watermarks(tp, timeout=BROKER_PROBE_TIMEOUT)
         except ProcessorError as exc:

@@ -8,15 +8,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from processor.devtools.local_kafka import LocalKafka, LocalKafkaError, ToolMissing
+from processor.devtools.local_kafka import LocalKafka, LocalKafkaError, ToolMissing, free_ports
+from tests.faults.proxy import FaultProxy
 
 
 def _in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
-def _start(nodes: int) -> LocalKafka:
-    kafka = LocalKafka(nodes=nodes)
+def _start(nodes: int, advertise_external: tuple[int, ...] = ()) -> LocalKafka:
+    kafka = LocalKafka(nodes=nodes, advertise_external=advertise_external)
     try:
         kafka.start()
     except ToolMissing as error:
@@ -45,5 +46,19 @@ def own_kafka3() -> Iterator[LocalKafka]:
     kafka = _start(3)
     try:
         yield kafka
+    finally:
+        kafka.stop()
+
+
+@pytest.fixture(scope="module")
+def proxied_kafka() -> Iterator[tuple[LocalKafka, FaultProxy]]:
+    """A one-node cluster behind a fault-injecting proxy: clients bootstrapping at
+    `127.0.0.1:<proxy.port>` are told that port for the node, so every connection they
+    make goes through the proxy; `kafka.bootstrap_servers` is the direct way in."""
+    (port,) = free_ports(1)
+    kafka = _start(1, advertise_external=(port,))
+    try:
+        with FaultProxy(port, kafka.external_target(0)) as proxy:
+            yield kafka, proxy
     finally:
         kafka.stop()

@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 TXN_GRACE = 1.0
 """Seconds a transactional call is waited for beyond the timeout librdkafka was given."""
+BUSY_WAIT = 5.0
+"""Seconds a transactional call waits for an earlier one that outran its own wait."""
 
 
 class DeliveryLog:
@@ -156,10 +158,14 @@ class KafkaProducer(Producer):
         busy = self._txn_busy
         if busy is not None:
             # An earlier call outran its wait and still runs: librdkafka refuses another
-            # one until it ends (_CONFLICT), so wait for it within this call's time.
-            if not busy.wait(max(0.0, deadline - time.monotonic())):
+            # one until it ends (_CONFLICT), so wait for it a while. Seen with librdkafka
+            # 2.16: send_offsets_to_transaction never returning after the connection to
+            # the coordinator was cut; the producer is then of no more use, and failing
+            # soon lets the process be restarted sooner.
+            if not busy.wait(max(0.0, min(BUSY_WAIT, deadline - time.monotonic()))):
                 raise TransactionError(f"{what}: an earlier transactional call is still "
-                                       f"waiting for the broker after {timeout:.1f}s")
+                                       "waiting for the broker (fatal: close this producer "
+                                       "and create a new one)")
             self._txn_busy = None
         while True:
             left = max(0.0, deadline - time.monotonic())
