@@ -227,8 +227,14 @@ def _run_parent(cfg: StageConfig) -> int:
                     workers[i] = spawn(i)
                     continue
                 running.remove(i)
-                codes.append(0 if w.exitcode == MEMORY_EXIT else w.exitcode or 0)
-                if w.exitcode and w.exitcode != MEMORY_EXIT:
+                code = w.exitcode or 0
+                if code == MEMORY_EXIT or (stopping and code in (-signal.SIGTERM,
+                                                                 -signal.SIGINT)):
+                    # Stopped at its limit as we stop, or ended by the signal we forwarded
+                    # while it was still starting (nothing read, nothing to commit).
+                    code = 0
+                codes.append(code)
+                if code:
                     forward(signal.SIGTERM, None)
     finally:
         if server is not None:
