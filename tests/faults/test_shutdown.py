@@ -63,7 +63,8 @@ def _stage_args(bootstrap: str, source: str, sink: str, dlq: str, group: str) ->
 
 def _trial(kafka: LocalKafka, order: str, name: Callable[[str], str], log: Path
            ) -> tuple[float, int, int, int, int]:
-    """One trial; returns (exit seconds, sent, received, duplicated, lost)."""
+    """One trial; returns (exit seconds, sent, received, duplicated, lost), where received
+    counts the output and the dead letters together."""
     bootstrap = kafka.bootstrap_servers
     broker = KafkaBroker(bootstrap)
     admin = broker.admin()
