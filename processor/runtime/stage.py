@@ -188,7 +188,8 @@ class Stage:
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
-        self._prober.start()
+        if self._prober.ident is None:
+            self._prober.start()
         lifecycle(
             logger, "start", stage=self.options.name, input=self.options.input_topic,
             output=self.options.output_topic, group=self.options.group,
