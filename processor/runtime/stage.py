@@ -59,6 +59,7 @@ from processor.runtime.commit import AtLeastOnce, CommitResult, CommitStrategy, 
 from processor.runtime.dead_letters import DeadLetters, Reason
 from processor.runtime.deadline import DeadlineHandler
 from processor.runtime.flow import Backpressure
+from processor.runtime.probe import BrokerProbe
 from processor.runtime.retry import RetryHolder
 from processor.runtime.stats import StageStats, report_batch
 from processor.serde.codec import Codec
@@ -68,9 +69,7 @@ __all__ = ["LATENCY_SAMPLE_EVERY", "Stage", "StageFailed", "StageStats", "tune_g
 logger = logging.getLogger(__name__)
 
 LAG_REPORT_INTERVAL = 5.0
-"""Seconds between two reports of the consumer lag (and two probes of the broker)."""
-BROKER_PROBE_TIMEOUT = 2.0
-"""Seconds the readiness probe of the broker waits for an answer."""
+"""Seconds between two reports of the consumer lag."""
 
 GC_THRESHOLDS = (20_000, 50, 100)
 """Collector thresholds while a stage runs (CPython's defaults are (700, 10, 10))."""
@@ -174,9 +173,8 @@ class Stage:
         self._last_lag = clock()
         self.backpressure = Backpressure(options.name, self.consumer, self.producer,
                                          options.max_in_flight)
-        self._probe_stop = threading.Event()
-        self._prober = threading.Thread(target=self._probe_loop, daemon=True,
-                                        name=f"broker-probe-{options.name}")
+        self.probe = BrokerProbe(options.name, self.consumer, self.health,
+                                 lambda: self._assigned)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -188,8 +186,7 @@ class Stage:
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
-        if self._prober.ident is None:
-            self._prober.start()
+        self.probe.start()
         lifecycle(
             logger, "start", stage=self.options.name, input=self.options.input_topic,
             output=self.options.output_topic, group=self.options.group,
@@ -222,6 +219,7 @@ class Stage:
         """Ask the loop to finish: it stops polling, drains, commits and closes, all of it
         within `shutdown_timeout` seconds from now (a commit under way is cut short)."""
         self._set_stop_by()
+        self.probe.stop()
         self._stop.set()
 
     def _set_stop_by(self) -> float:
@@ -248,9 +246,6 @@ class Stage:
         a short moment (`CLOSE_FLOOR`) after an earlier step used the time up.
         `run()` calls it on its way out; a caller driving `run_once()` calls it itself."""
         stop_by = self._set_stop_by()
-        self._probe_stop.set()
-        if self._prober.is_alive():
-            self._prober.join(BROKER_PROBE_TIMEOUT + 1.0)
 
         def left() -> float:
             return max(CLOSE_FLOOR, stop_by - time.monotonic())
@@ -260,6 +255,7 @@ class Stage:
         except ProcessorError:
             logger.exception("stage %s: final commit failed", self.options.name)
         finally:
+            self.probe.close()  # before the consumer's handle goes
             try:
                 self.consumer.close(left())
             except BackendError as exc:
@@ -650,30 +646,3 @@ class Stage:
                 continue
             if position is not None and position >= 0 and high >= 0:
                 self.metrics.lag(tp.partition, max(0, high - position))
-
-    def _probe_loop(self) -> None:
-        """Readiness, on a thread of its own so that it answers while the loop waits on
-        a flush or a commit: every `LAG_REPORT_INTERVAL` seconds ask the leader of one
-        assigned partition for its watermarks (a round trip, at most
-        `BROKER_PROBE_TIMEOUT`); `/readyz` shows the broker away while that fails.
-        `close()` stops it before it closes the consumer."""
-        while not self._probe_stop.wait(LAG_REPORT_INTERVAL):
-            try:
-                self._probe_broker()
-            except Exception as exc:  # a probe must never end the thread
-                logger.debug("stage %s: broker probe: %s", self.options.name, exc)
-
-    def _probe_broker(self) -> None:
-        assigned = list(self._assigned)
-        if not assigned:
-            return  # without partitions the stage is not ready anyway
-        tp = min(assigned)
-        try:
-            self.consumer.watermarks(tp, timeout=BROKER_PROBE_TIMEOUT)
-        except ProcessorError as exc:
-            if self.health.broker_ok:
-                logger.warning("stage %s: broker not answering (%s): not ready",
-                               self.options.name, exc)
-            self.health.set_broker_ok(False)
-            return
-        self.health.set_broker_ok(True)

@@ -162,7 +162,7 @@ def test_the_broker_probe_sets_readiness() -> None:
     stage.start()
     stage.run_once()  # joins the group: partitions assigned
     stage.health.set_broker_ok(False)
-    stage._probe_broker()  # what the probe thread does every few seconds
+    stage.probe.probe()  # what the probe's thread does every few seconds
     assert stage.health.broker_ok
     stage.close()
 
