@@ -113,8 +113,12 @@ class Consumer(ABC):
         """Read `partition` next from `offset`."""
 
     @abstractmethod
-    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """Commit synchronously: `offsets` are the next offsets to read."""
+    def commit(self, offsets: Mapping[TopicPartition, int],
+               timeout: float | None = None) -> None:
+        """Commit synchronously: `offsets` are the next offsets to read.
+
+        With `timeout`, give up after that many seconds without an answer and raise
+        `BrokerUnavailable` (the commit may still land later)."""
 
     @abstractmethod
     def committed(
@@ -140,11 +144,13 @@ class Consumer(ABC):
         """State for `Producer.send_offsets_to_transaction`."""
 
     @abstractmethod
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         """Leave the group (triggering a rebalance for the others) and release resources.
 
         `on_revoke` runs first, while the member may still commit. Closing twice does
-        nothing; any other call on a closed consumer raises `BackendError`.
+        nothing; any other call on a closed consumer raises `BackendError`. With
+        `timeout`, give up waiting for the broker after that many seconds and raise
+        `BrokerUnavailable`.
         """
 
 
@@ -208,10 +214,11 @@ class Producer(ABC):
     def abort_transaction(self, timeout: float = 30.0) -> None: ...
 
     @abstractmethod
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         """Abort an open transaction, flush what is queued and release resources.
 
         Closing twice does nothing; producing on a closed producer raises `BackendError`.
+        `timeout` bounds the whole of it (records still unacknowledged then are logged).
         """
 
 

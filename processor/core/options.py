@@ -141,6 +141,10 @@ class StageOptions:
     error_policy: Annotated[ErrorPolicy, Field(
         description="what an unexpected handler exception does: dead-letter the input, "
                     "or stop")] = "dead-letter"
+    handler_timeout: Annotated[Number | None, Field(
+        gt=0, description="seconds one handler call may take before the record is retried "
+                          "or dead-lettered by the retry policy (none: no deadline)",
+        json_schema_extra={"metavar": "SECONDS"})] = None
     shutdown_timeout: Annotated[Number, Field(
         gt=0, description="seconds a shutdown may take to drain and commit",
         json_schema_extra={"metavar": "SECONDS"})] = 30.0

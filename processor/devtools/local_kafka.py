@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import ctypes
+import dataclasses
 import fcntl
 import hashlib
 import logging
@@ -73,6 +74,12 @@ class NodeConfig:
     broker_port: int
     controller_port: int
     directory: Path
+    external_port: int | None = None
+    """A second client listener (EXTERNAL), for clients that reach the node through
+    something in between, such as a fault-injecting proxy."""
+    advertised_external_port: int | None = None
+    """The port the EXTERNAL listener advertises (the proxy's), so that clients
+    reconnecting after a metadata refresh go through it too."""
 
     @property
     def properties_file(self) -> Path:
@@ -219,7 +226,7 @@ def render_server_properties(node: NodeConfig, cluster: Sequence[NodeConfig],
         quorum = f"controller.quorum.voters={voters}"
     if template is None:
         template = (deploy_dir() / "server.properties").read_text()
-    return Template(template).substitute(
+    text = Template(template).substitute(
         node_id=node.node_id,
         broker_port=node.broker_port,
         controller_port=node.controller_port,
@@ -231,6 +238,16 @@ def render_server_properties(node: NodeConfig, cluster: Sequence[NodeConfig],
         offsets_partitions=4,
         txn_partitions=4,
     )
+    if node.external_port is not None:
+        advertised = node.advertised_external_port or node.external_port
+        text = (text
+                .replace("listeners=PLAINTEXT://", f"listeners=EXTERNAL://127.0.0.1:"
+                         f"{node.external_port},PLAINTEXT://", 1)
+                .replace("advertised.listeners=PLAINTEXT://", "advertised.listeners="
+                         f"EXTERNAL://127.0.0.1:{advertised},PLAINTEXT://", 1)
+                .replace("listener.security.protocol.map=", "listener.security.protocol.map="
+                         "EXTERNAL:PLAINTEXT,", 1))
+    return text
 
 
 def render_log4j(node: NodeConfig, template: str | None = None) -> str:
@@ -272,7 +289,11 @@ class LocalKafka:
         heap: str = "512m",
         fast_start: bool = True,
         start_timeout: float | None = None,
+        advertise_external: Sequence[int] = (),
     ) -> None:
+        """`advertise_external`, one port per node: each node gets a second client
+        listener (EXTERNAL, on a free port: `external_bootstrap(i)`) that advertises
+        127.0.0.1 and that port, where a proxy in front of the listener listens."""
         if nodes < 1:
             raise LocalKafkaError(f"nodes must be 1 or more, got {nodes}")
         self.nodes = nodes
@@ -281,6 +302,11 @@ class LocalKafka:
         self.heap = heap
         self.jvm_flags = FAST_START_JVM_FLAGS if fast_start else THROUGHPUT_JVM_FLAGS
         self.start_timeout = start_timeout if start_timeout is not None else 30.0 + 15.0 * nodes
+        if advertise_external and len(advertise_external) != nodes:
+            raise LocalKafkaError(
+                f"advertise_external needs one port per node ({nodes}), got "
+                f"{len(advertise_external)}")
+        self.advertise_external = tuple(advertise_external)
         self.cluster_id = new_cluster_id()
         self.node_configs: list[NodeConfig] = []
         self._processes: dict[int, subprocess.Popen[bytes]] = {}
@@ -309,6 +335,13 @@ class LocalKafka:
     def node_bootstrap(self, index: int) -> str:
         return f"127.0.0.1:{self.node_configs[index].broker_port}"
 
+    def external_target(self, index: int) -> tuple[str, int]:
+        """Where node `index`'s EXTERNAL listener listens (what a proxy forwards to)."""
+        port = self.node_configs[index].external_port
+        if port is None:
+            raise LocalKafkaError("the cluster was started without advertise_external")
+        return "127.0.0.1", port
+
     # -- lifecycle --
 
     def start(self) -> None:
@@ -320,6 +353,12 @@ class LocalKafka:
             self.workdir = Path(tempfile.mkdtemp(prefix="kafka-local-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.node_configs = plan_nodes(self.nodes, self.workdir)
+        if self.advertise_external:
+            ports = free_ports(self.nodes)
+            self.node_configs = [
+                dataclasses.replace(node, external_port=ports[i],
+                                    advertised_external_port=self.advertise_external[i])
+                for i, node in enumerate(self.node_configs)]
         server_template = (deploy_dir() / "server.properties").read_text()
         log4j_template = (deploy_dir() / "log4j2.properties").read_text()
         for node in self.node_configs:
@@ -529,6 +568,22 @@ class LocalKafka:
         self.kill_node(node_id)
         self.start_node(node_id, timeout)
 
+    def freeze_node(self, node_id: int) -> None:
+        """SIGSTOP one node: its sockets stay open and nothing answers (a long GC pause,
+        a hung VM). `thaw_node` lets it run on."""
+        process = self._processes.get(node_id)
+        if process is None or process.poll() is not None:
+            raise LocalKafkaError(f"Kafka node {node_id} is not running")
+        process.send_signal(signal.SIGSTOP)
+        logger.info("froze Kafka node %d", node_id)
+
+    def thaw_node(self, node_id: int) -> None:
+        """SIGCONT a node frozen by `freeze_node`."""
+        process = self._processes.get(node_id)
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGCONT)
+            logger.info("thawed Kafka node %d", node_id)
+
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM every node, SIGKILL what remains after `timeout`; remove a temporary workdir."""
         processes = list(self._processes.values())
@@ -546,6 +601,7 @@ def _terminate(processes: Sequence[subprocess.Popen[bytes]], timeout: float) -> 
         if process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
+                process.send_signal(signal.SIGCONT)  # a frozen node must see it
     deadline = time.monotonic() + timeout
     for process in processes:
         try:

@@ -2,7 +2,9 @@
 
 * `/healthz` (liveness) answers 200 while the stage's poll loop is alive: the loop calls
   `HealthState.beat()` on every turn, and when no beat came for longer than `stuck_after`
-  seconds (default 30) the answer is 503, so an orchestrator restarts the process.
+  seconds (default 30) the answer is 503, so an orchestrator restarts the process. It
+  answers 503 too while a handler call is stuck past the stage's `handler_timeout`
+  (`handler_stuck`): the loop goes on, but that call holds a thread until it returns.
 * `/readyz` (readiness) answers 200 only when the stage has partitions assigned
   (`set_assigned(n)` with n > 0) and the broker answered its last request
   (`set_broker_ok(True)`); otherwise 503 with the reason in the body.
@@ -64,10 +66,22 @@ class HealthState:
         self._last_beat = clock()
         self._assigned = 0
         self._broker_ok = False
+        self._stuck: dict[str, tuple[float, float]] = {}  # what -> (since, deadline)
+        self._lock = threading.Lock()
 
     def beat(self) -> None:
         """The poll loop is alive (call once per loop turn)."""
         self._last_beat = self._clock()
+
+    def handler_stuck(self, what: str, deadline: float) -> None:
+        """A handler call on `what` outran its `deadline` (seconds) and is still running."""
+        with self._lock:
+            self._stuck[what] = (self._clock() - deadline, deadline)
+
+    def handler_unstuck(self, what: str) -> None:
+        """The stuck call on `what` returned at last."""
+        with self._lock:
+            self._stuck.pop(what, None)
 
     def set_assigned(self, n: int) -> None:
         self._assigned = n
@@ -87,16 +101,24 @@ class HealthState:
         return self._clock() - self._last_beat
 
     def is_healthy(self) -> bool:
-        return self.seconds_since_beat() <= self.stuck_after
+        return self.seconds_since_beat() <= self.stuck_after and not self._stuck
 
     def is_ready(self) -> bool:
         return self._assigned > 0 and self._broker_ok
 
     def health_reason(self) -> str:
         since = self.seconds_since_beat()
-        if since <= self.stuck_after:
-            return "ok"
-        return f"stuck: the poll loop has not run for {since:.1f}s (limit {self.stuck_after:g}s)"
+        if since > self.stuck_after:
+            return (f"stuck: the poll loop has not run for {since:.1f}s "
+                    f"(limit {self.stuck_after:g}s)")
+        with self._lock:
+            stuck = dict(self._stuck)
+        if stuck:
+            now = self._clock()
+            calls = ", ".join(f"{what} for {now - began:.1f}s (limit {limit:g}s)"
+                              for what, (began, limit) in sorted(stuck.items()))
+            return f"stuck: handler call(s) past their deadline: {calls}"
+        return "ok"
 
     def ready_reason(self) -> str:
         problems = []

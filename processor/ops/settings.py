@@ -245,6 +245,10 @@ class StageConfig:
     schema_registry_ca_file: Annotated[Name | None, Field(
         description="CA certificates (PEM) to verify the schema registry's TLS certificate",
         json_schema_extra={"group": "schemas", "metavar": "FILE"})] = None
+    memory_limit: Annotated[Count | None, Field(
+        ge=32, description="resident memory (MiB) above which a worker stops cleanly and "
+                           "is restarted (off: no limit)",
+        json_schema_extra={"group": "operations", "metavar": "MIB", "none": "off"})] = None
     sources: Annotated[Mapping[str, str], ReadOnly] = dataclasses.field(
         default_factory=lambda: MappingProxyType({}), compare=False, repr=False)
     """Setting -> where its value came from ("default", "file stage.yaml", ...)."""

@@ -15,6 +15,11 @@ shutdown it asks its strategy to commit them:
   (`rewind_to`, which the stage fills in its loop).
 
 Both answer a commit with a `CommitResult`; the stage does the bookkeeping.
+
+Every broker call of a commit is bounded: by the commit's `timeout`, and, once the stage
+is stopping, by `stop_by` (the `time.monotonic()` by which its shutdown must be over),
+read again between the short slices of a flush. So a commit running when a stop signal
+arrives ends by the shutdown deadline, even with the broker gone.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from collections.abc import Mapping
 
 from processor.backends.abstract import Consumer, Producer, TopicPartition
 from processor.core.errors import (
+    BrokerUnavailable,
     DeliveryFailed,
     ProducerFenced,
     RebalanceInProgress,
@@ -36,6 +42,12 @@ from processor.ops.metrics import Metrics
 from processor.runtime.retry import RetryHolder
 
 logger = logging.getLogger(__name__)
+
+FLUSH_SLICE = 0.2
+"""Longest single flush call of a commit, in seconds (`stop_by` is read between them)."""
+MIN_CALL = 0.5
+"""Seconds every broker call of a commit gets, even past its deadline: enough for a
+reachable broker to answer, short enough to bound a shutdown with an absent one."""
 
 
 class CommitResult(enum.Enum):
@@ -62,6 +74,26 @@ class CommitStrategy(ABC):
         self.producer = producer
         self.metrics = metrics
         self.rewind_to: dict[TopicPartition, int] = {}
+        self.stop_by: float | None = None
+        """Set by a stopping stage: no broker call may last past this monotonic time."""
+
+    def _end(self, timeout: float) -> float:
+        end = time.monotonic() + timeout
+        return end if self.stop_by is None else min(end, self.stop_by)
+
+    def _left(self, end: float) -> float:
+        """Seconds until `end`, or until `stop_by` if it came sooner since."""
+        if self.stop_by is not None:
+            end = min(end, self.stop_by)
+        return max(0.0, end - time.monotonic())
+
+    def _flush(self, end: float) -> int:
+        """Flush in slices until everything is acknowledged or `end` (or `stop_by`)."""
+        while True:
+            left = self._left(end)
+            remaining = self.producer.flush(min(FLUSH_SLICE, left))
+            if remaining == 0 or left <= FLUSH_SLICE:
+                return remaining
 
     @property
     def in_transaction(self) -> bool:
@@ -84,7 +116,8 @@ class AtLeastOnce(CommitStrategy):
 
     def commit(self, offsets: Mapping[TopicPartition, int], timeout: float) -> CommitResult:
         t0 = time.perf_counter()
-        remaining = self.producer.flush(timeout)
+        end = self._end(timeout)
+        remaining = self._flush(end)
         errors = self.producer.take_delivery_errors()
         if errors:
             raise DeliveryFailed(
@@ -100,12 +133,17 @@ class AtLeastOnce(CommitStrategy):
             return CommitResult.POSTPONED
         if offsets:
             try:
-                self.consumer.commit(offsets)
+                self.consumer.commit(offsets, max(MIN_CALL, self._left(end)))
             except RebalanceInProgress as exc:
                 # The group moved on under us; the revocation that follows commits
                 # again, or the new owner re-reads (at-least-once allows that).
                 logger.warning("stage %s: commit refused during a rebalance: %s",
                                self.name, exc)
+                return CommitResult.POSTPONED
+            except BrokerUnavailable as exc:
+                # No answer in time: the outputs are durable, so committing later (or
+                # re-reading after a restart) only risks duplicates.
+                logger.warning("stage %s: commit not confirmed: %s", self.name, exc)
                 return CommitResult.POSTPONED
         self.metrics.commit_latency(time.perf_counter() - t0)
         return CommitResult.COMMITTED
@@ -139,19 +177,20 @@ class ExactlyOnce(CommitStrategy):
         if not self._open:
             return CommitResult.POSTPONED
         t0 = time.perf_counter()
+        end = self._end(timeout)
         producer = self.producer
         try:
             if offsets:
                 producer.send_offsets_to_transaction(
-                    offsets, self.consumer.group_metadata(), timeout
+                    offsets, self.consumer.group_metadata(), max(MIN_CALL, self._left(end))
                 )
-            producer.flush(timeout)
+            self._flush(end)
             errors = producer.take_delivery_errors()
             if errors:
                 raise TransactionError(
                     f"{len(errors)} outputs of the transaction failed ({errors[0].reason})"
                 )
-            producer.commit_transaction(timeout)
+            producer.commit_transaction(max(MIN_CALL, self._left(end)))
         except ProducerFenced:
             self._open = False
             raise
@@ -168,6 +207,6 @@ class ExactlyOnce(CommitStrategy):
 
     def abort(self) -> None:
         try:
-            self.producer.abort_transaction()
+            self.producer.abort_transaction(max(MIN_CALL, self._left(time.monotonic() + 30.0)))
         finally:
             self._open = False

@@ -3,7 +3,12 @@
 With `--processes N` the parent starts N worker processes, each a member of the stage's
 consumer group (so Kafka spreads the partitions over them), serves one aggregated
 `/metrics` endpoint, forwards SIGTERM/SIGINT to the workers and exits with the worst of
-their exit codes.
+their exit codes. With a `memory_limit` (even for one worker) a worker whose resident
+memory passes it stops cleanly (`processor.runtime.memory_guard`) and the parent starts
+a new one in its place.
+
+A stop signal gives the stage `shutdown_timeout` seconds to commit and close; a second
+one exits at once, logging what was left uncommitted.
 """
 
 from __future__ import annotations
@@ -39,15 +44,30 @@ _RUNNING: list[Stage] = []
 def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
     from processor.ops.logs import lifecycle
 
-    _STOP_REQUESTS.append(signal.Signals(signum).name)
-    lifecycle(logger, "shutdown", signal=_STOP_REQUESTS[-1],
-              stages=[s.options.name for s in _RUNNING])
+    name = signal.Signals(signum).name
+    if _STOP_REQUESTS:
+        _force_exit(name, 128 + signum)
+    _STOP_REQUESTS.append(name)
+    lifecycle(logger, "shutdown", signal=name, stages=[s.options.name for s in _RUNNING])
     for stage in _RUNNING:
         stage.stop()
 
 
+def _force_exit(name: str, code: int) -> None:
+    """A second stop signal: exit at once, saying what is left uncommitted (at-least-once
+    reads it again after a restart; exactly-once has its open transaction aborted)."""
+    left = "; ".join(f"stage {s.options.name}: {s.uncommitted()}" for s in _RUNNING)
+    logger.warning("second stop signal (%s): exiting now, without finishing the shutdown; "
+                   "left uncommitted: %s", name, left or "nothing (no stage running)")
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _catch_stop_signals() -> None:
-    """SIGTERM/SIGINT stop the stage, or keep it from starting: a clean exit either way."""
+    """SIGTERM/SIGINT stop the stage, or keep it from starting: a clean exit either way,
+    within `shutdown_timeout`. A second one exits at once (`_force_exit`)."""
     signal.signal(signal.SIGTERM, _on_stop_signal)
     signal.signal(signal.SIGINT, _on_stop_signal)
 
@@ -66,8 +86,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     from processor.core.handlers import registry
 
     registry.resolve_all(cfg.handlers)
-    if cfg.processes <= 1:
+    if cfg.processes <= 1 and cfg.memory_limit is None:
         return run_worker(cfg, index=0, serve_metrics=True)
+    # A memory limit needs a parent to restart the worker it stops.
     return _run_parent(cfg)
 
 
@@ -139,6 +160,7 @@ def run_worker(cfg: StageConfig, index: int, serve_metrics: bool) -> int:
     from processor.backends.kafka import KafkaBroker
     from processor.ops.health import HealthState
     from processor.runtime.build import build_stage
+    from processor.runtime.memory_guard import MEMORY_EXIT, MemoryGuard
 
     _catch_stop_signals()
     base = cfg.options.transactional_id or f"{cfg.options.name}-{cfg.options.group}"
@@ -148,17 +170,22 @@ def run_worker(cfg: StageConfig, index: int, serve_metrics: bool) -> int:
     health = HealthState()
     # Bound before the stage joins its group: a busy port stops it with nothing to undo.
     server = serve_metrics_for(cfg, health) if serve_metrics else None
+    guard = None
     try:
         stage = build_stage(cfg, broker, transactional_id=txn_id, health=health)
         stage.health.set_broker_ok(True)
         _RUNNING.append(stage)
         if _STOP_REQUESTS:
             stage.stop()
+        if cfg.memory_limit is not None:
+            guard = MemoryGuard(cfg.memory_limit, stage.stop, index).start()
         stage.run()
     finally:
+        if guard is not None:
+            guard.close()
         if server is not None:
             server.stop()
-    return 0
+    return MEMORY_EXIT if guard is not None and guard.tripped else 0
 
 
 def _worker_main(cfg: StageConfig, index: int, multiproc_dir: str) -> None:
@@ -178,6 +205,7 @@ def _worker_main(cfg: StageConfig, index: int, multiproc_dir: str) -> None:
 def _run_parent(cfg: StageConfig) -> int:
     from processor.ops.health import HealthState
     from processor.ops.metrics import cleanup_multiprocess, enable_multiprocess, worker_exited
+    from processor.runtime.memory_guard import MEMORY_EXIT
 
     # Once, before the workers start: they would race to create the same topics.
     prepare_topics(cfg)
@@ -188,15 +216,19 @@ def _run_parent(cfg: StageConfig) -> int:
     multiproc_dir = tempfile.mkdtemp(prefix="processor-metrics-")
     enable_multiprocess(multiproc_dir)
     ctx = multiprocessing.get_context("spawn")
-    workers = [
-        ctx.Process(target=_worker_main, args=(cfg, i, multiproc_dir), name=f"worker-{i}")
-        for i in range(cfg.processes)
-    ]
-    for w in workers:
-        w.start()
+
+    def spawn(i: int) -> multiprocessing.process.BaseProcess:
+        worker = ctx.Process(target=_worker_main, args=(cfg, i, multiproc_dir),
+                             name=f"worker-{i}")
+        worker.start()
+        return worker
+
+    workers = [spawn(i) for i in range(cfg.processes)]
     logger.info("started %d worker processes", len(workers))
+    stopping: list[int] = []
 
     def forward(signum: int, frame: FrameType | None) -> None:
+        stopping.append(signum)
         for w in workers:
             if w.pid is not None and w.is_alive():
                 os.kill(w.pid, signum)
@@ -204,16 +236,32 @@ def _run_parent(cfg: StageConfig) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     codes = []
+    running = list(range(len(workers)))
     try:
-        for w in workers:
-            while w.is_alive():
-                w.join(1.0)
+        while running:
+            for i in list(running):
+                w = workers[i]
+                w.join(0.5)
                 health.beat()
-            codes.append(w.exitcode or 0)
-            if w.pid is not None:
-                worker_exited(w.pid)
-            if w.exitcode:
-                forward(signal.SIGTERM, None)
+                if w.is_alive():
+                    continue
+                if w.pid is not None:
+                    worker_exited(w.pid)
+                if w.exitcode == MEMORY_EXIT and not stopping:
+                    logger.warning("worker %d stopped cleanly at its memory limit; "
+                                   "restarting it", i)
+                    workers[i] = spawn(i)
+                    continue
+                running.remove(i)
+                code = w.exitcode or 0
+                if code == MEMORY_EXIT or (stopping and code in (-signal.SIGTERM,
+                                                                 -signal.SIGINT)):
+                    # Stopped at its limit as we stop, or ended by the signal we forwarded
+                    # while it was still starting (nothing read, nothing to commit).
+                    code = 0
+                codes.append(code)
+                if code:
+                    forward(signal.SIGTERM, None)
     finally:
         if server is not None:
             server.stop()

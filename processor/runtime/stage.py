@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from processor.backends.abstract import Broker, Consumer, Message, Producer, TopicPartition
 from processor.core.artifact import Artifact
 from processor.core.errors import (
+    BackendError,
     ChecksumMismatch,
     DecodeError,
     DeliveryFailed,
@@ -57,7 +58,9 @@ from processor.ops.metrics import (
 )
 from processor.runtime.commit import AtLeastOnce, CommitResult, CommitStrategy, ExactlyOnce
 from processor.runtime.dead_letters import DeadLetters, Reason
+from processor.runtime.deadline import DeadlineHandler
 from processor.runtime.flow import Backpressure
+from processor.runtime.probe import BrokerProbe
 from processor.runtime.retry import RetryHolder
 from processor.runtime.stats import StageStats, report_batch
 from processor.serde.codec import Codec
@@ -72,6 +75,9 @@ LAG_REPORT_INTERVAL = 5.0
 
 GC_THRESHOLDS = (20_000, 50, 100)
 """Collector thresholds while a stage runs (CPython's defaults are (700, 10, 10))."""
+
+CLOSE_FLOOR = 0.5
+"""Seconds each client gets to close even when the shutdown deadline has passed."""
 
 _NO_PARTITION = TopicPartition("", -1)
 
@@ -119,11 +125,16 @@ class Stage:
     ) -> None:
         self.options = options
         self.broker = broker
-        self.handler = handler
         # Records carry their writer schema's identity (`processor.serde.wire`).
         self.codec = codec if isinstance(codec, WireCodec) else WireCodec(codec)
         self.metrics: Metrics = metrics if metrics is not None else NullMetrics()
         self.health = health if health is not None else HealthState(clock=clock)
+        self._deadline: DeadlineHandler | None = None
+        if options.handler_timeout is not None:
+            self._deadline = DeadlineHandler(handler, options.handler_timeout, self.health,
+                                             options.name)
+            handler = self._deadline
+        self.handler = handler
         self.clock = clock
         self.stats = StageStats(started=clock())
         self._eos = options.guarantee == EXACTLY_ONCE
@@ -165,6 +176,8 @@ class Stage:
         self._last_lag = clock()
         self.backpressure = Backpressure(options.name, self.consumer, self.producer,
                                          options.max_in_flight)
+        self.probe = BrokerProbe(options.name, self.consumer, self.health,
+                                 lambda: self._assigned)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -176,6 +189,7 @@ class Stage:
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
+        self.probe.start()
         lifecycle(
             logger, "start", stage=self.options.name, input=self.options.input_topic,
             output=self.options.output_topic, group=self.options.group,
@@ -205,31 +219,66 @@ class Stage:
         return self.stats
 
     def stop(self) -> None:
-        """Ask the loop to finish: it stops polling, drains, commits and closes."""
+        """Ask the loop to finish: it stops polling, drains, commits and closes, all of it
+        within `shutdown_timeout` seconds from now (a commit under way is cut short)."""
+        self._set_stop_by()
+        self.probe.stop()
         self._stop.set()
+
+    def _set_stop_by(self) -> float:
+        if self.commits.stop_by is None:
+            self.commits.stop_by = time.monotonic() + self.options.shutdown_timeout
+        return self.commits.stop_by
 
     def wait_stopped(self, timeout: float | None = None) -> bool:
         return self._stopped.wait(timeout)
 
+    def uncommitted(self) -> str:
+        """What a stop now would leave uncommitted (re-read after a restart), in words."""
+        parts = [f"{tp}@{offset}" for tp, offset in sorted(self._pending.items())]
+        text = (f"handled up to (not including) {', '.join(parts)}" if parts
+                else "no handled record")
+        text += f"; {self._in_flight} output(s) since the last commit"
+        if self.commits.in_transaction:
+            text += "; a transaction open (the broker aborts it)"
+        return text
+
     def close(self) -> None:
-        """Commit what is handled (within `shutdown_timeout`), then close both clients.
+        """Commit what is handled, then close both clients: all of it within
+        `shutdown_timeout` (counted from `stop()`, or from now). Each client still gets
+        a short moment (`CLOSE_FLOOR`) after an earlier step used the time up.
         `run()` calls it on its way out; a caller driving `run_once()` calls it itself."""
-        deadline = self.clock() + self.options.shutdown_timeout
+        stop_by = self._set_stop_by()
+
+        def left() -> float:
+            return max(CLOSE_FLOOR, stop_by - time.monotonic())
+
         try:
-            self.commit(deadline - self.clock())
+            self.commit(left())
         except ProcessorError:
             logger.exception("stage %s: final commit failed", self.options.name)
         finally:
+            self.probe.close()  # before the consumer's handle goes
             try:
-                self.consumer.close()
+                self.consumer.close(left())
+            except BackendError as exc:
+                logger.warning("stage %s: closing the consumer: %s", self.options.name, exc)
             finally:
-                self.producer.close()
-                self._stopped.set()
-                lifecycle(
-                    logger, "stopped", stage=self.options.name, consumed=self.stats.consumed,
-                    produced=self.stats.produced, dropped=self.stats.dropped,
-                    dead_lettered=self.stats.dead_lettered,
-                )
+                try:
+                    self.producer.close(left())
+                except BackendError as exc:
+                    logger.warning("stage %s: closing the producer: %s",
+                                   self.options.name, exc)
+                finally:
+                    if self._pending:
+                        logger.warning("stage %s: stopped with %s; those records will be "
+                                       "read again", self.options.name, self.uncommitted())
+                    self._stopped.set()
+                    lifecycle(
+                        logger, "stopped", stage=self.options.name,
+                        consumed=self.stats.consumed, produced=self.stats.produced,
+                        dropped=self.stats.dropped, dead_lettered=self.stats.dead_lettered,
+                    )
 
     # --- the loop --------------------------------------------------------------------
 
@@ -260,6 +309,8 @@ class Stage:
         if now - self._last_lag >= LAG_REPORT_INTERVAL:
             self._last_lag = now
             self._report_lag()
+        if self._deadline is not None and self._deadline.hung:
+            raise StageFailed(f"stage {self.options.name}: {self._deadline.hung}")
         return n
 
     def _process(self, messages: Sequence[Message], previous_attempts: int = 0) -> None:
@@ -510,8 +561,12 @@ class Stage:
 
         An output that failed raises `DeliveryFailed`; the offsets handled since the last
         commit are then forgotten, so that no later commit (not even the one at shutdown)
-        marks the records of the failed outputs done."""
-        timeout = timeout if timeout is not None and timeout > 0 else 30.0
+        marks the records of the failed outputs done.
+
+        `timeout` defaults to `shutdown_timeout`: a commit under way when a stop is asked
+        for then ends by the shutdown deadline too."""
+        if timeout is None or timeout <= 0:
+            timeout = self.options.shutdown_timeout
         offsets = {tp: off for tp, off in self._pending.items() if tp in self._assigned}
         try:
             result = self.commits.commit(offsets, timeout)
@@ -606,4 +661,3 @@ class Stage:
                 continue
             if position is not None and position >= 0 and high >= 0:
                 self.metrics.lag(tp.partition, max(0, high - position))
-        self.health.set_broker_ok(True)

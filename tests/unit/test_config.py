@@ -321,6 +321,12 @@ def test_file_errors_name_the_field(tmp_path: Path, text: str, message: str) -> 
          r"metrics_port: expected an integer, got 'abc' \(from environment "
          r"PROCESSOR_METRICS_PORT\)"),
         ({"PROCESSOR_PROCESSES": "1.5"}, r"processes: expected an integer, got '1.5'"),
+        ({"PROCESSOR_HANDLER_TIMEOUT": "0"},
+         r"handler_timeout: must be greater than 0, got 0 \(from environment "
+         r"PROCESSOR_HANDLER_TIMEOUT\)"),
+        ({"PROCESSOR_MEMORY_LIMIT": "10"},
+         r"memory_limit: must be at least 32, got 10 \(from environment "
+         r"PROCESSOR_MEMORY_LIMIT\)"),
         ({"PROCESSOR_BOOTSTRAP_SERVERS": ""},
          r"bootstrap_servers: must not be empty \(from environment PROCESSOR_BOOTSTRAP_SERVERS\)"),
     ],
@@ -328,6 +334,17 @@ def test_file_errors_name_the_field(tmp_path: Path, text: str, message: str) -> 
 def test_env_errors_name_the_field_and_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(None, {**MINIMAL, **env}, {})
+
+
+def test_handler_timeout_and_memory_limit_are_off_unless_set() -> None:
+    cfg = load_config(None, MINIMAL, {})
+    assert cfg.options.handler_timeout is None
+    assert cfg.memory_limit is None
+    cfg = load_config(None, MINIMAL, flags("--handler-timeout", "2.5", "--memory-limit", "512"))
+    assert cfg.options.handler_timeout == 2.5
+    assert cfg.memory_limit == 512
+    cfg = load_config(None, {**MINIMAL, "PROCESSOR_MEMORY_LIMIT": "off"}, {})
+    assert cfg.memory_limit is None
 
 
 def test_flag_errors() -> None:

@@ -147,7 +147,17 @@ def test_lag_is_reported_per_partition_every_few_seconds() -> None:
     stage.run_once()
     assert set(metrics.lags) == {0, 1}
     assert sum(metrics.lags.values()) == 40 - stage.stats.consumed
+
+
+def test_the_broker_probe_sets_readiness() -> None:
+    broker = make_broker(partitions=2)
+    stage = Stage(options(), broker, identity)
+    stage.start()
+    stage.run_once()  # joins the group: partitions assigned
+    stage.health.set_broker_ok(False)
+    stage.probe.probe()  # what the probe's thread does every few seconds
     assert stage.health.broker_ok
+    stage.close()
 
 
 def test_exactly_once_observes_transactions_not_commits() -> None:

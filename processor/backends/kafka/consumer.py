@@ -28,6 +28,7 @@ from processor.backends.abstract import (
     Message,
     TopicPartition,
 )
+from processor.backends.kafka.bounded import call_within
 from processor.backends.kafka.convert import OFFSET_INVALID, from_kafka, to_kafka
 from processor.backends.kafka.errors import (
     SETTLING,
@@ -281,17 +282,24 @@ class KafkaConsumer(Consumer):
 
     # -- offsets --
 
-    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+    def commit(self, offsets: Mapping[TopicPartition, int],
+               timeout: float | None = None) -> None:
         self._check_open()
         if not offsets:
             return
         for tp, offset in offsets.items():
             if offset < 0:
                 raise OffsetOutOfRange(f"cannot commit negative offset {offset} for {tp}")
-        try:
+        positions = [to_kafka(tp, o) for tp, o in offsets.items()]
+
+        def commit() -> list[ck.TopicPartition] | None:
             # Synchronous: when commit() returns, the group coordinator has the offsets.
-            result = self._c.commit(offsets=[to_kafka(tp, o) for tp, o in offsets.items()],
-                                    asynchronous=False)
+            return self._c.commit(offsets=positions, asynchronous=False)
+
+        try:
+            # The synchronous commit takes no timeout; `call_within` bounds it (its
+            # module says why a helper thread rather than an asynchronous commit).
+            result = commit() if timeout is None else call_within("commit", commit, timeout)
         except KafkaException as exc:
             raise_kafka(exc, "commit")
         for ctp in result or []:
@@ -333,12 +341,17 @@ class KafkaConsumer(Consumer):
             except Exception as exc:
                 logger.debug("closing an abandoned consumer: %s", exc)
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         if self._closing:
             return
         self._closing = True
         try:
-            self._c.close()  # leaves the group; on_revoke runs in here
+            # Leaves the group; on_revoke runs in here (on the helper thread of
+            # `call_within` when bounded: the caller waits for it meanwhile).
+            if timeout is None:
+                self._c.close()
+            else:
+                call_within("consumer close", self._c.close, timeout)
         except KafkaException as exc:
             raise_kafka(exc, "close")
         except RuntimeError as exc:

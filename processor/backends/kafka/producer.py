@@ -9,7 +9,9 @@ errors until their timeout; the others are sorted by `processor.backends.kafka.e
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn, cast
@@ -24,11 +26,21 @@ from processor.backends.abstract import (
     Producer,
     TopicPartition,
 )
+from processor.backends.kafka.bounded import CallTimedOut, call_within, flush_within
 from processor.backends.kafka.convert import to_kafka
 from processor.backends.kafka.errors import ErrorLog, error_of, raise_kafka
-from processor.core.errors import BackendError, TransactionError, UnknownTopic
+from processor.core.errors import (
+    BackendError,
+    TransactionError,
+    UnknownTopic,
+)
 
 logger = logging.getLogger(__name__)
+
+TXN_GRACE = 1.0
+"""Seconds a transactional call is waited for beyond the timeout librdkafka was given."""
+BUSY_WAIT = 5.0
+"""Seconds a transactional call waits for an earlier one that outran its own wait."""
 
 
 class DeliveryLog:
@@ -60,6 +72,8 @@ class KafkaProducer(Producer):
         self._known_topics: set[str] = set()
         # Whether a transaction was begun and not yet committed or aborted.
         self._in_transaction = False
+        # Set when a transactional call that outran its wait has ended at last.
+        self._txn_busy: threading.Event | None = None
         self._closed = False
 
     def _check_topic(self, topic: str) -> None:
@@ -114,7 +128,8 @@ class KafkaProducer(Producer):
         return self._p.poll(timeout)
 
     def flush(self, timeout: float = 30.0) -> int:
-        return self._p.flush(timeout)
+        # In slices, so that signal handlers run while it waits (see `flush_within`).
+        return flush_within(self._p, timeout)
 
     def take_delivery_errors(self) -> list[DeliveryError]:
         failures = self._deliveries.failures
@@ -126,19 +141,45 @@ class KafkaProducer(Producer):
 
     # -- transactions --
 
-    def _txn(self, what: str, call: Callable[[], object], timeout: float | None = None,
+    def _txn(self, what: str, call: Callable[[float], object], timeout: float | None = None,
              retry: bool = False) -> None:
+        """Run `call(seconds left)`; with `timeout`, on a helper thread waited for at most
+        that long in all (`call_within`: librdkafka honours the timeout it is given, and
+        the helper thread keeps the caller's thread free to run signal handlers), and
+        retrying librdkafka's retriable errors while time is left."""
         self._check_open()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
+        if timeout is None:
             try:
-                call()
+                call(-1.0)
                 return
+            except KafkaException as exc:
+                raise_kafka(exc, what, transactional=True, fatal_hint=self._errors.fatal)
+        deadline = time.monotonic() + timeout
+        busy = self._txn_busy
+        if busy is not None:
+            # An earlier call outran its wait and still runs: librdkafka refuses another
+            # one until it ends (_CONFLICT), so wait for it a while. Seen with librdkafka
+            # 2.16: send_offsets_to_transaction never returning after the connection to
+            # the coordinator was cut; the producer is then of no more use, and failing
+            # soon lets the process be restarted sooner.
+            if not busy.wait(max(0.0, min(BUSY_WAIT, deadline - time.monotonic()))):
+                raise TransactionError(f"{what}: an earlier transactional call is still "
+                                       "waiting for the broker (fatal: close this producer "
+                                       "and create a new one)")
+            self._txn_busy = None
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            try:
+                call_within(what, functools.partial(call, left), left + TXN_GRACE)
+                return
+            except CallTimedOut as exc:
+                self._txn_busy = exc.done
+                raise TransactionError(str(exc)) from exc
             except KafkaException as exc:
                 error = error_of(exc)
                 if (retry and error is not None and error.retriable()
                         and not error.txn_requires_abort() and not error.fatal()
-                        and deadline is not None and time.monotonic() < deadline):
+                        and time.monotonic() < deadline):
                     logger.info("%s: retriable error, retrying: %s", what, error.str())
                     continue
                 raise_kafka(exc, what, transactional=True, fatal_hint=self._errors.fatal)
@@ -146,11 +187,10 @@ class KafkaProducer(Producer):
     def init_transactions(self, timeout: float = 30.0) -> None:
         if not self._transactional:
             raise TransactionError("not a transactional producer (no transactional_id)")
-        self._txn("init_transactions", lambda: self._p.init_transactions(timeout), timeout,
-                  retry=True)
+        self._txn("init_transactions", self._p.init_transactions, timeout, retry=True)
 
     def begin_transaction(self) -> None:
-        self._txn("begin_transaction", self._p.begin_transaction)
+        self._txn("begin_transaction", lambda _: self._p.begin_transaction())
         self._in_transaction = True
 
     def send_offsets_to_transaction(self, offsets: Mapping[TopicPartition, int],
@@ -160,33 +200,32 @@ class KafkaProducer(Producer):
             return
         positions = [to_kafka(tp, offset) for tp, offset in offsets.items()]
         self._txn("send_offsets_to_transaction",
-                  lambda: self._p.send_offsets_to_transaction(
-                      positions, cast(Any, group_metadata), timeout), timeout, retry=True)
+                  lambda left: self._p.send_offsets_to_transaction(
+                      positions, cast(Any, group_metadata), left), timeout, retry=True)
 
     def commit_transaction(self, timeout: float = 30.0) -> None:
-        self._txn("commit_transaction", lambda: self._p.commit_transaction(timeout), timeout,
-                  retry=True)
+        self._txn("commit_transaction", self._p.commit_transaction, timeout, retry=True)
         self._in_transaction = False
 
     def abort_transaction(self, timeout: float = 30.0) -> None:
-        self._txn("abort_transaction", lambda: self._p.abort_transaction(timeout), timeout,
-                  retry=True)
+        self._txn("abort_transaction", self._p.abort_transaction, timeout, retry=True)
         self._in_transaction = False
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         """Abort an open transaction (as the in-memory broker does: otherwise it would
         hold read_committed consumers back until the broker's transaction timeout), then
-        flush what is queued."""
+        flush what is queued; all of it within `timeout` seconds (default 30)."""
         if self._closed:
             return
+        end = time.monotonic() + (30.0 if timeout is None else max(0.0, timeout))
         if self._in_transaction:
             logger.info("producer closed in a transaction: aborting it")
             try:
-                self.abort_transaction()
+                self.abort_transaction(max(0.1, end - time.monotonic()))
             except BackendError as exc:
                 logger.warning("aborting the open transaction on close failed: %s", exc)
         self._closed = True
-        remaining = self._p.flush(30.0)
+        remaining = flush_within(self._p, end - time.monotonic())
         if remaining:
             logger.warning("producer closed with %d record(s) unacknowledged", remaining)
 

@@ -368,7 +368,8 @@ class MemoryConsumer(Consumer):
 
     # --- offsets --------------------------------------------------------------------------
 
-    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+    def commit(self, offsets: Mapping[TopicPartition, int],
+               timeout: float | None = None) -> None:
         with self._cluster.lock:
             self._check_open()
             group = self._group_locked()
@@ -408,7 +409,7 @@ class MemoryConsumer(Consumer):
                 self._group_name, self._member.member_id, self._generation
             )
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         if self._closed:
             return
         cluster = self._cluster

@@ -248,7 +248,7 @@ class MemoryProducer(Producer):
             self._txn = None
             self._cluster.end_transaction(txn, commit=False)
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         with self._cluster.lock:
             if self._closed:
                 return
