@@ -54,8 +54,14 @@ from processor.ops.metrics import (
     Metrics,
     NullMetrics,
 )
-from processor.runtime.commit import AtLeastOnce, CommitResult, CommitStrategy, ExactlyOnce
-from processor.runtime.dead_letters import DeadLetters, Reason
+from processor.runtime.commit import (
+    AtLeastOnce,
+    CommitResult,
+    CommitStrategy,
+    ExactlyOnce,
+    OutputTooLarge,
+)
+from processor.runtime.dead_letters import DeadLetterLimit, DeadLetters, Reason
 from processor.runtime.flow import Backpressure
 from processor.runtime.retry import RetryHolder
 from processor.runtime.stats import StageStats, report_batch
@@ -144,6 +150,11 @@ class Stage:
         self.retries = RetryHolder(options.retry, clock)
         self.dead_letters = DeadLetters(options.name, options.dlq_topic, self.producer,
                                         self.stats, self.metrics)
+        self.dlq_limit = DeadLetterLimit(options.name, options.dlq_max_share,
+                                         options.dlq_window, options.dlq_min_records, clock)
+        # After outputs were refused as too large: partition -> the offset up to which
+        # records are handled one at a time (`_process_singly`).
+        self._singly: dict[TopicPartition, int] = {}
         self.commits: CommitStrategy
         if self._eos:
             self.producer.init_transactions()
@@ -241,7 +252,15 @@ class Stage:
         n = len(messages)
         if n:
             self.metrics.batch(n)
-            self._process(messages)
+            if self._singly:
+                self._process_singly(messages)
+            else:
+                self._process(messages)
+            stats = self.stats
+            stop = self.dlq_limit.check(stats.consumed, stats.dead_lettered,
+                                        stats.dead_letter_reasons)
+            if stop is not None:
+                raise StageFailed(stop)
         else:
             # Idle: serve the producer's events (delivery reports, errors, librdkafka
             # statistics), which a busy stage serves when it flushes at each commit.
@@ -500,6 +519,12 @@ class Stage:
         offsets = {tp: off for tp, off in self._pending.items() if tp in self._assigned}
         try:
             result = self.commits.commit(offsets, timeout)
+        except OutputTooLarge as exc:
+            if any(e.topic == self.options.dlq_topic for e in exc.errors):
+                self._pending.clear()
+                raise  # a dead letter too large for its topic: nowhere to put it
+            self._find_too_large(exc)
+            return
         except DeliveryFailed:
             self._pending.clear()
             raise
@@ -513,6 +538,81 @@ class Stage:
         self._pending.clear()
         self._in_flight = 0
         self.metrics.in_flight(0)
+
+    def _find_too_large(self, exc: OutputTooLarge) -> None:
+        """Outputs were refused as too large; their inputs are among the uncommitted
+        records. Re-read those (from the last commit) and handle them one at a time."""
+        logger.warning("%s; re-reading the uncommitted records one at a time to "
+                       "dead-letter their inputs", exc)
+        singly = self._singly
+        for tp, offset in self._pending.items():
+            singly[tp] = max(offset, singly.get(tp, 0))
+        rewind_to = self.commits.rewind_to
+        if not self._eos:  # exactly-once knows where its aborted transaction began
+            assigned = sorted(self._assigned)
+            for tp, committed in self.consumer.committed(assigned).items():
+                rewind_to[tp] = (committed if committed is not None
+                                 else self.consumer.watermarks(tp)[0])
+        self._rewind()
+
+    def _process_singly(self, messages: Sequence[Message]) -> None:
+        """Handle records one at a time, committing after each, until the records of a
+        commit that failed on too-large outputs are passed: a refused output is then
+        pinned to its input, which is dead-lettered (`too-large`) and committed, and
+        the stage goes on. Never commits past a record whose output failed."""
+        singly = self._singly
+        timeout = self.options.shutdown_timeout
+        for i, msg in enumerate(messages):
+            tp = TopicPartition(msg.topic(), msg.partition())
+            passed = self.stats.passed
+            self._process([msg])
+            try:
+                committed = self._commit_one(timeout)
+            except OutputTooLarge as exc:
+                if any(e.topic == self.options.dlq_topic for e in exc.errors):
+                    raise
+                if self.stats.passed > passed:
+                    self.stats.passed -= 1  # it is counted as dead-lettered instead
+                if self._eos:  # the transaction was aborted with the outputs
+                    self.commits.rewind_to.clear()
+                    self._pending.clear()
+                    self.commits.open()
+                self._dead_letter(msg, Reason.TOO_LARGE, exc)
+                self._pending[tp] = msg.offset() + 1
+                committed = self._commit_one(timeout)
+            if not committed:  # exactly-once: aborted for another cause; read again
+                for later in messages[i:]:
+                    self.commits.rewind_to.setdefault(
+                        TopicPartition(later.topic(), later.partition()), later.offset())
+                self._rewind()
+                return
+            end = singly.get(tp)
+            if end is not None and msg.offset() + 1 >= end:
+                del singly[tp]
+                if not singly:
+                    logger.info("stage %s: past the records of the too-large outputs",
+                                self.options.name)
+
+    def _commit_one(self, timeout: float) -> bool:
+        """Commit now, once the outputs are acknowledged; False if exactly-once aborted."""
+        while True:
+            offsets = {tp: off for tp, off in self._pending.items() if tp in self._assigned}
+            try:
+                result = self.commits.commit(offsets, timeout)
+            except DeliveryFailed:
+                self._pending.clear()  # never committed later, not even at shutdown
+                raise
+            if result is CommitResult.ABORTED:
+                return False
+            if result is CommitResult.COMMITTED:
+                break
+            if self._stop.is_set() or not self.producer.outstanding():
+                return True  # acknowledged, not committed (a rebalance): commit later
+        self._last_commit = self.clock()
+        self.stats.commits += 1
+        self._pending.clear()
+        self._in_flight = 0
+        return True
 
     def _abort_and_rewind(self) -> None:
         """Exactly-once: abort the open transaction and re-read its input."""
@@ -574,6 +674,7 @@ class Stage:
         for tp in partitions:
             self._assigned.discard(tp)
             self._pending.pop(tp, None)
+            self._singly.pop(tp, None)
             rewind_to.pop(tp, None)
         self.retries.forget(partitions)
         self.backpressure.forget(partitions)

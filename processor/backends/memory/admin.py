@@ -47,6 +47,8 @@ class MemoryAdmin(Admin):
             cluster.topics[name] = [
                 PartitionLog(TopicPartition(name, p)) for p in range(partitions)
             ]
+            if config and "max.message.bytes" in config:
+                cluster.max_bytes[name] = int(config["max.message.bytes"])
             logger.info("created topic %s with %d partitions", name, partitions)
             cluster.topics_changed(name)
 
@@ -55,6 +57,7 @@ class MemoryAdmin(Admin):
         with cluster.lock:
             if cluster.topics.pop(name, None) is None:
                 raise UnknownTopic(f"unknown topic {name!r}")
+            cluster.max_bytes.pop(name, None)
             for group in cluster.groups.values():
                 for tp in [tp for tp in group.committed if tp.topic == name]:
                     del group.committed[tp]
