@@ -684,12 +684,18 @@ class Stage:
         self._report_paused()
 
     def _report_lag(self) -> None:
+        """The lag of every assigned partition, including one not read yet (no position:
+        nothing committed, nothing fetched), whose lag is its whole retained range, and
+        one whose end the client has not learnt yet (asked of the broker, briefly)."""
         for tp in list(self._assigned):
             try:
                 position = self.consumer.position(tp)
-                _, high = self.consumer.watermarks(tp, cached=True)
+                low, high = self.consumer.watermarks(tp, cached=True)
+                if high < 0 or position is None or position < 0:
+                    low, high = self.consumer.watermarks(tp, timeout=1.0)
             except ProcessorError:
                 continue
-            if position is not None and position >= 0 and high >= 0:
-                self.metrics.lag(tp.partition, max(0, high - position))
+            start = position if position is not None and position >= 0 else low
+            if high >= 0 and start >= 0:
+                self.metrics.lag(tp.partition, max(0, high - start))
         self.health.set_broker_ok(True)
