@@ -22,7 +22,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from processor.cli import broker, demo, lag, produce, run, topics
+from processor.cli import broker, demo, dlq, lag, produce, run, topics
 from processor.cli.common import HelpFormatter
 from processor.core.errors import ProcessorError
 
@@ -40,7 +40,7 @@ examples:
 `processor COMMAND --help` explains a command and its flags.
 """
 
-COMMAND_GROUPS = (demo, run, produce, topics, broker, lag)
+COMMAND_GROUPS = (demo, run, produce, topics, broker, lag, dlq)
 """The modules whose `add_parsers` build the sub-commands, in the order `--help` lists them."""
 
 Command = Callable[[argparse.Namespace], int]

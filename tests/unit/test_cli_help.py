@@ -27,8 +27,8 @@ ALL = commands(build_parser())
 
 def test_the_commands() -> None:
     assert sorted(" ".join(words) for words, _ in ALL) == [
-        "broker", "config", "config check", "demo", "lag", "produce", "run", "tail", "topics",
-        "topics create", "topics list",
+        "broker", "config", "config check", "demo", "dlq", "dlq inspect", "dlq replay", "lag",
+        "produce", "run", "tail", "topics", "topics create", "topics list",
     ]
 
 
