@@ -155,6 +155,7 @@ class Stage:
         # After outputs were refused as too large: partition -> the offset up to which
         # records are handled one at a time (`_process_singly`).
         self._singly: dict[TopicPartition, int] = {}
+        self._suspects: set[bytes | None] = set()  # the keys of the refused outputs
         self.commits: CommitStrategy
         if self._eos:
             self.producer.init_transactions()
@@ -541,12 +542,15 @@ class Stage:
 
     def _find_too_large(self, exc: OutputTooLarge) -> None:
         """Outputs were refused as too large; their inputs are among the uncommitted
-        records. Re-read those (from the last commit) and handle them one at a time."""
-        logger.warning("%s; re-reading the uncommitted records one at a time to "
-                       "dead-letter their inputs", exc)
+        records, and have the keys of the refused outputs (an output keeps its input's
+        key). Re-read the uncommitted records (from the last commit) and handle those
+        with such a key one at a time (`_process_singly`)."""
+        logger.warning("%s; re-reading the uncommitted records to dead-letter their inputs",
+                       exc)
         singly = self._singly
         for tp, offset in self._pending.items():
             singly[tp] = max(offset, singly.get(tp, 0))
+        self._suspects.update(e.key for e in exc.errors)
         rewind_to = self.commits.rewind_to
         if not self._eos:  # exactly-once knows where its aborted transaction began
             assigned = sorted(self._assigned)
@@ -556,20 +560,34 @@ class Stage:
         self._rewind()
 
     def _process_singly(self, messages: Sequence[Message]) -> None:
-        """Handle records one at a time, committing after each, until the records of a
-        commit that failed on too-large outputs are passed: a refused output is then
-        pinned to its input, which is dead-lettered (`too-large`) and committed, and
+        """After too-large outputs: handle the re-read records, each with the key of a
+        refused output on its own (what precedes it committed first, then it, then its
+        commit), until the records of the failed commit are passed. A refused output is
+        so pinned to its input, which is dead-lettered (`too-large`) and committed, and
         the stage goes on. Never commits past a record whose output failed."""
         singly = self._singly
         timeout = self.options.shutdown_timeout
+        rest: list[Message] = []
         for i, msg in enumerate(messages):
             tp = TopicPartition(msg.topic(), msg.partition())
+            end = singly.get(tp)
+            if end is not None and msg.offset() + 1 >= end:
+                del singly[tp]
+            if end is None or msg.key() not in self._suspects:
+                rest.append(msg)
+                continue
+            if rest:  # make what precedes it durable, so a refusal can only be its own
+                self._process(rest)
+                rest = []
+                if not self._settle(messages[i:], timeout):
+                    return
             passed = self.stats.passed
             self._process([msg])
             try:
-                committed = self._commit_one(timeout)
+                self._commit_one(timeout)
             except OutputTooLarge as exc:
                 if any(e.topic == self.options.dlq_topic for e in exc.errors):
+                    self._pending.clear()
                     raise
                 if self.stats.passed > passed:
                     self.stats.passed -= 1  # it is counted as dead-lettered instead
@@ -579,26 +597,46 @@ class Stage:
                     self.commits.open()
                 self._dead_letter(msg, Reason.TOO_LARGE, exc)
                 self._pending[tp] = msg.offset() + 1
-                committed = self._commit_one(timeout)
-            if not committed:  # exactly-once: aborted for another cause; read again
-                for later in messages[i:]:
-                    self.commits.rewind_to.setdefault(
-                        TopicPartition(later.topic(), later.partition()), later.offset())
-                self._rewind()
+            if not self._settle(messages[i + 1:], timeout):
                 return
-            end = singly.get(tp)
-            if end is not None and msg.offset() + 1 >= end:
-                del singly[tp]
-                if not singly:
-                    logger.info("stage %s: past the records of the too-large outputs",
-                                self.options.name)
+        if rest:
+            self._process(rest)
+        if not singly:
+            self._suspects.clear()
+            logger.info("stage %s: past the records of the too-large outputs",
+                        self.options.name)
+
+    def _settle(self, later: Sequence[Message], timeout: float) -> bool:
+        """Commit what is pending now. False when the records in `later` must be read
+        again: exactly-once aborted, or another output was refused as too large."""
+        try:
+            if self._commit_one(timeout):
+                return True
+        except OutputTooLarge as exc:
+            if any(e.topic == self.options.dlq_topic for e in exc.errors):
+                self._pending.clear()
+                raise
+            self._reread(later)
+            self._find_too_large(exc)
+            return False
+        self._reread(later)
+        self._rewind()
+        return False
+
+    def _reread(self, later: Sequence[Message]) -> None:
+        for msg in later:
+            self.commits.rewind_to.setdefault(TopicPartition(msg.topic(), msg.partition()),
+                                              msg.offset())
 
     def _commit_one(self, timeout: float) -> bool:
-        """Commit now, once the outputs are acknowledged; False if exactly-once aborted."""
+        """Commit now, once the outputs are acknowledged; False if exactly-once aborted.
+        Raises `OutputTooLarge` with the pending offsets kept, for the caller to use."""
         while True:
             offsets = {tp: off for tp, off in self._pending.items() if tp in self._assigned}
             try:
                 result = self.commits.commit(offsets, timeout)
+            except OutputTooLarge:
+                raise
             except DeliveryFailed:
                 self._pending.clear()  # never committed later, not even at shutdown
                 raise

@@ -28,12 +28,17 @@ def broker_with_small_output(partitions: int = 2) -> MemoryBroker:
     return broker
 
 
-def feed_sizes(broker: MemoryBroker, sizes: list[int]) -> None:
+def feed_sizes(broker: MemoryBroker, sizes: list[int], same_key: bool = False) -> None:
     producer = broker.producer()
     for i, size in enumerate(sizes):
         artifact = Artifact.new(b"x" * size, meta={"seq": i})
-        producer.produce("in", CODEC.encode(artifact), str(i).encode())
+        producer.produce("in", CODEC.encode(artifact), b"k" if same_key else str(i).encode(),
+                         partition=i % len(broker.admin().high_watermarks("in")))
     producer.flush()
+
+
+def seq_of(data: bytes | None) -> str:
+    return str(CODEC.decode(data or b"").get("seq"))
 
 
 def grow(artifact: Artifact) -> Outcome:
@@ -43,11 +48,12 @@ def grow(artifact: Artifact) -> Outcome:
 
 @pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
 @pytest.mark.parametrize("handler", [identity, grow], ids=["pass-through", "grow"])
+@pytest.mark.parametrize("same_key", [False, True], ids=["own-keys", "one-key"])
 def test_too_large_outputs_are_dead_lettered_and_the_stage_goes_on(
-        guarantee: str, handler: object) -> None:
+        guarantee: str, handler: object, same_key: bool) -> None:
     broker = broker_with_small_output()
     sizes = [10, 50, 9_000, 20, 200, 7_000, 30, 1_000, 5, 5_000] * 5
-    feed_sizes(broker, sizes)
+    feed_sizes(broker, sizes, same_key)
     metrics = RecordingMetrics()
     stage = Stage(options(guarantee=guarantee, commit_interval=1000.0, max_in_flight=20),
                   broker, handler, metrics=metrics)  # type: ignore[arg-type]
@@ -59,8 +65,8 @@ def test_too_large_outputs_are_dead_lettered_and_the_stage_goes_on(
     assert 0 < len(too_big) < len(sizes)
     out = read_all(broker, "out", read_committed=True)
     dlq = read_all(broker, "dlq", read_committed=True)
-    out_keys = [(m.key() or b"").decode() for m in out]
-    dlq_keys = [(m.key() or b"").decode() for m in dlq]
+    out_keys = [seq_of(m.value()) for m in out]
+    dlq_keys = [seq_of(m.value()) for m in dlq]
     assert set(out_keys) == fits
     assert sorted(dlq_keys) == sorted(too_big)  # each exactly once
     assert {header_dict(m.headers())[H_REASON] for m in dlq} == {"too-large"}
