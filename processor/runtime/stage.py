@@ -584,7 +584,10 @@ class Stage:
             passed = self.stats.passed
             self._process([msg])
             try:
-                self._commit_one(timeout)
+                if not self._commit_one(timeout):  # exactly-once aborted: read it again
+                    self._reread(messages[i:])
+                    self._rewind()
+                    return
             except OutputTooLarge as exc:
                 if any(e.topic == self.options.dlq_topic for e in exc.errors):
                     self._pending.clear()
@@ -593,6 +596,7 @@ class Stage:
                     self.stats.passed -= 1  # it is counted as dead-lettered instead
                 if self._eos:  # the transaction was aborted with the outputs
                     self.commits.rewind_to.clear()
+                    self.commits.rewind_to[tp] = msg.offset()
                     self._pending.clear()
                     self.commits.open()
                 self._dead_letter(msg, Reason.TOO_LARGE, exc)
