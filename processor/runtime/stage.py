@@ -576,11 +576,13 @@ class Stage:
             if end is None or msg.key() not in self._suspects:
                 rest.append(msg)
                 continue
-            if rest:  # make what precedes it durable, so a refusal can only be its own
+            if rest:
                 self._process(rest)
                 rest = []
-                if not self._settle(messages[i:], timeout):
-                    return
+            # Make what precedes it durable, so that a refusal can only be its own.
+            if (self._pending or self.commits.in_transaction) and not self._settle(
+                    messages[i:], timeout):
+                return
             passed = self.stats.passed
             self._process([msg])
             try:
@@ -592,6 +594,10 @@ class Stage:
                 if any(e.topic == self.options.dlq_topic for e in exc.errors):
                     self._pending.clear()
                     raise
+                if any(e.key != msg.key() for e in exc.errors):  # not its own alone
+                    self._reread(messages[i:])
+                    self._find_too_large(exc)
+                    return
                 if self.stats.passed > passed:
                     self.stats.passed -= 1  # it is counted as dead-lettered instead
                 if self._eos:  # the transaction was aborted with the outputs

@@ -13,7 +13,7 @@ from processor.core.artifact import Artifact
 from processor.core.handlers import Outcome
 from processor.runtime.commit import OutputTooLarge
 from processor.runtime.dead_letters import H_REASON, header_dict
-from processor.runtime.stage import Stage
+from processor.runtime.stage import Stage, StageStats
 from tests.unit.stage_support import CODEC, RecordingMetrics, committed, identity, options, read_all
 
 LIMIT = 4_000
@@ -46,18 +46,33 @@ def grow(artifact: Artifact) -> Outcome:
     return artifact.with_payload(artifact.payload * 10)
 
 
+def drain(stage: Stage, broker: MemoryBroker, count: int) -> StageStats:
+    """Run the stage until all `count` input records are committed (committing whenever
+    it is idle), then close it."""
+    stage.start()
+    for _ in range(5_000):
+        if not stage.run_once():
+            stage.commit()
+        if sum(committed(broker).values()) == count:
+            break
+    stage.close()
+    return stage.stats
+
+
 @pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
 @pytest.mark.parametrize("handler", [identity, grow], ids=["pass-through", "grow"])
 @pytest.mark.parametrize("same_key", [False, True], ids=["own-keys", "one-key"])
+@pytest.mark.parametrize("batch_size", [50, 3], ids=["batch-50", "batch-3"])
 def test_too_large_outputs_are_dead_lettered_and_the_stage_goes_on(
-        guarantee: str, handler: object, same_key: bool) -> None:
+        guarantee: str, handler: object, same_key: bool, batch_size: int) -> None:
     broker = broker_with_small_output()
     sizes = [10, 50, 9_000, 20, 200, 7_000, 30, 1_000, 5, 5_000] * 5
     feed_sizes(broker, sizes, same_key)
     metrics = RecordingMetrics()
-    stage = Stage(options(guarantee=guarantee, commit_interval=1000.0, max_in_flight=20),
+    stage = Stage(options(guarantee=guarantee, commit_interval=1000.0, max_in_flight=20,
+                          batch_size=batch_size),
                   broker, handler, metrics=metrics)  # type: ignore[arg-type]
-    stats = stage.run(idle_timeout=0.3)
+    stats = drain(stage, broker, len(sizes))
 
     growth = 10 if handler is grow else 1
     too_big = {str(i) for i, size in enumerate(sizes) if size * growth + 300 > LIMIT}
