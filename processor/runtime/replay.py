@@ -53,6 +53,9 @@ H_REPLAY_PARTITION = "replay.partition"
 H_REPLAY_OFFSET = "replay.offset"
 H_REPLAY_AT = "replay.at"
 
+JOIN_TIMEOUT = 60.0
+"""Seconds to wait for the group to assign the topic's partitions."""
+
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -127,9 +130,10 @@ def _read_to_end(consumer: Consumer, topic: str, end: dict[TopicPartition, int],
                  batch_size: int, idle_timeout: float, deadline: float
                  ) -> Iterator[list[Message]]:
     """Batches of `topic` until every partition reached its `end` offset (taken at the
-    start), or nothing came for `idle_timeout` seconds (read_committed stops short of a
-    transaction marker at the end of a partition), or `deadline` passed."""
-    last = time.monotonic()
+    start), or nothing came for `idle_timeout` seconds once the partitions are assigned
+    (read_committed stops short of a transaction marker at the end of a partition);
+    `deadline` passed, or no assignment within JOIN_TIMEOUT, raises ReplayError."""
+    began = last = time.monotonic()
     while time.monotonic() < deadline:
         batch = list(consumer.consume(batch_size, 0.2))
         now = time.monotonic()
@@ -138,8 +142,15 @@ def _read_to_end(consumer: Consumer, topic: str, end: dict[TopicPartition, int],
             yield batch
             continue
         assigned = consumer.assignment()
-        if assigned and all((consumer.position(tp) or 0) >= end.get(tp, 0)
-                            for tp in assigned) and len(assigned) == len(end):
+        if not assigned:  # still joining the group (a broker may delay the first join)
+            if now - began > JOIN_TIMEOUT:
+                raise ReplayError(f"no partition of {topic} was assigned within "
+                                  f"{JOIN_TIMEOUT:g}s; is another member of the group "
+                                  "reading it?")
+            last = now
+            continue
+        if all((consumer.position(tp) or 0) >= end.get(tp, 0)
+               for tp in assigned) and len(assigned) == len(end):
             return
         if now - last >= idle_timeout:
             return
