@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 KAFKA_VERSION := 4.1.1
 KAFKA_HOME ?= $(HOME)/.cache/processor/kafka-$(KAFKA_VERSION)
 
-.PHONY: container-test demo test lint typecheck unit conformance integration faults bench kafka-jars registry-app system-deps broker clean
+.PHONY: container-test demo test lint typecheck unit conformance integration faults bench soak kafka-jars registry-app system-deps broker clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
@@ -73,6 +73,13 @@ container-test: system-deps $(STAMP)
 BENCH_ARGS ?=
 bench: $(STAMP) kafka-jars
 	PROCESSOR_KAFKA_HOME=$(KAFKA_HOME) $(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+
+# The soak (docs/reliability.md): three stages on Kafka for SOAK_MINUTES, with kills;
+# not part of `make test`. E.g. make soak SOAK_MINUTES=5 SOAK_ARGS="--rate 300"
+SOAK_MINUTES ?= 30
+SOAK_ARGS ?=
+soak: $(STAMP) kafka-jars
+	PROCESSOR_KAFKA_HOME=$(KAFKA_HOME) $(BIN)/python benchmarks/soak.py --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
 
 broker: $(STAMP) kafka-jars
 	PROCESSOR_KAFKA_HOME=$(KAFKA_HOME) $(BIN)/processor broker

@@ -45,3 +45,13 @@ def artifacts(
         ephemeral_public_key=draw(OPTIONAL_BYTES),
         signature=draw(OPTIONAL_BYTES),
     )
+
+
+def tampered_checksum(data: bytes, artifact: Artifact) -> bytes:
+    """`data` (the encoding of `artifact`) with one byte of its checksum flipped: it still
+    decodes, but the checksum no longer matches the payload. The checksum is found in the
+    bytes, so this holds whatever fields a schema version adds after it."""
+    at = data.index(artifact.checksum)
+    tampered = bytearray(data)
+    tampered[at] ^= 0xFF
+    return bytes(tampered)

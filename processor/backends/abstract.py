@@ -60,6 +60,11 @@ class DeliveryError(NamedTuple):
     key: bytes | None
     reason: str
     retriable: bool
+    too_large: bool = False
+    """The record is larger than the topic (or the producer) accepts: sending it again
+    can never succeed, so a stage dead-letters its input instead (reason `too-large`)."""
+    size: int = 0
+    """The record's size in bytes (value, key and headers), when known."""
 
 
 class GroupMetadata(Protocol):
@@ -161,13 +166,15 @@ class Producer(ABC):
     def produce(
         self,
         topic: str,
-        value: bytes,
+        value: bytes | None,
         key: bytes | None = None,
         headers: Headers | None = None,
         partition: int | None = None,
         timestamp: int | None = None,
     ) -> None:
         """Queue one record. Blocks (serving deliveries) while the local queue is full.
+
+        A `value` of None is a tombstone (a record without a value).
 
         Without `partition`, a key picks the partition deterministically (the same key
         always lands in the same partition of a topic); no key spreads records.

@@ -23,7 +23,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from processor.cli import broker, demo, lag, produce, run, schema, topics
+from processor.cli import broker, demo, dlq, lag, produce, run, schema, topics
 from processor.cli.common import HelpFormatter
 from processor.core.errors import ProcessorError
 
@@ -41,7 +41,7 @@ examples:
 `processor COMMAND --help` explains a command and its flags.
 """
 
-COMMAND_GROUPS = (demo, run, produce, topics, broker, lag, schema)
+COMMAND_GROUPS = (demo, run, produce, topics, broker, lag, dlq, schema)
 """The modules whose `add_parsers` build the sub-commands, in the order `--help` lists them."""
 
 Command = Callable[[argparse.Namespace], int]

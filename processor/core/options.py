@@ -145,6 +145,16 @@ class StageOptions:
         gt=0, description="seconds one handler call may take before the record is retried "
                           "or dead-lettered by the retry policy (none: no deadline)",
         json_schema_extra={"metavar": "SECONDS"})] = None
+    dlq_max_share: Annotated[Number, Field(
+        ge=0, le=1, description="stop the stage when more than this share of the records "
+        "consumed within dlq_window was dead-lettered (1: never stop)",
+        json_schema_extra={"metavar": "SHARE"})] = 1.0
+    dlq_window: Annotated[Number, Field(
+        gt=0, description="seconds over which dlq_max_share is judged",
+        json_schema_extra={"metavar": "SECONDS"})] = 60.0
+    dlq_min_records: Annotated[Count, Field(
+        ge=1, description="records consumed within dlq_window before dlq_max_share is "
+        "judged", json_schema_extra={"metavar": "N"})] = 100
     shutdown_timeout: Annotated[Number, Field(
         gt=0, description="seconds a shutdown may take to drain and commit",
         json_schema_extra={"metavar": "SECONDS"})] = 30.0

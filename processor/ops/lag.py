@@ -11,9 +11,16 @@ command itself, its flags and its output streams, is `processor.cli.lag`):
 
 The committed offsets come from the admin API (`list_consumer_group_offsets`), the end
 offsets (high watermarks) from a consumer's `get_watermark_offsets`; lag is end offset
-minus committed offset. A partition of a requested topic without a committed offset is
-shown with `-` and counts its whole retained range (low to high watermark) as lag, which
-is what a stage with `auto.offset.reset=earliest` has left to read.
+minus committed offset.
+
+No blind spots: the partitions shown are every partition of the group's topics (the
+topics it has committed offsets in, those its members are assigned, and any `topics`
+asked for), not only the partitions with a committed offset as Kafka's own
+`kafka-consumer-groups.sh` shows. A partition without a committed offset is shown with
+`-` and counts as lag what the group will read there: its whole retained range (high
+minus low watermark) with `auto.offset.reset=earliest` (a stage's default), nothing with
+`latest`. Records waiting in a partition nobody has read yet are so visible to an
+autoscaler.
 
 Every broker request is bounded by `timeout`; an unknown group, an unknown topic or an
 unreachable broker raises `LagError`, a `ProcessorError` whose message is one line.
@@ -53,10 +60,14 @@ class LagRow:
     committed: int | None
     low: int
     end: int
+    offset_reset: str = "earliest"
 
     @property
     def lag(self) -> int:
-        start = self.low if self.committed is None else self.committed
+        if self.committed is not None:
+            start = self.committed
+        else:  # where the group will start reading: the oldest record, or the end
+            start = self.end if self.offset_reset == "latest" else self.low
         return max(0, self.end - start)
 
 
@@ -87,8 +98,9 @@ _COORDINATOR_NOT_READY = frozenset({
 })
 
 
-def _check_group(admin: AdminClient, group: str, timeout: float) -> None:
-    """Raise LagError unless `group` exists, waiting (bounded) for its coordinator.
+def _check_group(admin: AdminClient, group: str, timeout: float) -> set[str]:
+    """Raise LagError unless `group` exists, waiting (bounded) for its coordinator;
+    return the topics its members are assigned.
 
     This also guards `list_consumer_group_offsets`, which must only be called once the
     group coordinator answers: confluent-kafka 2.16 crashes the process when that request
@@ -109,7 +121,9 @@ def _check_group(admin: AdminClient, group: str, timeout: float) -> None:
                 break
             raise LagError(f"cannot describe group {group!r}: {error}") from None
         if description.state != ConsumerGroupState.DEAD:
-            return
+            return {tp.topic for member in description.members or []
+                    if member.assignment is not None
+                    for tp in member.assignment.topic_partitions or []}
         break
     raise LagError(f"unknown consumer group {group!r}")
 
@@ -143,9 +157,14 @@ def _partitions_of(admin: AdminClient, topics: Sequence[str], timeout: float
 
 def collect_lag(bootstrap_servers: str, group: str, topics: Sequence[str] | None = None,
                 timeout: float = DEFAULT_TIMEOUT,
-                settings: Mapping[str, object] | None = None) -> list[LagRow]:
-    """One `LagRow` per partition of `topics` (default: every partition the group has
-    committed offsets for). Raises `LagError` for an unreachable broker or unknown group."""
+                settings: Mapping[str, object] | None = None,
+                offset_reset: str = "earliest") -> list[LagRow]:
+    """One `LagRow` per partition of the group's topics: those it committed offsets in,
+    those its members are assigned, and `topics`. `offset_reset` is the group's
+    `auto.offset.reset` ("earliest" or "latest"), where it starts in a partition without
+    a committed offset. Raises `LagError` for an unreachable broker or unknown group."""
+    if offset_reset not in ("earliest", "latest"):
+        raise LagError(f"offset_reset must be earliest or latest, not {offset_reset!r}")
     conf: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, **(settings or {})}
     admin = AdminClient(conf)
     try:
@@ -154,11 +173,13 @@ def collect_lag(bootstrap_servers: str, group: str, topics: Sequence[str] | None
         raise LagError(
             f"cannot reach the broker at {bootstrap_servers} within {timeout:g}s: "
             f"{exc.args[0]}") from None
-    _check_group(admin, group, timeout)
+    assigned = _check_group(admin, group, timeout)
     committed = _committed_offsets(admin, group, timeout)
-    if not committed:
-        raise LagError(f"unknown consumer group {group!r}: it has no committed offsets")
-    partitions = _partitions_of(admin, topics, timeout) if topics else sorted(committed)
+    group_topics = {topic for topic, _ in committed} | assigned | set(topics or ())
+    if not group_topics:
+        raise LagError(f"unknown consumer group {group!r}: it has no committed offsets "
+                       "and no assigned partitions")
+    partitions = _partitions_of(admin, sorted(group_topics), timeout)
     consumer = Consumer({
         **conf,
         # A throwaway id: this consumer never subscribes, so it never joins a group.
@@ -174,7 +195,8 @@ def collect_lag(bootstrap_servers: str, group: str, topics: Sequence[str] | None
             except KafkaException as exc:
                 raise LagError(f"cannot read the end offset of {topic}[{partition}]: "
                                f"{exc.args[0]}") from None
-            rows.append(LagRow(topic, partition, committed.get((topic, partition)), low, high))
+            rows.append(LagRow(topic, partition, committed.get((topic, partition)), low, high,
+                               offset_reset))
         return rows
     finally:
         consumer.close()

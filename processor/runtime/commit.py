@@ -30,7 +30,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 
-from processor.backends.abstract import Consumer, Producer, TopicPartition
+from processor.backends.abstract import Consumer, DeliveryError, Producer, TopicPartition
 from processor.core.errors import (
     BrokerUnavailable,
     DeliveryFailed,
@@ -48,6 +48,28 @@ FLUSH_SLICE = 0.2
 MIN_CALL = 0.5
 """Seconds every broker call of a commit gets, even past its deadline: enough for a
 reachable broker to answer, short enough to bound a shutdown with an absent one."""
+
+
+class OutputTooLarge(DeliveryFailed):
+    """Every failed output was refused as too large (`DeliveryError.too_large`): sending
+    it again cannot succeed. Nothing was committed (exactly-once: the transaction was
+    aborted); the stage re-reads the uncommitted records one at a time to find their
+    inputs and dead-letter them (reason `too-large`)."""
+
+    def __init__(self, message: str, errors: list[DeliveryError]) -> None:
+        super().__init__(message)
+        self.errors = errors
+
+
+def _failed(name: str, errors: list[DeliveryError]) -> DeliveryFailed:
+    if all(e.too_large for e in errors):
+        sizes = ", ".join(f"{e.size} bytes to {e.topic}" for e in errors[:3])
+        return OutputTooLarge(
+            f"stage {name}: {len(errors)} outputs larger than their topic accepts "
+            f"({sizes}): {errors[0].reason}", errors)
+    return DeliveryFailed(
+        f"stage {name}: {len(errors)} outputs failed ({errors[0].reason}); "
+        "input offsets are not committed, the records will be processed again")
 
 
 class CommitResult(enum.Enum):
@@ -120,10 +142,7 @@ class AtLeastOnce(CommitStrategy):
         remaining = self._flush(end)
         errors = self.producer.take_delivery_errors()
         if errors:
-            raise DeliveryFailed(
-                f"stage {self.name}: {len(errors)} outputs failed ({errors[0].reason}); "
-                "input offsets are not committed, the records will be processed again"
-            )
+            raise _failed(self.name, errors)
         if remaining:
             # The broker is slow or away; librdkafka keeps retrying. Commit later.
             logger.warning(
@@ -186,6 +205,9 @@ class ExactlyOnce(CommitStrategy):
                 )
             self._flush(end)
             errors = producer.take_delivery_errors()
+            if errors and all(e.too_large for e in errors):
+                self.abort()
+                raise _failed(self.name, errors)
             if errors:
                 raise TransactionError(
                     f"{len(errors)} outputs of the transaction failed ({errors[0].reason})"

@@ -27,9 +27,9 @@ ALL = commands(build_parser())
 
 def test_the_commands() -> None:
     assert sorted(" ".join(words) for words, _ in ALL) == [
-        "broker", "config", "config check", "demo", "lag", "produce", "run", "schema",
-        "schema check", "schema register", "schema show", "tail", "topics", "topics create",
-        "topics delete", "topics describe", "topics list",
+        "broker", "config", "config check", "demo", "dlq", "dlq inspect", "dlq replay", "lag",
+        "produce", "run", "schema", "schema check", "schema register", "schema show", "tail",
+        "topics", "topics create", "topics delete", "topics describe", "topics list",
     ]
 
 

@@ -22,6 +22,7 @@ from processor.runtime.dead_letters import (
     header_dict,
 )
 from processor.runtime.stage import Stage, StageFailed
+from tests.strategies import tampered_checksum
 from tests.unit.stage_support import (
     CODEC,
     artifacts,
@@ -85,8 +86,8 @@ def test_offsets_are_committed_after_outputs_so_a_new_member_resumes() -> None:
 def test_bad_input_is_dead_lettered_with_headers_and_nothing_is_lost() -> None:
     broker = make_broker(partitions=1)
     good = [CODEC.encode(a) for a in artifacts(30)]
-    tampered = bytearray(CODEC.encode(Artifact.new("tampered")))
-    tampered[-8] ^= 0xFF  # inside the checksum bytes: decodes, but does not match
+    artifact = Artifact.new("tampered")
+    tampered = tampered_checksum(CODEC.encode(artifact), artifact)
     invalid = CODEC.encode(Artifact.new("reject me"))
     values = [*good[:10], b"\x00\x01not avro", *good[10:20], bytes(tampered), invalid, b"",
               *good[20:]]

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, NoReturn, cast
+from typing import Any, Final, NoReturn, cast
 
 import confluent_kafka as ck
 from confluent_kafka import KafkaError, KafkaException
@@ -43,6 +43,22 @@ BUSY_WAIT = 5.0
 """Seconds a transactional call waits for an earlier one that outran its own wait."""
 
 
+TOO_LARGE_CODES: Final = frozenset({KafkaError.MSG_SIZE_TOO_LARGE,
+                                     KafkaError.RECORD_LIST_TOO_LARGE})
+"""The broker refused the record (the topic's `max.message.bytes`), or librdkafka did
+before sending it (the producer's `message.max.bytes`, same code)."""
+
+
+def record_size(value: bytes | str | None, key: bytes | str | None,
+                headers: Mapping[str, Any] | list[tuple[str, Any]] | None = None) -> int:
+    """Value, key and header bytes of a record (without the protocol's framing)."""
+    size = len(value or b"") + len(key or b"")
+    pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
+    for name, data in pairs:
+        size += len(name) + len(data or b"")
+    return size
+
+
 class DeliveryLog:
     """The on_delivery callback of a producer: records the failed deliveries only."""
 
@@ -55,9 +71,19 @@ class DeliveryLog:
             # given to produce() (confluent-kafka types it optional because error events
             # share the class), and partition -1 when none was chosen before it failed.
             partition = message.partition()
+            key = message.key()
             self.failures.append(DeliveryError(
                 cast(str, message.topic()), -1 if partition is None else partition,
-                message.key(), error.str(), error.retriable()))
+                key, error.str(), error.retriable(), error.code() in TOO_LARGE_CODES,
+                record_size(message.value(), key, message.headers())))
+
+    def refused(self, topic: str, value: bytes | None, key: bytes | None,
+                headers: Headers | None, error: KafkaError) -> None:
+        """A record librdkafka refused at `produce()` as too large for its
+        `message.max.bytes`: reported like the broker's refusal, as a failed delivery,
+        so that a stage handles both the same way."""
+        self.failures.append(DeliveryError(
+            topic, -1, key, error.str(), False, True, record_size(value, key, headers)))
 
 
 class KafkaProducer(Producer):
@@ -89,7 +115,7 @@ class KafkaProducer(Producer):
             raise UnknownTopic(f"unknown topic {topic!r} ({reason})")
         self._known_topics.add(topic)
 
-    def produce(self, topic: str, value: bytes, key: bytes | None = None,
+    def produce(self, topic: str, value: bytes | None, key: bytes | None = None,
                 headers: Headers | None = None, partition: int | None = None,
                 timestamp: int | None = None) -> None:
         self._check_open()
@@ -114,9 +140,17 @@ class KafkaProducer(Producer):
                 except BufferError:
                     continue
                 except KafkaException as exc:
-                    self._raise(exc, f"produce to {topic}")
+                    self._refuse_or_raise(exc, topic, value, key, headers)
         except KafkaException as exc:
-            self._raise(exc, f"produce to {topic}")
+            self._refuse_or_raise(exc, topic, value, key, headers)
+
+    def _refuse_or_raise(self, exc: KafkaException, topic: str, value: bytes | None,
+                         key: bytes | None, headers: Headers | None) -> None:
+        error = error_of(exc)
+        if error is not None and error.code() in TOO_LARGE_CODES:
+            self._deliveries.refused(topic, value, key, headers, error)
+            return
+        self._raise(exc, f"produce to {topic}")
 
     def _raise(self, exc: KafkaException, what: str) -> NoReturn:
         error = error_of(exc)

@@ -58,6 +58,8 @@ class MemoryAdmin(Admin):
             ]
             cluster.topic_settings[name] = (replication, {str(k): str(v) for k, v in
                                                           (config or {}).items()})
+            if config and "max.message.bytes" in config:
+                cluster.max_bytes[name] = int(config["max.message.bytes"])
             logger.info("created topic %s with %d partitions", name, partitions)
             cluster.topics_changed(name)
 
@@ -67,6 +69,7 @@ class MemoryAdmin(Admin):
             if cluster.topics.pop(name, None) is None:
                 raise UnknownTopic(f"unknown topic {name!r}")
             cluster.topic_settings.pop(name, None)
+            cluster.max_bytes.pop(name, None)
             for group in cluster.groups.values():
                 for tp in [tp for tp in group.committed if tp.topic == name]:
                     del group.committed[tp]

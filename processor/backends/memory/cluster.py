@@ -59,6 +59,8 @@ class Cluster:
         self.member_seq = itertools.count(1)
         # Topic (None: any) -> the failures its next produces report, last first.
         self.fail_budget: dict[str | None, list[tuple[str, bool]]] = {}
+        # Topic -> its `max.message.bytes`: larger records fail delivery, as on Kafka.
+        self.max_bytes: dict[str, int] = {}
 
     def notify(self) -> None:
         """Wake every waiting consumer, which re-checks what it waits for."""

@@ -67,7 +67,7 @@ class MemoryProducer(Producer):
     def produce(
         self,
         topic: str,
-        value: bytes,
+        value: bytes | None,
         key: bytes | None = None,
         headers: Headers | None = None,
         partition: int | None = None,
@@ -103,6 +103,16 @@ class MemoryProducer(Producer):
                 failure = cluster.take_failure(topic)
                 if failure is not None:
                     self._errors.append(DeliveryError(topic, partition, key, *failure))
+                    self._served += 1
+                    return
+            limit = cluster.max_bytes.get(topic)
+            if limit is not None:
+                size = len(value or b"") + len(key or b"") + sum(
+                    len(k) + len(v or b"") for k, v in headers or ())
+                if size > limit:
+                    self._errors.append(DeliveryError(
+                        topic, partition, key, "Broker: Message size too large", False,
+                        True, size))
                     self._served += 1
                     return
             part = parts[partition]
