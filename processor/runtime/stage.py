@@ -66,6 +66,7 @@ from processor.runtime.commit import (
 from processor.runtime.dead_letters import DeadLetterLimit, DeadLetters, Reason
 from processor.runtime.deadline import DeadlineHandler
 from processor.runtime.flow import Backpressure
+from processor.runtime.oversize import TooLargeRecovery
 from processor.runtime.probe import BrokerProbe
 from processor.runtime.retry import RetryHolder
 from processor.runtime.stats import StageStats, report_batch
@@ -167,9 +168,8 @@ class Stage:
         self.dlq_limit = DeadLetterLimit(options.name, options.dlq_max_share,
                                          options.dlq_window, options.dlq_min_records, clock)
         # After outputs were refused as too large: partition -> the offset up to which
-        # records are handled one at a time (`_process_singly`).
-        self._singly: dict[TopicPartition, int] = {}
-        self._suspects: set[bytes | None] = set()  # the keys of the refused outputs
+        # records are handled one at a time (`runtime/oversize.py`).
+        self.oversize = TooLargeRecovery(self)
         self.commits: CommitStrategy
         if self._eos:
             self.producer.init_transactions()
@@ -305,8 +305,8 @@ class Stage:
         n = len(messages)
         if n:
             self.metrics.batch(n)
-            if self._singly:
-                self._process_singly(messages)
+            if self.oversize.singly:
+                self.oversize.process(messages)
             else:
                 self._process(messages)
             stats = self.stats
@@ -594,7 +594,7 @@ class Stage:
             if any(e.topic == self.options.dlq_topic for e in exc.errors):
                 self._pending.clear()
                 raise  # a dead letter too large for its topic: nowhere to put it
-            self._find_too_large(exc)
+            self.oversize.find(exc)
             return
         except DeliveryFailed:
             self._pending.clear()
@@ -609,128 +609,6 @@ class Stage:
         self._pending.clear()
         self._in_flight = 0
         self.metrics.in_flight(0)
-
-    def _find_too_large(self, exc: OutputTooLarge) -> None:
-        """Outputs were refused as too large; their inputs are among the uncommitted
-        records, and have the keys of the refused outputs (an output keeps its input's
-        key). Re-read the uncommitted records (from the last commit) and handle those
-        with such a key one at a time (`_process_singly`)."""
-        logger.warning("%s; re-reading the uncommitted records to dead-letter their inputs",
-                       exc)
-        singly = self._singly
-        for tp, offset in self._pending.items():
-            singly[tp] = max(offset, singly.get(tp, 0))
-        self._suspects.update(e.key for e in exc.errors)
-        rewind_to = self.commits.rewind_to
-        if not self._eos:  # exactly-once knows where its aborted transaction began
-            assigned = sorted(self._assigned)
-            for tp, committed in self.consumer.committed(assigned).items():
-                rewind_to[tp] = (committed if committed is not None
-                                 else self.consumer.watermarks(tp)[0])
-        self._rewind()
-
-    def _process_singly(self, messages: Sequence[Message]) -> None:
-        """After too-large outputs: handle the re-read records, each with the key of a
-        refused output on its own (what precedes it committed first, then it, then its
-        commit), until the records of the failed commit are passed. A refused output is
-        so pinned to its input, which is dead-lettered (`too-large`) and committed, and
-        the stage goes on. Never commits past a record whose output failed."""
-        singly = self._singly
-        timeout = self.options.shutdown_timeout
-        rest: list[Message] = []
-        for i, msg in enumerate(messages):
-            tp = TopicPartition(msg.topic(), msg.partition())
-            end = singly.get(tp)
-            if end is not None and msg.offset() + 1 >= end:
-                del singly[tp]
-            if end is None or msg.key() not in self._suspects:
-                rest.append(msg)
-                continue
-            if rest:
-                self._process(rest)
-                rest = []
-            # Make what precedes it durable, so that a refusal can only be its own.
-            if (self._pending or self.commits.in_transaction) and not self._settle(
-                    messages[i:], timeout):
-                return
-            passed = self.stats.passed
-            self._process([msg])
-            try:
-                if not self._commit_one(timeout):  # exactly-once aborted: read it again
-                    self._reread(messages[i:])
-                    self._rewind()
-                    return
-            except OutputTooLarge as exc:
-                if any(e.topic == self.options.dlq_topic for e in exc.errors):
-                    self._pending.clear()
-                    raise
-                if any(e.key != msg.key() for e in exc.errors):  # not its own alone
-                    self._reread(messages[i:])
-                    self._find_too_large(exc)
-                    return
-                if self.stats.passed > passed:
-                    self.stats.passed -= 1  # it is counted as dead-lettered instead
-                if self._eos:  # the transaction was aborted with the outputs
-                    self.commits.rewind_to.clear()
-                    self.commits.rewind_to[tp] = msg.offset()
-                    self._pending.clear()
-                    self.commits.open()
-                self._dead_letter(msg, Reason.TOO_LARGE, exc)
-                self._pending[tp] = msg.offset() + 1
-            if not self._settle(messages[i + 1:], timeout):
-                return
-        if rest:
-            self._process(rest)
-        if not singly:
-            self._suspects.clear()
-            logger.info("stage %s: past the records of the too-large outputs",
-                        self.options.name)
-
-    def _settle(self, later: Sequence[Message], timeout: float) -> bool:
-        """Commit what is pending now. False when the records in `later` must be read
-        again: exactly-once aborted, or another output was refused as too large."""
-        try:
-            if self._commit_one(timeout):
-                return True
-        except OutputTooLarge as exc:
-            if any(e.topic == self.options.dlq_topic for e in exc.errors):
-                self._pending.clear()
-                raise
-            self._reread(later)
-            self._find_too_large(exc)
-            return False
-        self._reread(later)
-        self._rewind()
-        return False
-
-    def _reread(self, later: Sequence[Message]) -> None:
-        for msg in later:
-            self.commits.rewind_to.setdefault(TopicPartition(msg.topic(), msg.partition()),
-                                              msg.offset())
-
-    def _commit_one(self, timeout: float) -> bool:
-        """Commit now, once the outputs are acknowledged; False if exactly-once aborted.
-        Raises `OutputTooLarge` with the pending offsets kept, for the caller to use."""
-        while True:
-            offsets = {tp: off for tp, off in self._pending.items() if tp in self._assigned}
-            try:
-                result = self.commits.commit(offsets, timeout)
-            except OutputTooLarge:
-                raise
-            except DeliveryFailed:
-                self._pending.clear()  # never committed later, not even at shutdown
-                raise
-            if result is CommitResult.ABORTED:
-                return False
-            if result is CommitResult.COMMITTED:
-                break
-            if self._stop.is_set() or not self.producer.outstanding():
-                return True  # acknowledged, not committed (a rebalance): commit later
-        self._last_commit = self.clock()
-        self.stats.commits += 1
-        self._pending.clear()
-        self._in_flight = 0
-        return True
 
     def _abort_and_rewind(self) -> None:
         """Exactly-once: abort the open transaction and re-read its input."""
@@ -792,7 +670,7 @@ class Stage:
         for tp in partitions:
             self._assigned.discard(tp)
             self._pending.pop(tp, None)
-            self._singly.pop(tp, None)
+            self.oversize.singly.pop(tp, None)
             rewind_to.pop(tp, None)
         self.retries.forget(partitions)
         self.backpressure.forget(partitions)

@@ -167,7 +167,7 @@ class Run:
         while time.monotonic() < deadline:
             stage.run_once()
             assigned = stage.consumer.assignment()
-            if (len(assigned) == len(end) and not stage._pending and not stage._singly
+            if (len(assigned) == len(end) and not stage._pending and not stage.oversize.singly
                     and all((stage.consumer.position(tp) or 0) >= end[tp]
                             for tp in assigned)):
                 return
@@ -288,7 +288,7 @@ def test_ten_thousand_bad_inputs_over_kafka(run: Run, kafka_bootstrap: str,
     # Every dead letter is its input untouched.
     values = {key: item.value for key, item in sent.items()}
     assert all(msg.value() == values[msg.key() or b""] for msg in dlq)
-    assert not stage._singly and stage.consumer.assignment()  # still running, in batches
+    assert not stage.oversize.singly and stage.consumer.assignment()  # still running, in batches
     committed = stage.consumer.committed(stage.consumer.assignment())
     end = run.broker.admin().high_watermarks(run.source)
     assert {tp: committed[tp] for tp in end} == end

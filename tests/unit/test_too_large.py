@@ -93,7 +93,7 @@ def test_too_large_outputs_are_dead_lettered_and_the_stage_goes_on(
     assert stats.consumed >= len(sizes)
     assert stats.passed + stats.dropped + stats.dead_lettered == stats.consumed
     assert sum(committed(broker).values()) == len(sizes)
-    assert not stage._singly  # back to batches
+    assert not stage.oversize.singly  # back to batches
 
 
 def test_a_dead_letter_too_large_for_its_own_topic_stops_the_stage_uncommitted() -> None:
