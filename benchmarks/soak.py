@@ -323,12 +323,13 @@ def main(argv: list[str] | None = None) -> int:
         feed_thread.join(120)
         sent = feeder.sent
         say(f"fed {sent}; draining")
+        fed_at = time.monotonic()
         drained_at = None
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             lags = [total_lag(bootstrap, f"soak-{n}", topics[i]) for i, n in enumerate(STAGES)]
             if all(lag == 0 for lag in lags):
-                drained_at = time.monotonic() - began
+                drained_at = time.monotonic() - fed_at  # after feeding stopped
                 break
             time.sleep(1.0)
         codes = {name: stage.stop() for name, stage in stages.items()}
