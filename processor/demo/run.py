@@ -46,9 +46,11 @@ def generate(count: int, seed: int = 7, bad_every: int = 50) -> Iterator[bytes |
             if kind == 0:
                 yield b"\x00garbage that is not avro"
             elif kind == 1:
-                # A checksum that does not match the payload: flip a bit of the digest.
-                good = bytearray(Codec().encode(Artifact.new('{"order": "tampered"}')))
-                good[-5] ^= 0x01
+                # A checksum that does not match the payload: flip a bit of the digest
+                # (found in the bytes, wherever the schema version puts it).
+                tampered = Artifact.new('{"order": "tampered"}')
+                good = bytearray(Codec().encode(tampered))
+                good[good.index(tampered.checksum)] ^= 0x01
                 yield bytes(good)
             elif kind == 2:
                 yield Artifact.new("not json at all" if i % 3 else '{"order": "broken"}')
