@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 from pathlib import Path
 
+from processor.devtools.local_kafka import free_ports
 
-def free_ports(count: int) -> list[int]:
-    """`count` distinct TCP ports free on 127.0.0.1 (all held open while choosing)."""
-    with contextlib.ExitStack() as stack:
-        ports: list[int] = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
-    return ports
+__all__ = ["container_sockets", "free_ports", "is_free", "is_loopback", "listeners"]
 
 
 def is_free(port: int) -> bool:
