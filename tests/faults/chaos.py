@@ -85,3 +85,21 @@ def tally(broker: Broker, sent: Sequence[Artifact], sink: str, dlq: str | None =
     lost = len({a.id for a in sent} - counts.keys())
     duplicated = sum(n - 1 for n in counts.values() if n > 1)
     return Tally(len(sent), len(received), duplicated, lost, len(dead))
+
+
+def assert_stage_counts(broker: Broker, sent: Sequence[Artifact], sinks: dict[str, str],
+                        stages: Sequence[Supervised], codes: Sequence[int], what: str) -> None:
+    """Every stage exited 0 and lost nothing; exactly-once stages also duplicated nothing.
+
+    `sinks` maps each stage's guarantee to its output topic, in the order of `stages`.
+    """
+    for stage, code in zip(stages, codes, strict=True):
+        assert code == 0, stage.log.read_text()[-3000:]
+    for (guarantee, sink), stage in zip(sinks.items(), stages, strict=True):
+        counted = tally(broker, sent, sink)
+        print(counted.line(f"{what} {guarantee} (stage restarts {stage.restarts}, "
+                           f"exit codes {stage.exit_codes})"))
+        assert counted.lost == 0
+        if guarantee == "exactly-once":
+            assert counted.duplicated == 0
+            assert counted.received == len(sent)

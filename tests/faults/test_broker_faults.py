@@ -21,7 +21,7 @@ import pytest
 
 from processor.backends.kafka import KafkaBroker
 from processor.devtools.local_kafka import LocalKafka
-from tests.faults.chaos import Supervised, run_until_caught_up, stage_args, tally
+from tests.faults.chaos import Supervised, assert_stage_counts, run_until_caught_up, stage_args
 from tests.procs import produce_artifacts, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -53,16 +53,7 @@ def _under_fault(kafka: LocalKafka, fault: Callable[[], None], what: str,
         run_until_caught_up(broker, stages, list(groups.values()), source, 180)
     finally:
         codes = [stage.stop() for stage in stages]
-    for stage, code in zip(stages, codes, strict=True):
-        assert code == 0, stage.log.read_text()[-3000:]
-    for (guarantee, sink), stage in zip(sinks.items(), stages, strict=True):
-        counted = tally(broker, sent, sink)
-        print(counted.line(f"{what} {guarantee} (stage restarts {stage.restarts}, "
-                           f"exit codes {stage.exit_codes})"))
-        assert counted.lost == 0
-        if guarantee == "exactly-once":
-            assert counted.duplicated == 0
-            assert counted.received == COUNT
+    assert_stage_counts(broker, sent, sinks, stages, codes, what)
 
 
 def test_broker_restarted_mid_stream(own_kafka: LocalKafka, unique_name: Callable[[str], str],
