@@ -64,7 +64,13 @@ CONTENDERS = (
     Contender("project-eos", "project, exactly-once, 1 process", 1),
     Contender("project-alo-2p", "project, at-least-once, 2 processes (processor run)", 2),
     Contender("quix", "Quix Streams, at-least-once, 1 process", 1),
+    # Artifact security (docs/security.md): benchmarks/contender_security.py.
+    Contender("project-sign", "project, at-least-once, 1 process, every record signed "
+              "(Ed25519) and verified", 1),
+    Contender("project-seal", "project, at-least-once, 1 process, every payload sealed "
+              "(X25519, AES-256-GCM) and opened", 1),
 )
+SECURITY_ROWS = {"project-sign": "sign", "project-seal": "seal"}
 KEYS = tuple(c.key for c in CONTENDERS)
 
 
@@ -161,6 +167,9 @@ def commands(contender: Contender, run: Run, output: str, group: str,
     if contender.key == "quix":
         assert run.quix is not None
         return [[str(run.quix), str(HERE / "contender_quix.py"), *common, "--result", result[0]]]
+    if contender.key in SECURITY_ROWS:
+        return [[sys.executable, str(HERE / "contender_security.py"), *common,
+                 "--result", result[0], "--security", SECURITY_ROWS[contender.key]]]
     guarantee = "exactly-once" if contender.key == "project-eos" else "at-least-once"
     if contender.key == "project-alo-registry":
         assert run.registry_url is not None

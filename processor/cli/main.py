@@ -9,7 +9,8 @@ table (`add_parsers`) and names the function that runs it (`func`):
 * `processor.cli.topics`: `topics create`, `list`, `describe` and `delete`;
 * `processor.cli.broker`: `broker`, a local Apache Kafka for development;
 * `processor.cli.lag`: `lag`, a consumer group's lag;
-* `processor.cli.schema`: `schema register | check | show`, the schema registry.
+* `processor.cli.schema`: `schema register | check | show`, the schema registry;
+* `processor.cli.keys`: `keys generate | show`, the keys that sign and seal artifacts.
 
 A command's `ProcessorError` is one line on stderr (`processor COMMAND: error: ...`) and
 exit status 1; Ctrl-C is status 130; a closed output pipe (`| head`) ends quietly.
@@ -23,7 +24,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from processor.cli import broker, demo, dlq, lag, produce, run, schema, topics
+from processor.cli import broker, demo, dlq, keys, lag, produce, run, schema, topics
 from processor.cli.common import HelpFormatter
 from processor.core.errors import ProcessorError
 
@@ -41,7 +42,7 @@ examples:
 `processor COMMAND --help` explains a command and its flags.
 """
 
-COMMAND_GROUPS = (demo, run, produce, topics, broker, lag, dlq, schema)
+COMMAND_GROUPS = (demo, run, produce, topics, broker, lag, dlq, schema, keys)
 """The modules whose `add_parsers` build the sub-commands, in the order `--help` lists them."""
 
 Command = Callable[[argparse.Namespace], int]

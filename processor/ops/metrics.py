@@ -66,7 +66,7 @@ LATENCY_SAMPLE_EVERY: Final = 16
 """The stage observes latency histograms for one record in this many."""
 
 DLQ_REASONS: Final = ("decode", "schema", "checksum", "invalid", "retries-exhausted",
-                      "handler-error", "too-large")
+                      "handler-error", "too-large", "signature", "sealed")
 """The `reason` label values of `processor_dead_lettered_total`
 (see `processor.runtime.dead_letters.Reason`)."""
 

@@ -117,6 +117,7 @@ from processor.ops.setting_sources import (
     flag_source,
     kafka_key_from_env,
 )
+from processor.security.policy import SecurityConfig
 from processor.serde.formats import InputFormat, OutputFormat
 from processor.serde.registry import Registration, SubjectStrategy
 
@@ -249,6 +250,55 @@ class StageConfig:
         ge=32, description="resident memory (MiB) above which a worker stops cleanly and "
                            "is restarted (off: no limit)",
         json_schema_extra={"group": "operations", "metavar": "MIB", "none": "off"})] = None
+    # Artifact security (docs/security.md): keys, trust store and policies.
+    sign_key: Annotated[Name | None, Field(
+        description="Ed25519 private key file (KEY_ID.key) the stage signs its outputs "
+                    "with; its key id becomes their issuer",
+        json_schema_extra={"group": "security", "metavar": "FILE"})] = None
+    trust_store: Annotated[tuple[Name, ...], BeforeValidator(_one_or_many), Field(
+        description="directory of trusted Ed25519 public keys (KEY_ID.pub files), such as "
+                    "a mounted Kubernetes secret",
+        json_schema_extra={"group": "security", "metavar": "DIR"})] = ()
+    trusted_keys: Annotated[Mapping[str, Name], ReadOnly, Field(
+        description="a trusted Ed25519 public key given inline: key id -> the base64 "
+                    "processor keys show prints",
+        json_schema_extra={"group": "security", "flag": "trusted-key",
+                           "metavar": "KEY_ID=BASE64"})] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({}))
+    retired_keys: Annotated[tuple[Name, ...], BeforeValidator(_one_or_many), Field(
+        description="key id that no longer verifies anything (retired or revoked)",
+        json_schema_extra={"group": "security", "flag": "retired-key",
+                           "metavar": "KEY_ID"})] = ()
+    require_signature: Annotated[bool, Field(
+        description="dead-letter (reason signature) every input that is not signed by a "
+                    "trusted key or whose signature does not verify",
+        json_schema_extra={"group": "security"})] = False
+    require_approvals: Annotated[Count, Field(
+        ge=0, description="dead-letter (reason signature) every input with fewer valid "
+                          "approvals by distinct trusted approvers",
+        json_schema_extra={"group": "security", "metavar": "N"})] = 0
+    require_approvals_from: Annotated[tuple[Name, ...], BeforeValidator(_one_or_many), Field(
+        description="key id whose approvals count for require_approvals (default: any "
+                    "trusted key)",
+        json_schema_extra={"group": "security", "flag": "approver", "metavar": "KEY_ID"})] = ()
+    seal_recipients: Annotated[tuple[Name, ...], BeforeValidator(_one_or_many), Field(
+        description="X25519 public key file (KEY_ID.pub) the stage seals its outputs' "
+                    "payloads for",
+        json_schema_extra={"group": "security", "flag": "seal-for", "metavar": "FILE"})] = ()
+    open_key: Annotated[Name | None, Field(
+        description="X25519 private key file (KEY_ID.key) the stage opens sealed inputs with",
+        json_schema_extra={"group": "security", "metavar": "FILE"})] = None
+    pseudonym_key: Annotated[SecretStr | None, Field(
+        description="HMAC key (16 bytes or more) of the pseudonym hash of the subject in "
+                    "metadata (a secret: never printed)",
+        json_schema_extra={"group": "security", "metavar": "KEY"})] = None
+    pseudonym_subject: Annotated[Name, Field(
+        description="metadata key of the subject identifier that pseudonym_key replaces by "
+                    "pseudonym_hash on outputs",
+        json_schema_extra={"group": "security", "metavar": "KEY"})] = "subject"
+    merkle: Annotated[bool, Field(
+        description="outputs carry the Merkle root of their payload's 4 KiB chunks",
+        json_schema_extra={"group": "security"})] = False
     sources: Annotated[Mapping[str, str], ReadOnly] = dataclasses.field(
         default_factory=lambda: MappingProxyType({}), compare=False, repr=False)
     """Setting -> where its value came from ("default", "file stage.yaml", ...)."""
@@ -256,6 +306,12 @@ class StageConfig:
     @property
     def name(self) -> str:
         return self.options.name
+
+    @property
+    def security(self) -> SecurityConfig:
+        """The security settings, as `build_stage` reads them."""
+        return SecurityConfig(**{f.name: getattr(self, f.name)
+                                 for f in dataclasses.fields(SecurityConfig)})
 
     def value(self, key: str) -> object:
         """The value of setting `key` (a stage option or an operational setting)."""
@@ -481,7 +537,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"YAML configuration file (default: ${CONFIG_ENV}, if set)",
     )
     groups = {name: parser.add_argument_group(name)
-              for name in ("stage", "kafka", "topics", "schemas", "operations")}
+              for name in ("stage", "kafka", "topics", "schemas", "security",
+                                       "operations")}
     for key, info in FIELDS.items():
         declared, shape = extra(info), kind(info)
         group = groups[declared.get("group", "stage")]

@@ -6,7 +6,9 @@ their stages here, so every stage gets the same parts:
 * the broker: the one given, or a `KafkaBroker` on `bootstrap_servers` with the `kafka`
   settings;
 * the handler: the `handlers` references resolved through the handler registry (or a
-  handler given ready-made, for tests and embedding);
+  handler given ready-made, for tests and embedding), with the security settings'
+  policies around it (`processor.security.policy`; the built-in handlers `sign`,
+  `verify`, `seal` and `open` bound to the stage's keys);
 * the metrics: `StageMetrics` in Prometheus, labelled with the stage's name, topics and
   guarantee (or the `Metrics` given, for example `NullMetrics`);
 * the health state the `/healthz` and `/readyz` probes read;
@@ -31,7 +33,7 @@ from typing import Protocol
 from processor.backends.abstract import Broker
 from processor.backends.kafka import KafkaBroker
 from processor.core.errors import ConfigError
-from processor.core.handlers import Handler, registry
+from processor.core.handlers import Handler
 from processor.core.options import StageOptions
 from processor.ops.health import HealthState
 from processor.ops.metrics import (
@@ -42,6 +44,8 @@ from processor.ops.metrics import (
 )
 from processor.runtime.contracts import stage_codec
 from processor.runtime.stage import Stage
+from processor.security.handlers import bound_chain
+from processor.security.policy import Keyring, SecurityConfig, secure
 from processor.serde.codec import Codec
 from processor.serde.wire import WireCodec
 
@@ -65,12 +69,14 @@ class StageSettings(Protocol):
 @dataclass(frozen=True)
 class StageSetup:
     """`StageSettings` built in code (the demo, the benchmark, tests): the options, and
-    optionally handler references, a Kafka cluster and its librdkafka settings."""
+    optionally handler references, a Kafka cluster and its librdkafka settings, and the
+    security settings (keys and policies)."""
 
     options: StageOptions
     handlers: Sequence[str] = ()
     bootstrap_servers: str | None = None
     kafka: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+    security: SecurityConfig | None = None
 
 
 def build_stage(
@@ -105,10 +111,16 @@ def build_stage(
                 "PROCESSOR_BOOTSTRAP_SERVERS"
             )
         broker = KafkaBroker(settings.bootstrap_servers, settings.kafka)
+    # Security (docs/security.md): keys read now, so a bad key file stops the stage here;
+    # the built-in handlers sign/verify/seal/open bound to them; the policies around the
+    # chain. Settings without a `security` attribute have none.
+    security: SecurityConfig | None = getattr(settings, "security", None)
+    keyring = Keyring.load(security) if security is not None and security.active else None
     if handler is None:
         if not settings.handlers:
             raise ConfigError("handlers: at least one --handler MODULE:FUNCTION is required")
-        handler = registry.resolve_all(settings.handlers)
+        handler = bound_chain(settings.handlers, keyring)
+    handler = secure(handler, keyring)
     if metrics is None:
         metrics = StageMetrics(options.name, options.input_topic, options.output_topic,
                                options.guarantee, extra_topics=_produced_topics(options))

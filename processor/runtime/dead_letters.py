@@ -2,7 +2,8 @@
 
 A record goes to the dead-letter topic when it cannot be decoded, its writer schema cannot
 be resolved into the stage's (unknown, or incompatible), its checksum does not match, a
-handler declared it invalid, its retries ran out, a handler failed and the error policy is
+handler declared it invalid, a security policy refused it (signature, approvals, a sealed
+payload that does not open), its retries ran out, a handler failed and the error policy is
 "dead-letter", or an output made from it is larger than its topic accepts. Nothing is lost:
 the value and key are the input's own (a tombstone stays a tombstone), so the record can be
 replayed once the cause is fixed (`processor dlq replay`).
@@ -52,6 +53,18 @@ class Reason:
     TOO_LARGE: Final = "too-large"
     """An output made from the record is larger than its topic (`max.message.bytes`) or
     the producer (`message.max.bytes`) accepts."""
+    SIGNATURE: Final = "signature"
+    """A security policy refused the artifact: unsigned, a signature that does not verify
+    (forged or tampered), an unknown or retired key, or too few approvals
+    (docs/security.md)."""
+    SEALED: Final = "sealed"
+    """A sealed payload the stage's opening key cannot open."""
+
+    @staticmethod
+    def of_security(error: BaseException) -> str:
+        """The reason a `SecurityError` stands for (`signature` unless it names one)."""
+        reason = getattr(error, "reason", None)
+        return reason if isinstance(reason, str) else Reason.SIGNATURE
 
 
 def dead_letter_headers(

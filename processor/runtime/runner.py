@@ -96,7 +96,8 @@ def _scrub_secrets(cfg: StageConfig) -> None:
     from processor.ops.logs import register_secret
     from processor.ops.settings import secret_values
 
-    for value in secret_values({**cfg.kafka, "registry": cfg.schema_registry_password}):
+    for value in secret_values({**cfg.kafka, "registry": cfg.schema_registry_password,
+                                 "pseudonym": cfg.pseudonym_key}):
         register_secret(value)
 
 

@@ -44,6 +44,7 @@ from processor.core.errors import (
     ProducerFenced,
     RetryableError,
     SchemaError,
+    SecurityError,
 )
 from processor.core.handlers import DEFAULT_OUTPUT, Handler, outcomes
 from processor.core.options import EXACTLY_ONCE, StageOptions
@@ -410,6 +411,10 @@ class Stage:
                 continue
             except InvalidArtifact as exc:
                 self._dead_letter(msg, Reason.INVALID, exc)
+                pending[tp] = offset + 1
+                continue
+            except SecurityError as exc:  # a security policy refused it (docs/security.md)
+                self._dead_letter(msg, Reason.of_security(exc), exc)
                 pending[tp] = offset + 1
                 continue
             except Exception as exc:

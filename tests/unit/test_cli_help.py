@@ -27,7 +27,8 @@ ALL = commands(build_parser())
 
 def test_the_commands() -> None:
     assert sorted(" ".join(words) for words, _ in ALL) == [
-        "broker", "config", "config check", "demo", "dlq", "dlq inspect", "dlq replay", "lag",
+        "broker", "config", "config check", "demo", "dlq", "dlq inspect", "dlq replay", "keys",
+        "keys generate", "keys show", "lag",
         "produce", "run", "schema", "schema check", "schema register", "schema show", "tail",
         "topics", "topics create", "topics delete", "topics describe", "topics list",
     ]

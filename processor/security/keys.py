@@ -1,0 +1,283 @@
+"""Key files: Ed25519 keys sign, X25519 keys seal. Every key has an id.
+
+A key pair is two PEM files named after its key id: `KEY_ID.key`, the private key
+(PKCS #8, unencrypted, written with mode 0600), and `KEY_ID.pub`, the public key
+(SubjectPublicKeyInfo). The key id is the file's name without its suffix, so a key keeps
+its id wherever the file is copied or mounted (a Kubernetes secret whose data keys are
+`KEY_ID.pub` mounts as exactly those files). An id is 1 to 64 letters, digits, `.`, `_`
+or `-`, starting with a letter or digit.
+
+A public key can also be given inline (settings, environment) as the base64 of its raw
+32 bytes, which is what `processor keys show` prints.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from processor.security.errors import KeyFileError
+
+logger = logging.getLogger(__name__)
+
+KeyKind = Literal["signing", "sealing"]
+KINDS: Final[tuple[KeyKind, ...]] = ("signing", "sealing")
+PRIVATE_SUFFIX: Final = ".key"
+PUBLIC_SUFFIX: Final = ".pub"
+PRIVATE_MODE: Final = 0o600
+_KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
+
+
+def check_key_id(key_id: str) -> str:
+    """`key_id` if it is a valid key id; KeyFileError otherwise."""
+    if not _KEY_ID.fullmatch(key_id):
+        raise KeyFileError(f"key id {key_id!r} is not allowed: use 1 to 64 letters, digits, "
+                           "'.', '_' or '-', starting with a letter or digit")
+    return key_id
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """A private Ed25519 key and its id: signs artifacts and approvals."""
+
+    id: str
+    private: Ed25519PrivateKey
+
+    def public_bytes(self) -> bytes:
+        return self.private.public_key().public_bytes(*_RAW)
+
+    def __repr__(self) -> str:
+        return f"SigningKey(id={self.id!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class OpeningKey:
+    """A private X25519 key and its id: opens payloads sealed for that id."""
+
+    id: str
+    private: X25519PrivateKey
+
+    def public_bytes(self) -> bytes:
+        return self.private.public_key().public_bytes(*_RAW)
+
+    def __repr__(self) -> str:
+        return f"OpeningKey(id={self.id!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientKey:
+    """A public X25519 key and its id: a recipient payloads are sealed for."""
+
+    id: str
+    public: X25519PublicKey
+
+    def public_bytes(self) -> bytes:
+        return self.public.public_bytes(*_RAW)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyFiles:
+    private: Path
+    public: Path
+
+
+def new_signing_key(key_id: str) -> SigningKey:
+    return SigningKey(check_key_id(key_id), Ed25519PrivateKey.generate())
+
+
+def new_opening_key(key_id: str) -> OpeningKey:
+    return OpeningKey(check_key_id(key_id), X25519PrivateKey.generate())
+
+
+def recipient_of(key: OpeningKey) -> RecipientKey:
+    return RecipientKey(key.id, key.private.public_key())
+
+
+def fingerprint(public: bytes) -> str:
+    """A short, stable name of a public key: the first 16 hex digits of its SHA-256."""
+    return hashlib.sha256(public).hexdigest()[:16]
+
+
+def write_private(path: Path, key: Ed25519PrivateKey | X25519PrivateKey, *,
+                  force: bool = False) -> None:
+    """Write a private key as PEM, readable and writable by its owner only (0600).
+
+    The file is created with mode 0600 (never wider, whatever the umask), and an existing
+    file is refused unless `force`."""
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, PRIVATE_MODE)
+    except FileExistsError:
+        raise KeyFileError(f"{path} exists; refusing to overwrite a key (use --force)") from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, PRIVATE_MODE)
+        os.write(fd, pem)
+    finally:
+        os.close(fd)
+
+
+def write_public(path: Path, key: Ed25519PublicKey | X25519PublicKey, *,
+                 force: bool = False) -> None:
+    pem = key.public_bytes(serialization.Encoding.PEM,
+                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    if path.exists() and not force:
+        raise KeyFileError(f"{path} exists; refusing to overwrite a key (use --force)")
+    try:
+        path.write_bytes(pem)
+    except OSError as exc:
+        raise KeyFileError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def generate(kind: KeyKind, key_id: str, directory: Path, *, force: bool = False) -> KeyFiles:
+    """A new key pair of `kind` written to `directory` as KEY_ID.key and KEY_ID.pub."""
+    check_key_id(key_id)
+    files = KeyFiles(directory / f"{key_id}{PRIVATE_SUFFIX}",
+                     directory / f"{key_id}{PUBLIC_SUFFIX}")
+    if not force:
+        for path in (files.private, files.public):
+            if path.exists():
+                raise KeyFileError(f"{path} exists; refusing to overwrite a key (use --force)")
+    private = Ed25519PrivateKey.generate() if kind == "signing" else X25519PrivateKey.generate()
+    write_private(files.private, private, force=force)
+    write_public(files.public, private.public_key(), force=force)
+    return files
+
+
+def key_id_of(path: Path) -> str:
+    """The key id a key file stands for: its name without the suffix."""
+    name = path.name
+    for suffix in (PRIVATE_SUFFIX, PUBLIC_SUFFIX, ".pem"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return check_key_id(name)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
+
+
+def load_private(path: Path) -> SigningKey | OpeningKey:
+    """The private key in `path` with its id. A file others may read is used, with a
+    warning (a Kubernetes secret mounts with mode 0644 unless told otherwise)."""
+    data = _read(path)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        mode = 0
+    if mode & 0o077:
+        logger.warning("private key file %s has mode %o; it should be 0600", path, mode)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise KeyFileError(f"{path} is not an unencrypted PEM private key: {exc}") from None
+    key_id = key_id_of(path)
+    if isinstance(key, Ed25519PrivateKey):
+        return SigningKey(key_id, key)
+    if isinstance(key, X25519PrivateKey):
+        return OpeningKey(key_id, key)
+    raise KeyFileError(f"{path} holds a {type(key).__name__}; expected Ed25519 or X25519")
+
+
+def load_signing_key(path: Path) -> SigningKey:
+    key = load_private(path)
+    if not isinstance(key, SigningKey):
+        raise KeyFileError(f"{path} holds an X25519 (sealing) key; signing needs Ed25519")
+    return key
+
+
+def load_opening_key(path: Path) -> OpeningKey:
+    key = load_private(path)
+    if not isinstance(key, OpeningKey):
+        raise KeyFileError(f"{path} holds an Ed25519 (signing) key; opening needs X25519")
+    return key
+
+
+def parse_public(data: bytes, where: str) -> Ed25519PublicKey | X25519PublicKey:
+    """A public key from PEM, or from the base64 of its raw 32 bytes (Ed25519 assumed
+    for raw bytes, which carry no kind)."""
+    text = data.strip()
+    if text.startswith(b"-----BEGIN"):
+        try:
+            key = serialization.load_pem_public_key(text)
+        except ValueError as exc:
+            raise KeyFileError(f"{where}: not a PEM public key: {exc}") from None
+        if isinstance(key, Ed25519PublicKey | X25519PublicKey):
+            return key
+        raise KeyFileError(f"{where}: holds a {type(key).__name__}; expected Ed25519 or X25519")
+    try:
+        raw = base64.b64decode(text + b"=" * (-len(text) % 4), altchars=b"-_"
+                               if b"-" in text or b"_" in text else None, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise KeyFileError(f"{where}: expected a PEM public key or the base64 of a raw "
+                           "32-byte key")
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def load_public(path: Path) -> Ed25519PublicKey | X25519PublicKey:
+    return parse_public(_read(path), str(path))
+
+
+def load_recipient(path: Path) -> RecipientKey:
+    """The X25519 public key in `path` (or the public half of a private key file)."""
+    data = _read(path)
+    if b"PRIVATE KEY" in data:
+        private = load_private(path)
+        if isinstance(private, OpeningKey):
+            return recipient_of(private)
+        raise KeyFileError(f"{path} holds an Ed25519 (signing) key; sealing needs X25519")
+    key = parse_public(data, str(path))
+    if not isinstance(key, X25519PublicKey):
+        raise KeyFileError(f"{path} holds an Ed25519 (signing) key; sealing needs X25519")
+    return RecipientKey(key_id_of(path), key)
+
+
+@dataclass(frozen=True, slots=True)
+class PublicInfo:
+    """What `processor keys show` prints: never anything secret."""
+
+    id: str
+    kind: KeyKind
+    public: str
+    """The raw public key, base64."""
+    fingerprint: str
+    file: Path
+    private_file: bool
+
+
+def public_info(path: Path) -> PublicInfo:
+    """The public facts of a key file, private or public."""
+    data = _read(path)
+    private_file = b"PRIVATE KEY" in data
+    if private_file:
+        private = load_private(path)
+        raw = private.public_bytes()
+        kind: KeyKind = "signing" if isinstance(private, SigningKey) else "sealing"
+    else:
+        key = parse_public(data, str(path))
+        raw = key.public_bytes(*_RAW)
+        kind = "signing" if isinstance(key, Ed25519PublicKey) else "sealing"
+    return PublicInfo(key_id_of(path), kind, base64.b64encode(raw).decode("ascii"),
+                      fingerprint(raw), path, private_file)

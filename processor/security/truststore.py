@@ -1,0 +1,108 @@
+"""The trust store: the Ed25519 public keys whose signatures a stage accepts, by key id.
+
+Keys come from
+
+* directories of public key files, `KEY_ID.pub` (PEM or base64 of the raw key). A mounted
+  Kubernetes secret is such a directory: its data keys become files, next to the
+  `..data` and `..<timestamp>` entries the kubelet uses for atomic updates, which are
+  skipped (every name starting with a dot is);
+* inline keys, `KEY_ID -> base64` (the `trusted_keys` setting, which can be given by the
+  environment variable `PROCESSOR_TRUSTED_KEYS=id=BASE64,...`, a flag or the YAML file).
+
+Rotation keeps the old public key in the store while the new key signs, so artifacts
+signed before the rotation still verify. A key id listed as retired (the
+`retired_keys` setting) no longer verifies anything: an artifact it signed is refused,
+whatever the signature, as is one signed by a key the store does not know.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from processor.security.errors import KeyFileError, SignatureRefused
+from processor.security.keys import (
+    PUBLIC_SUFFIX,
+    check_key_id,
+    key_id_of,
+    load_public,
+    parse_public,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrustStore:
+    """Trusted public keys by id, and the ids that are retired."""
+
+    keys: Mapping[str, Ed25519PublicKey] = field(default_factory=lambda: MappingProxyType({}))
+    retired: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keys", MappingProxyType(dict(self.keys)))
+
+    def key(self, key_id: str, *, what: str = "artifact") -> Ed25519PublicKey:
+        """The public key of `key_id`; SignatureRefused if it is retired or unknown."""
+        if key_id in self.retired:
+            raise SignatureRefused(f"{what} signed by retired key {key_id!r}")
+        found = self.keys.get(key_id)
+        if found is None:
+            raise SignatureRefused(f"{what} signed by unknown key id {key_id!r} (not in the "
+                                   "trust store)")
+        return found
+
+    def trusts(self, key_id: str) -> bool:
+        return key_id in self.keys and key_id not in self.retired
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @classmethod
+    def load(cls, directories: Iterable[Path | str] = (),
+             inline: Mapping[str, str] | None = None,
+             retired: Iterable[str] = ()) -> TrustStore:
+        """A store from directories of `KEY_ID.pub` files and inline keys; a key id given
+        twice with different keys is an error."""
+        keys: dict[str, Ed25519PublicKey] = {}
+        where: dict[str, str] = {}
+
+        def add(key_id: str, key: Ed25519PublicKey, source: str) -> None:
+            old = keys.get(key_id)
+            if old is not None and old.public_bytes_raw() != key.public_bytes_raw():
+                raise KeyFileError(f"key id {key_id!r} has two different keys: in "
+                                   f"{where[key_id]} and in {source}")
+            keys[key_id], where[key_id] = key, source
+
+        for directory in directories:
+            for path in public_key_files(Path(directory)):
+                key = load_public(path)
+                if not isinstance(key, Ed25519PublicKey):
+                    logger.info("trust store: skipping %s, an X25519 (sealing) key", path)
+                    continue
+                add(key_id_of(path), key, str(path))
+        for key_id, text in (inline or {}).items():
+            source = f"trusted_keys.{key_id}"
+            key = parse_public(text.encode("utf-8"), source)
+            if not isinstance(key, Ed25519PublicKey):
+                raise KeyFileError(f"{source}: an X25519 key; the trust store holds Ed25519 "
+                                   "signing keys")
+            add(check_key_id(key_id), key, source)
+        return cls(keys, frozenset(check_key_id(r) for r in retired))
+
+
+def public_key_files(directory: Path) -> list[Path]:
+    """The `*.pub` files of `directory` (following symbolic links), without the entries
+    whose name starts with a dot (a Kubernetes secret mount's `..data` and the like)."""
+    try:
+        names = sorted(p.name for p in directory.iterdir())
+    except OSError as exc:
+        raise KeyFileError(f"trust store {directory}: cannot list it: {exc.strerror}") from None
+    return [directory / name for name in names
+            if not name.startswith(".") and name.endswith(PUBLIC_SUFFIX)
+            and (directory / name).is_file()]
