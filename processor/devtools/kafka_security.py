@@ -27,11 +27,14 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._acl import AclBinding, AclOperation, AclPermissionType
+from confluent_kafka.admin._resource import ResourcePatternType, ResourceType
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -260,3 +263,41 @@ def set_properties(text: str, overrides: Mapping[str, str]) -> str:
     if extra:
         lines += ["", "# Transport security (processor.devtools.kafka_security)", *extra]
     return "\n".join(lines) + "\n"
+
+
+def stage_acls(user: str, input_topic: str, group: str, output_topics: Iterable[str],
+               transactional_id: str | None = None) -> list[AclBinding]:
+    """The ACLs a stage running as `user` needs: READ on its input topic and group, WRITE
+    on its output and dead-letter topics (READ and WRITE imply DESCRIBE), and for an
+    exactly-once stage WRITE on its transactional id (a prefix: the runner appends the
+    host and a slot). The idempotent producer needs no IDEMPOTENT_WRITE on the cluster
+    when it may write some topic (Kafka 3.0 and later)."""
+    principal = f"User:{user}"
+
+    def allow(kind: ResourceType, name: str, operation: AclOperation,
+              pattern: ResourcePatternType = ResourcePatternType.LITERAL) -> AclBinding:
+        return AclBinding(kind, name, pattern, principal, "*", operation,
+                          AclPermissionType.ALLOW)
+
+    bindings = [allow(ResourceType.TOPIC, input_topic, AclOperation.READ),
+                allow(ResourceType.GROUP, group, AclOperation.READ)]
+    bindings += [allow(ResourceType.TOPIC, topic, AclOperation.WRITE)
+                 for topic in dict.fromkeys(output_topics)]
+    if transactional_id is not None:
+        bindings.append(allow(ResourceType.TRANSACTIONAL_ID, transactional_id,
+                              AclOperation.WRITE, ResourcePatternType.PREFIXED))
+    return bindings
+
+
+def describe_acl(user: str, kind: ResourceType, name: str) -> AclBinding:
+    """DESCRIBE on one resource: a topic seen but neither read nor written."""
+    return AclBinding(kind, name, ResourcePatternType.LITERAL, f"User:{user}", "*",
+                      AclOperation.DESCRIBE, AclPermissionType.ALLOW)
+
+
+def create_acls(bootstrap_servers: str, settings: Mapping[str, str],
+                bindings: Iterable[AclBinding], timeout: float = 30.0) -> None:
+    """Create `bindings` with an admin client of `settings` (a super user's)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers, **settings})
+    for future in admin.create_acls(list(bindings), request_timeout=timeout).values():
+        future.result(timeout)

@@ -28,7 +28,7 @@ from processor.backends.abstract import (
 )
 from processor.backends.kafka.bounded import CallTimedOut, call_within, flush_within
 from processor.backends.kafka.convert import to_kafka
-from processor.backends.kafka.errors import ErrorLog, error_of, raise_kafka
+from processor.backends.kafka.errors import ErrorLog, denied, error_of, is_denied, raise_kafka
 from processor.core.errors import (
     BackendError,
     TransactionError,
@@ -75,7 +75,8 @@ class DeliveryLog:
             self.failures.append(DeliveryError(
                 cast(str, message.topic()), -1 if partition is None else partition,
                 key, error.str(), error.retriable(), error.code() in TOO_LARGE_CODES,
-                record_size(message.value(), key, message.headers())))
+                record_size(message.value(), key, message.headers()),
+                error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED))
 
     def refused(self, topic: str, value: bytes | None, key: bytes | None,
                 headers: Headers | None, error: KafkaError) -> None:
@@ -110,6 +111,8 @@ class KafkaProducer(Producer):
         except KafkaException as exc:
             raise_kafka(exc, f"metadata of topic {topic!r}")
         found = metadata.topics.get(topic)
+        if found is not None and is_denied(found.error):
+            raise denied(found.error, f"metadata of topic {topic!r}")
         if found is None or found.error is not None or not found.partitions:
             reason = found.error.str() if found is not None and found.error else "no partitions"
             raise UnknownTopic(f"unknown topic {topic!r} ({reason})")
