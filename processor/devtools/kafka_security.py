@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+import yaml
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._acl import AclBinding, AclOperation, AclPermissionType
 from confluent_kafka.admin._resource import ResourcePatternType, ResourceType
@@ -247,6 +248,20 @@ class BrokerSecurity:
         lines += [f"{k}={v}" for k, v in self.client_settings(user).items()]
         _write_private(path, ("\n".join(lines) + "\n").encode())
         return path
+
+    def write_client_files(self, bootstrap_servers: str) -> list[str]:
+        """For every user but the broker's own, `USER.properties` and `USER.kafka.yaml`
+        (bootstrap servers and the `kafka:` settings, for `processor run --config`) in
+        `directory`, both mode 0600; returns the user names."""
+        names = [name for name in self.users if name != BROKER_USER]
+        for name in names:
+            self.write_client_properties(self.directory / f"{name}.properties",
+                                         bootstrap_servers, name)
+            document = {"bootstrap_servers": bootstrap_servers,
+                        "kafka": self.client_settings(name)}
+            _write_private(self.directory / f"{name}.kafka.yaml",
+                           yaml.safe_dump(document, sort_keys=False).encode())
+        return names
 
 
 def set_properties(text: str, overrides: Mapping[str, str]) -> str:

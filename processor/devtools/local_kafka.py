@@ -650,8 +650,10 @@ def _stop_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def main_broker(nodes: int = 1) -> int:
-    """`processor broker [--nodes 1|3]`: run a local cluster until Ctrl-C or SIGTERM."""
+def main_broker(nodes: int = 1, *, secure: Path | None = None,
+                users: Sequence[str] = ()) -> int:
+    """`processor broker [--nodes 1|3] [--secure DIR [--user NAME]...]`: run a local
+    cluster until Ctrl-C or SIGTERM (see `processor.devtools.kafka_security`)."""
     stop = threading.Event()
     try:
         require_java()
@@ -660,7 +662,10 @@ def main_broker(nodes: int = 1) -> int:
     except ToolMissing as error:
         print(f"processor broker: error: {error}", file=sys.stderr)
         return 2
-    kafka = LocalKafka(nodes=nodes)
+    security = None
+    if secure is not None:
+        security = BrokerSecurity.create(secure, users={name: "" for name in users})
+    kafka = LocalKafka(nodes=nodes, security=security)
     with _stop_signals(stop):
         try:
             kafka.start()
@@ -669,6 +674,12 @@ def main_broker(nodes: int = 1) -> int:
             return 2 if isinstance(error, ToolMissing) else 1
         try:
             kafka.warm_up()
+            if security is not None:
+                written = security.write_client_files(kafka.bootstrap_servers)
+                print(f"SASL_SSL (SCRAM-SHA-512) with ACLs; CA {security.certificates.ca}; "
+                      f"client settings of {', '.join(sorted(written))} in "
+                      f"{security.directory}/USER.properties and USER.kafka.yaml",
+                      file=sys.stderr)
             print(kafka.bootstrap_servers, flush=True)
             print(f"Kafka {KAFKA_VERSION}, {nodes} node(s), ready in "
                   f"{kafka.startup_seconds or 0.0:.1f}s; Ctrl-C stops it", file=sys.stderr)

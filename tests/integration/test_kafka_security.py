@@ -278,3 +278,39 @@ def test_untrusted_certificate_is_one_error_line(
 
 def _topic(name: str) -> tuple[ResourceType, str]:
     return ResourceType.TOPIC, name
+
+
+def test_processor_broker_secure_writes_each_users_client_settings(
+        tmp_path: Path, unique_name: Callable[[str], str]) -> None:
+    directory = tmp_path / "tls"
+    out, err = tmp_path / "broker.out", tmp_path / "broker.err"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        proc = subprocess.Popen(
+            processor_cmd("broker", "--secure", str(directory), "--user", "orders"),
+            stdout=stdout, stderr=stderr, cwd=ROOT)
+    try:
+        wait_for(lambda: out.read_text().strip() != "" or proc.poll() is not None, 90,
+                 "the broker's bootstrap line")
+        assert proc.poll() is None, err.read_text()[-3000:]
+        bootstrap = out.read_text().split()[0]
+        files = {p.name: p for p in directory.iterdir()}
+        for name in ("admin.properties", "admin.kafka.yaml", "orders.properties",
+                     "orders.kafka.yaml", "broker-keystore.pem"):
+            assert files[name].stat().st_mode & 0o077 == 0, name  # the owner's only
+        assert "broker.kafka.yaml" not in files  # the nodes' own user stays inside
+        admin_doc = yaml.safe_load(files["admin.kafka.yaml"].read_text())
+        orders_doc = yaml.safe_load(files["orders.kafka.yaml"].read_text())
+        assert admin_doc["bootstrap_servers"] == orders_doc["bootstrap_servers"] == bootstrap
+        assert orders_doc["kafka"]["security.protocol"] == "SASL_SSL"
+        topic, group = unique_name("cli-sec"), unique_name("cli-group")
+        KafkaBroker(bootstrap, admin_doc["kafka"]).admin().create_topic(topic)
+        # The new user sees nothing until an ACL lets it.
+        assert topic not in KafkaBroker(bootstrap, orders_doc["kafka"]).admin().list_topics()
+        create_acls(bootstrap, admin_doc["kafka"], stage_acls("orders", topic, group, []))
+        wait_for(lambda: topic in KafkaBroker(bootstrap, orders_doc["kafka"]).admin()
+                 .list_topics(), 10, "the ACL to apply")
+        assert orders_doc["kafka"]["sasl.password"] not in err.read_text()
+    finally:
+        proc.terminate()
+        code = proc.wait(40)
+    assert code == 0, err.read_text()[-3000:]
