@@ -242,8 +242,8 @@ class BrokerSecurity:
 
     def write_client_properties(self, path: Path, bootstrap_servers: str,
                                 user: str = ADMIN_USER) -> Path:
-        """A `key=value` file of `user`'s client settings (mode 0600: it holds the
-        password), usable as `processor run --set` values or a Java client's config."""
+        """A `key=value` file of `user`'s librdkafka settings (mode 0600: it holds the
+        password), as kcat `-F` and other librdkafka clients read it."""
         lines = [f"bootstrap.servers={bootstrap_servers}"]
         lines += [f"{k}={v}" for k, v in self.client_settings(user).items()]
         _write_private(path, ("\n".join(lines) + "\n").encode())
