@@ -117,8 +117,8 @@ def feed(secured: Secured, topic: str, good: int, bad_at: tuple[int, ...] = ()) 
 
 
 def run_stage(secured: Secured, topics: Topics, user: str, tmp_path: Path, *,
-              password: str | None = None, ca: Path | None = None
-              ) -> tuple[subprocess.Popen[bytes], Path]:
+              password: str | None = None, ca: Path | None = None,
+              guarantee: str = "at-least-once") -> tuple[subprocess.Popen[bytes], Path]:
     """`processor run` as `user`: bootstrap servers, the protocol and the CA from YAML,
     the user and password from the environment, the mechanism from a flag."""
     settings = secured.security.client_settings(user, password=password, ca=ca)
@@ -136,7 +136,7 @@ def run_stage(secured: Secured, topics: Topics, user: str, tmp_path: Path, *,
             "--input-topic", topics.source, "--output-topic", topics.output,
             "--dlq-topic", topics.dlq, "--group", topics.group,
             "--handler", "tests.integration.chain_handlers:hop",
-            "--metrics-port", "off", "--commit-interval", "0.2"]
+            "--metrics-port", "off", "--commit-interval", "0.2", "--guarantee", guarantee]
     with log.open("wb") as out:
         proc = subprocess.Popen(processor_cmd(*args), stdout=out, stderr=subprocess.STDOUT,
                                 env=env, cwd=ROOT)
@@ -170,16 +170,26 @@ def assert_no_secret(secured: Secured, output: str) -> None:
         assert password not in output
 
 
+def transactional_base(topics: Topics) -> str:
+    """The transactional id a stage named after its group starts from (the runner
+    appends `-<host>-<slot>`)."""
+    return f"{topics.group}-{topics.group}"
+
+
+@pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
 def test_stage_with_its_acls_works_end_to_end_over_tls(
-        secured: Secured, unique_name: Callable[[str], str], tmp_path: Path) -> None:
+        secured: Secured, unique_name: Callable[[str], str], tmp_path: Path,
+        guarantee: str) -> None:
     topics = make_topics(secured, unique_name)
+    eos = guarantee == "exactly-once"
     create_acls(secured.bootstrap, secured.security.client_settings(),
                 stage_acls("stage-ok", topics.source, topics.group,
-                           [topics.output, topics.dlq]))
+                           [topics.output, topics.dlq],
+                           transactional_id=transactional_base(topics) if eos else None))
     good, bad_at = 300, (40, 41, 200)
     feed(secured, topics.source, good, bad_at)
     total = good + len(bad_at)
-    proc, log = run_stage(secured, topics, "stage-ok", tmp_path)
+    proc, log = run_stage(secured, topics, "stage-ok", tmp_path, guarantee=guarantee)
     try:
         wait_for(lambda: sum(committed(secured, topics).values()) >= total or
                  proc.poll() is not None, 60, "the stage to commit every record")
@@ -200,19 +210,27 @@ def test_stage_with_its_acls_works_end_to_end_over_tls(
     assert_no_secret(secured, output)
 
 
+@pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
 def test_stage_without_write_on_its_output_stops_and_commits_nothing(
-        secured: Secured, unique_name: Callable[[str], str], tmp_path: Path) -> None:
+        secured: Secured, unique_name: Callable[[str], str], tmp_path: Path,
+        guarantee: str) -> None:
     topics = make_topics(secured, unique_name)
+    eos = guarantee == "exactly-once"
     create_acls(secured.bootstrap, secured.security.client_settings(), [
-        *stage_acls("stage-no-write", topics.source, topics.group, [topics.dlq]),
+        *stage_acls("stage-no-write", topics.source, topics.group, [topics.dlq],
+                    transactional_id=transactional_base(topics) if eos else None),
         describe_acl("stage-no-write", *_topic(topics.output))])
     feed(secured, topics.source, 50)
-    proc, log = run_stage(secured, topics, "stage-no-write", tmp_path)
+    proc, log = run_stage(secured, topics, "stage-no-write", tmp_path, guarantee=guarantee)
     code, seconds, output = stopped_by_itself(proc, log)
     lines = error_lines(output)
     assert code == 1, output[-3000:]
     assert len(lines) == 1, output[-3000:]
-    assert f"not authorized to write to topic {topics.output}" in lines[0]
+    if eos:  # the transaction names the topics written, one of which was refused
+        assert f"(writing to topic {topics.output})" in lines[0]
+        assert "TOPIC_AUTHORIZATION_FAILED" in lines[0]
+    else:  # the delivery report names the topic
+        assert f"not authorized to write to topic {topics.output}" in lines[0]
     assert "WRITE" in lines[0]
     assert committed(secured, topics) == {}
     assert_no_secret(secured, output)
@@ -239,6 +257,43 @@ def test_stage_without_write_on_its_dead_letter_topic_stops_before_the_bad_recor
     assert all(offset <= bad for offset in offsets.values()), offsets
     assert_no_secret(secured, output)
     print(f"stopped {seconds:.1f}s after start, committed {offsets}: {lines[0]}")
+
+
+def test_exactly_once_stage_without_its_transactional_id_acl_is_one_error_line(
+        secured: Secured, unique_name: Callable[[str], str], tmp_path: Path) -> None:
+    topics = make_topics(secured, unique_name)
+    create_acls(secured.bootstrap, secured.security.client_settings(),
+                stage_acls("stage-ok", topics.source, topics.group,
+                           [topics.output, topics.dlq]))
+    feed(secured, topics.source, 20)
+    proc, log = run_stage(secured, topics, "stage-ok", tmp_path, guarantee="exactly-once")
+    code, seconds, output = stopped_by_itself(proc, log)
+    lines = error_lines(output)
+    assert code == 1, output[-3000:]
+    assert len(lines) == 1, output[-3000:]
+    assert "TRANSACTIONAL_ID_AUTHORIZATION_FAILED" in lines[0]
+    assert "the transactional id (WRITE)" in lines[0]
+    assert committed(secured, topics) == {}
+    print(f"stopped {seconds:.1f}s after start: {lines[0]}")
+
+
+def test_stage_without_read_on_its_group_is_one_error_line(
+        secured: Secured, unique_name: Callable[[str], str], tmp_path: Path) -> None:
+    topics = make_topics(secured, unique_name)
+    create_acls(secured.bootstrap, secured.security.client_settings(),
+                [acl for acl in stage_acls("stage-ok", topics.source, topics.group,
+                                           [topics.output, topics.dlq])
+                 if acl.restype != ResourceType.GROUP])
+    feed(secured, topics.source, 20)
+    proc, log = run_stage(secured, topics, "stage-ok", tmp_path)
+    code, seconds, output = stopped_by_itself(proc, log)
+    lines = error_lines(output)
+    assert code == 1, output[-3000:]
+    assert len(lines) == 1, output[-3000:]
+    assert "GROUP_AUTHORIZATION_FAILED" in lines[0]
+    assert "the consumer group (READ)" in lines[0]
+    assert committed(secured, topics) == {}
+    print(f"stopped {seconds:.1f}s after start: {lines[0]}")
 
 
 def test_wrong_password_is_one_error_line(

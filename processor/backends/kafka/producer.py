@@ -190,7 +190,8 @@ class KafkaProducer(Producer):
                 call(-1.0)
                 return
             except KafkaException as exc:
-                raise_kafka(exc, what, transactional=True, fatal_hint=self._errors.fatal)
+                raise_kafka(exc, self._label(what, exc), transactional=True,
+                            fatal_hint=self._errors.fatal)
         deadline = time.monotonic() + timeout
         busy = self._txn_busy
         if busy is not None:
@@ -219,7 +220,16 @@ class KafkaProducer(Producer):
                         and time.monotonic() < deadline):
                     logger.info("%s: retriable error, retrying: %s", what, error.str())
                     continue
-                raise_kafka(exc, what, transactional=True, fatal_hint=self._errors.fatal)
+                raise_kafka(exc, self._label(what, exc), transactional=True,
+                            fatal_hint=self._errors.fatal)
+
+    def _label(self, what: str, exc: KafkaException) -> str:
+        """`what`, naming the topics written when the broker refused to add one of them
+        to the transaction (librdkafka's error does not say which)."""
+        error = error_of(exc)
+        if error is None or error.code() != KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            return what
+        return f"{what} (writing to topic {', '.join(sorted(self._known_topics))})"
 
     def init_transactions(self, timeout: float = 30.0) -> None:
         if not self._transactional:
@@ -262,7 +272,15 @@ class KafkaProducer(Producer):
             except BackendError as exc:
                 logger.warning("aborting the open transaction on close failed: %s", exc)
         self._closed = True
-        remaining = flush_within(self._p, end - time.monotonic())
+        try:
+            remaining = flush_within(self._p, end - time.monotonic())
+        except KafkaException as exc:
+            # A producer in a fatal state (a transaction the broker refused, say) raises
+            # instead of flushing; what it still holds cannot be delivered any more, and
+            # the error that brought the caller here is the one to report, not this one.
+            logger.warning("producer closed in a fatal state, %d record(s) not delivered: %s",
+                           len(self._p), exc)
+            return
         if remaining:
             logger.warning("producer closed with %d record(s) unacknowledged", remaining)
 
