@@ -243,20 +243,29 @@ def test_stage_without_write_on_its_dead_letter_topic_stops_before_the_bad_recor
     create_acls(secured.bootstrap, secured.security.client_settings(), [
         *stage_acls("stage-no-dlq", topics.source, topics.group, [topics.output]),
         describe_acl("stage-no-dlq", *_topic(topics.dlq))])
-    bad = 30
-    feed(secured, topics.source, 60, (bad,))
     proc, log = run_stage(secured, topics, "stage-no-dlq", tmp_path)
+    # First records it may write: the stage processes and commits them.
+    first = 30
+    produce_artifacts(secured.admin_broker(), topics.source, first, keys=1)
+    wait_for(lambda: sum(committed(secured, topics).values()) >= first
+             or proc.poll() is not None, 60, "the stage to commit the first records")
+    # Then one that must be dead-lettered, and more behind it (all in one partition).
+    producer = secured.admin_broker().producer(client_id="test-feed-bad")
+    producer.produce(topics.source, b"not an artifact", b"k0")
+    assert producer.flush(30) == 0
+    producer.close()
+    produce_artifacts(secured.admin_broker(), topics.source, 20, keys=1, start=first)
     code, seconds, output = stopped_by_itself(proc, log)
     lines = error_lines(output)
     assert code == 1, output[-3000:]
     assert len(lines) == 1, output[-3000:]
     assert f"not authorized to write to topic {topics.dlq}" in lines[0]
-    # All records are in one partition (one key): its committed offset, if any, stops
-    # before the record that could not be dead-lettered.
+    # The partition's committed offset stays at the record that could not be
+    # dead-lettered: it and everything after it are read again once the ACL is granted.
     offsets = committed(secured, topics)
-    assert all(offset <= bad for offset in offsets.values()), offsets
+    assert list(offsets.values()) == [first], offsets
     assert_no_secret(secured, output)
-    print(f"stopped {seconds:.1f}s after start, committed {offsets}: {lines[0]}")
+    print(f"stopped {seconds:.1f}s after the last record was fed, committed {offsets}: {lines[0]}")
 
 
 def test_exactly_once_stage_without_its_transactional_id_acl_is_one_error_line(
