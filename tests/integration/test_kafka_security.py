@@ -20,8 +20,10 @@ and no password ever shows in the output.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,7 +120,8 @@ def feed(secured: Secured, topic: str, good: int, bad_at: tuple[int, ...] = ()) 
 
 def run_stage(secured: Secured, topics: Topics, user: str, tmp_path: Path, *,
               password: str | None = None, ca: Path | None = None,
-              guarantee: str = "at-least-once") -> tuple[subprocess.Popen[bytes], Path]:
+              guarantee: str = "at-least-once", metrics: bool = False
+              ) -> tuple[subprocess.Popen[bytes], Path]:
     """`processor run` as `user`: bootstrap servers, the protocol and the CA from YAML,
     the user and password from the environment, the mechanism from a flag."""
     settings = secured.security.client_settings(user, password=password, ca=ca)
@@ -136,7 +139,8 @@ def run_stage(secured: Secured, topics: Topics, user: str, tmp_path: Path, *,
             "--input-topic", topics.source, "--output-topic", topics.output,
             "--dlq-topic", topics.dlq, "--group", topics.group,
             "--handler", "tests.integration.chain_handlers:hop",
-            "--metrics-port", "off", "--commit-interval", "0.2", "--guarantee", guarantee]
+            "--metrics-port", "0" if metrics else "off", "--metrics-host", "127.0.0.1",
+            "--commit-interval", "0.2", "--guarantee", guarantee]
     with log.open("wb") as out:
         proc = subprocess.Popen(processor_cmd(*args), stdout=out, stderr=subprocess.STDOUT,
                                 env=env, cwd=ROOT)
@@ -189,10 +193,17 @@ def test_stage_with_its_acls_works_end_to_end_over_tls(
     good, bad_at = 300, (40, 41, 200)
     feed(secured, topics.source, good, bad_at)
     total = good + len(bad_at)
-    proc, log = run_stage(secured, topics, "stage-ok", tmp_path, guarantee=guarantee)
+    proc, log = run_stage(secured, topics, "stage-ok", tmp_path, guarantee=guarantee,
+                          metrics=True)
     try:
         wait_for(lambda: sum(committed(secured, topics).values()) >= total or
                  proc.poll() is not None, 60, "the stage to commit every record")
+        bound = re.search(r"bound to 127\.0\.0\.1:(\d+)", log.read_text())
+        assert bound is not None, log.read_text()[-3000:]
+        with urllib.request.urlopen(f"http://127.0.0.1:{bound[1]}/metrics", timeout=5) as r:
+            exposed = r.read().decode()
+        assert "processor_" in exposed
+        assert_no_secret(secured, exposed)
     finally:
         proc.terminate()
         code = proc.wait(30)
