@@ -316,6 +316,27 @@ def test_stage_without_read_on_its_group_is_one_error_line(
     print(f"stopped {seconds:.1f}s after start: {lines[0]}")
 
 
+def test_stage_that_may_write_nowhere_is_one_error_line(
+        secured: Secured, unique_name: Callable[[str], str], tmp_path: Path) -> None:
+    # No WRITE on any topic: the broker refuses the idempotent producer its id (it would
+    # need IDEMPOTENT_WRITE on the cluster), a fatal producer error.
+    topics = make_topics(secured, unique_name)
+    create_acls(secured.bootstrap, secured.security.client_settings(), [
+        *stage_acls("stage-ok", topics.source, topics.group, []),
+        describe_acl("stage-ok", *_topic(topics.output)),
+        describe_acl("stage-ok", *_topic(topics.dlq))])
+    feed(secured, topics.source, 20)
+    proc, log = run_stage(secured, topics, "stage-ok", tmp_path)
+    code, seconds, output = stopped_by_itself(proc, log)
+    lines = error_lines(output)
+    assert code == 1, output[-3000:]
+    assert len(lines) == 1, output[-3000:]
+    assert "producer: not authorized (CLUSTER_AUTHORIZATION_FAILED" in lines[0]
+    assert "IDEMPOTENT_WRITE" in lines[0]
+    assert committed(secured, topics) == {}
+    print(f"stopped {seconds:.1f}s after start: {lines[0]}")
+
+
 def test_wrong_password_is_one_error_line(
         secured: Secured, unique_name: Callable[[str], str], tmp_path: Path) -> None:
     topics = make_topics(secured, unique_name)

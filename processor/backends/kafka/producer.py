@@ -162,11 +162,19 @@ class KafkaProducer(Producer):
         raise_kafka(exc, what, transactional=transactional, fatal_hint=self._errors.fatal)
 
     def poll(self, timeout: float = 0.0) -> int:
-        return self._p.poll(timeout)
+        try:
+            return self._p.poll(timeout)
+        except KafkaException as exc:  # a fatal producer, as in `flush`
+            self._raise(exc, "producer")
 
     def flush(self, timeout: float = 30.0) -> int:
         # In slices, so that signal handlers run while it waits (see `flush_within`).
-        return flush_within(self._p, timeout)
+        try:
+            return flush_within(self._p, timeout)
+        except KafkaException as exc:
+            # A fatal producer: fenced, or refused its producer id (no WRITE on any topic
+            # and no IDEMPOTENT_WRITE on the cluster).
+            self._raise(exc, "producer")
 
     def take_delivery_errors(self) -> list[DeliveryError]:
         failures = self._deliveries.failures
