@@ -47,7 +47,7 @@ from tests.procs import ROOT, processor_cmd, produce_artifacts, read_topic, wait
 
 pytestmark = pytest.mark.kafka
 
-USERS = {"stage-ok": "", "stage-no-write": "", "stage-no-dlq": ""}
+USERS = {"stage-ok": "", "stage-no-write": "", "stage-no-dlq": "", "stage-read-only": ""}
 STOP_WITHIN = 45.0
 """Seconds a stage denied access may take to stop by itself (it takes a few)."""
 
@@ -318,15 +318,16 @@ def test_stage_without_read_on_its_group_is_one_error_line(
 
 def test_stage_that_may_write_nowhere_is_one_error_line(
         secured: Secured, unique_name: Callable[[str], str], tmp_path: Path) -> None:
-    # No WRITE on any topic: the broker refuses the idempotent producer its id (it would
-    # need IDEMPOTENT_WRITE on the cluster), a fatal producer error.
+    # No WRITE on any topic (a user of its own: WRITE on any topic would do): the broker
+    # refuses the idempotent producer its id (it would need IDEMPOTENT_WRITE on the
+    # cluster), a fatal producer error.
     topics = make_topics(secured, unique_name)
     create_acls(secured.bootstrap, secured.security.client_settings(), [
-        *stage_acls("stage-ok", topics.source, topics.group, []),
-        describe_acl("stage-ok", *_topic(topics.output)),
-        describe_acl("stage-ok", *_topic(topics.dlq))])
+        *stage_acls("stage-read-only", topics.source, topics.group, []),
+        describe_acl("stage-read-only", *_topic(topics.output)),
+        describe_acl("stage-read-only", *_topic(topics.dlq))])
     feed(secured, topics.source, 20)
-    proc, log = run_stage(secured, topics, "stage-ok", tmp_path)
+    proc, log = run_stage(secured, topics, "stage-read-only", tmp_path)
     code, seconds, output = stopped_by_itself(proc, log)
     lines = error_lines(output)
     assert code == 1, output[-3000:]
