@@ -65,6 +65,9 @@ class DeliveryError(NamedTuple):
     can never succeed, so a stage dead-letters its input instead (reason `too-large`)."""
     size: int = 0
     """The record's size in bytes (value, key and headers), when known."""
+    not_authorized: bool = False
+    """The broker's authorizer refused the write (no WRITE ACL on the topic for the
+    producer's principal): sending it again cannot succeed either."""
 
 
 class GroupMetadata(Protocol):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from processor.cli.common import Subcommands, command_parser
+from processor.core.errors import ConfigError
 
 
 def add_parsers(sub: Subcommands) -> None:
@@ -18,14 +20,31 @@ def add_parsers(sub: Subcommands) -> None:
         "Maven) and cached in $PROCESSOR_KAFKA_HOME (default ~/.cache/processor/kafka-"
         "VERSION). Data lives in a temporary directory removed on exit.",
         epilog="examples:\n  processor broker &                   # prints 127.0.0.1:PORT\n"
-        "  processor broker --nodes 3           # a 3-node cluster, replicated internal topics",
+        "  processor broker --nodes 3           # a 3-node cluster, replicated internal topics\n"
+        "  processor broker --secure tls --user orders\n"
+        "                                       # SASL_SSL only; client settings in tls/\n\n"
+        "With --secure DIR the only client listener is SASL_SSL: a new CA and broker "
+        "certificate (DIR/ca.pem, DIR/broker-keystore.pem), SCRAM-SHA-512 users `admin` "
+        "(a super user) and each --user with a random password, and the StandardAuthorizer: "
+        "a user other than admin may do nothing until ACLs allow it. For each user, "
+        "DIR/USER.properties (librdkafka/kcat settings) and DIR/USER.kafka.yaml (for "
+        "`processor run --config`) hold its client settings, password included (mode "
+        "0600). See docs/security.md for the ACLs a stage needs.",
     )
     broker.add_argument("--nodes", type=int, choices=(1, 3), default=1,
                         help="1 broker, or a 3-node cluster (default: %(default)s)")
+    broker.add_argument("--secure", type=Path, metavar="DIR", default=None,
+                        help="serve SASL_SSL (TLS + SCRAM-SHA-512) with ACLs only, writing "
+                        "the certificates and each user's client settings into DIR")
+    broker.add_argument("--user", action="append", default=[], metavar="NAME",
+                        help="with --secure: a SCRAM user to create besides admin "
+                        "(repeatable)")
     broker.set_defaults(func=cmd_broker)
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
     from processor.devtools.local_kafka import main_broker
 
-    return main_broker(args.nodes)
+    if args.user and args.secure is None:
+        raise ConfigError("--user needs --secure DIR (a plaintext broker has no users)")
+    return main_broker(args.nodes, secure=args.secure, users=args.user)

@@ -102,6 +102,15 @@ class DeliveryFailed(BackendError):
     """The broker did not acknowledge a produced record."""
 
 
+class AuthenticationFailed(BackendError):
+    """The broker refused the client's credentials (SASL), or the TLS handshake failed
+    (an untrusted or mismatching certificate): retrying cannot help."""
+
+
+class NotAuthorized(BackendError):
+    """The broker's authorizer denied an operation: the client's principal lacks an ACL."""
+
+
 class RebalanceInProgress(BackendError):
     """A commit was refused because the group is rebalancing."""
 

@@ -38,6 +38,7 @@ from string import Template
 from types import FrameType, TracebackType
 
 from processor.core.errors import ProcessorError
+from processor.devtools.kafka_security import LISTENER, BrokerSecurity, set_properties
 
 logger = logging.getLogger(__name__)
 
@@ -290,12 +291,19 @@ class LocalKafka:
         fast_start: bool = True,
         start_timeout: float | None = None,
         advertise_external: Sequence[int] = (),
+        security: BrokerSecurity | None = None,
     ) -> None:
         """`advertise_external`, one port per node: each node gets a second client
         listener (EXTERNAL, on a free port: `external_bootstrap(i)`) that advertises
-        127.0.0.1 and that port, where a proxy in front of the listener listens."""
+        127.0.0.1 and that port, where a proxy in front of the listener listens.
+
+        `security` makes the client listener SASL_SSL, with SCRAM users and ACLs
+        (`processor.devtools.kafka_security`); clients then need `client_settings()`."""
         if nodes < 1:
             raise LocalKafkaError(f"nodes must be 1 or more, got {nodes}")
+        if security is not None and advertise_external:
+            raise LocalKafkaError("advertise_external is for plaintext clusters only")
+        self.security = security
         self.nodes = nodes
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir is not None else None
@@ -332,6 +340,14 @@ class LocalKafka:
             raise LocalKafkaError("the local Kafka cluster is not started")
         return ",".join(f"127.0.0.1:{n.broker_port}" for n in self.node_configs)
 
+    def client_settings(self, user: str | None = None) -> dict[str, str]:
+        """librdkafka settings a client needs besides `bootstrap.servers`: none for a
+        plaintext cluster; for a secured one, those of `user` (default: the admin)."""
+        if self.security is None:
+            return {}
+        return (self.security.client_settings() if user is None
+                else self.security.client_settings(user))
+
     def node_bootstrap(self, index: int) -> str:
         return f"127.0.0.1:{self.node_configs[index].broker_port}"
 
@@ -363,8 +379,11 @@ class LocalKafka:
         log4j_template = (deploy_dir() / "log4j2.properties").read_text()
         for node in self.node_configs:
             node.directory.mkdir(parents=True, exist_ok=True)
-            node.properties_file.write_text(
-                render_server_properties(node, self.node_configs, server_template))
+            properties = render_server_properties(node, self.node_configs, server_template)
+            if self.security is not None:
+                properties = set_properties(properties.replace("PLAINTEXT://", f"{LISTENER}://"),
+                                            self.security.server_properties())
+            node.properties_file.write_text(properties)
             node.log4j_file.write_text(render_log4j(node, log4j_template))
         try:
             self._format_all()
@@ -435,6 +454,8 @@ class LocalKafka:
             args = ["format", "-t", self.cluster_id, "-c", str(node.properties_file)]
             if self.nodes == 1:
                 args.append("--standalone")
+            if self.security is not None:
+                args += self.security.format_arguments()
             command, pending = self._java_command(node, "kafka.tools.StorageTool", *args)
             process = subprocess.Popen(
                 command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -477,7 +498,7 @@ class LocalKafka:
         wanted = set(node_ids)
         admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 0,
                              "socket.connection.setup.timeout.ms": 2000,
-                             "reconnect.backoff.max.ms": 200})
+                             "reconnect.backoff.max.ms": 200, **self.client_settings()})
         deadline = time.monotonic() + timeout
         seen: set[int] = set()
         while True:
@@ -515,7 +536,7 @@ class LocalKafka:
         """
         from processor.backends.kafka import KafkaBroker
 
-        producer = KafkaBroker(self.bootstrap_servers).producer(
+        producer = KafkaBroker(self.bootstrap_servers, self.client_settings()).producer(
             transactional_id=f"processor-broker-warm-up-{self.cluster_id}",
             client_id="processor-broker", settings={"log_level": 3})
         try:
@@ -629,8 +650,10 @@ def _stop_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def main_broker(nodes: int = 1) -> int:
-    """`processor broker [--nodes 1|3]`: run a local cluster until Ctrl-C or SIGTERM."""
+def main_broker(nodes: int = 1, *, secure: Path | None = None,
+                users: Sequence[str] = ()) -> int:
+    """`processor broker [--nodes 1|3] [--secure DIR [--user NAME]...]`: run a local
+    cluster until Ctrl-C or SIGTERM (see `processor.devtools.kafka_security`)."""
     stop = threading.Event()
     try:
         require_java()
@@ -639,7 +662,10 @@ def main_broker(nodes: int = 1) -> int:
     except ToolMissing as error:
         print(f"processor broker: error: {error}", file=sys.stderr)
         return 2
-    kafka = LocalKafka(nodes=nodes)
+    security = None
+    if secure is not None:
+        security = BrokerSecurity.create(secure, users={name: "" for name in users})
+    kafka = LocalKafka(nodes=nodes, security=security)
     with _stop_signals(stop):
         try:
             kafka.start()
@@ -648,6 +674,12 @@ def main_broker(nodes: int = 1) -> int:
             return 2 if isinstance(error, ToolMissing) else 1
         try:
             kafka.warm_up()
+            if security is not None:
+                written = security.write_client_files(kafka.bootstrap_servers)
+                print(f"SASL_SSL (SCRAM-SHA-512) with ACLs; CA {security.certificates.ca}; "
+                      f"client settings of {', '.join(sorted(written))} in "
+                      f"{security.directory}/USER.properties and USER.kafka.yaml",
+                      file=sys.stderr)
             print(kafka.bootstrap_servers, flush=True)
             print(f"Kafka {KAFKA_VERSION}, {nodes} node(s), ready in "
                   f"{kafka.startup_seconds or 0.0:.1f}s; Ctrl-C stops it", file=sys.stderr)

@@ -62,6 +62,13 @@ class OutputTooLarge(DeliveryFailed):
 
 
 def _failed(name: str, errors: list[DeliveryError]) -> DeliveryFailed:
+    refused = sorted({e.topic for e in errors if e.not_authorized})
+    if refused:
+        return DeliveryFailed(
+            f"stage {name}: not authorized to write to topic {', '.join(refused)} "
+            f"({next(e.reason for e in errors if e.not_authorized)}): grant the stage's "
+            f"principal WRITE on it; {len(errors)} outputs failed, their input offsets are "
+            "not committed")
     if all(e.too_large for e in errors):
         sizes = ", ".join(f"{e.size} bytes to {e.topic}" for e in errors[:3])
         return OutputTooLarge(

@@ -8,6 +8,7 @@ once that the cluster answers, and wraps the clients in `KafkaConsumer`,
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,7 +19,7 @@ from confluent_kafka.admin import AdminClient
 from processor.backends.abstract import Broker
 from processor.backends.kafka.admin import KafkaAdmin
 from processor.backends.kafka.consumer import KafkaConsumer
-from processor.backends.kafka.errors import ErrorLog, error_of
+from processor.backends.kafka.errors import ErrorLog, denied, error_of, is_denied
 from processor.backends.kafka.producer import DeliveryLog, KafkaProducer
 from processor.backends.kafka.settings import (
     COMMON_DEFAULTS,
@@ -72,22 +73,37 @@ class KafkaBroker(Broker):
         return merged
 
     def ensure_reachable(self) -> None:
-        """Raise BrokerUnavailable unless the cluster answers within `connect_timeout`."""
+        """Raise BrokerUnavailable unless the cluster answers within `connect_timeout`;
+        AuthenticationFailed at once when it refuses the credentials or the TLS
+        handshake fails (librdkafka itself would retry those forever)."""
         if self._reachable:
             return
+        errors = ErrorLog("connection check", quiet=True)
         config = self._config({}, {k: v for k, v in self.settings.items()
-                                   if not callable(v)}, {"log_level": 0})
+                                   if not callable(v)}, {"log_level": 0, "error_cb": errors})
         config.pop("logger", None)
         admin = AdminClient(config)
-        try:
-            admin.list_topics(timeout=self.connect_timeout)
-        except KafkaException as exc:
-            error = error_of(exc)
-            reason = error.str() if error is not None else str(exc)
-            raise BrokerUnavailable(
-                f"Kafka at {self.bootstrap_servers} did not answer within "
-                f"{self.connect_timeout:g}s ({reason}); is the broker running and reachable?"
-            ) from exc
+        deadline = time.monotonic() + self.connect_timeout
+        while True:
+            try:
+                # In short slices: the error callback, served by poll(), tells a refused
+                # login or certificate apart from a broker that does not answer.
+                admin.list_topics(timeout=min(0.5, max(0.01, deadline - time.monotonic())))
+                break
+            except KafkaException as exc:
+                admin.poll(0)
+                error = error_of(exc)
+                refused = errors.denied or (error if is_denied(error) else None)
+                if refused is not None:
+                    raise denied(refused, f"connecting to Kafka at {self.bootstrap_servers}"
+                                 ) from None
+                if time.monotonic() < deadline:
+                    continue
+                reason = error.str() if error is not None else str(exc)
+                raise BrokerUnavailable(
+                    f"Kafka at {self.bootstrap_servers} did not answer within "
+                    f"{self.connect_timeout:g}s ({reason}); is the broker running and "
+                    "reachable?") from exc
         self._reachable = True
 
     def consumer(self, group: str, *, read_committed: bool = False,

@@ -34,7 +34,9 @@ from processor.backends.kafka.errors import (
     SETTLING,
     UNKNOWN_TOPIC_CODES,
     ErrorLog,
+    denied,
     error_of,
+    is_denied,
     raise_kafka,
 )
 from processor.core.errors import (
@@ -202,6 +204,9 @@ class KafkaConsumer(Consumer):
             if code == KafkaError._PARTITION_EOF:
                 continue
             where = f"{message.topic()}[{message.partition()}]"
+            if is_denied(error):
+                # librdkafka would retry (and log) these forever; the stage stops instead.
+                raise denied(error, f"consume {where}" if message.topic() else "consume")
             if error.fatal():
                 raise BackendError(f"fatal consumer error at {where}: {error.str()}")
             if code in UNKNOWN_TOPIC_CODES:

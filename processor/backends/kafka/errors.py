@@ -2,6 +2,8 @@
 
 `raise_kafka` sorts a `KafkaException` by librdkafka's error code and flags:
 
+* authentication refused or TLS failed -> `AuthenticationFailed`; an operation the
+  authorizer denied (a missing ACL) -> `NotAuthorized`, naming the ACL to grant;
 * fenced (another producer took the transactional id over) -> `ProducerFenced`;
 * any error of a transactional call, or one whose `txn_requires_abort()` is set ->
   `TransactionError` (abort and re-process; a fatal one means a new producer);
@@ -21,8 +23,10 @@ from typing import Final, NoReturn
 from confluent_kafka import KafkaError, KafkaException
 
 from processor.core.errors import (
+    AuthenticationFailed,
     BackendError,
     BrokerUnavailable,
+    NotAuthorized,
     OffsetOutOfRange,
     ProducerFenced,
     RebalanceInProgress,
@@ -36,8 +40,24 @@ FENCED_CODES: Final = frozenset({
     KafkaError._FENCED,
     KafkaError.PRODUCER_FENCED,
     KafkaError.INVALID_PRODUCER_EPOCH,
-    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
 })
+AUTHENTICATION_CODES: Final = frozenset({
+    KafkaError._AUTHENTICATION,
+    KafkaError.SASL_AUTHENTICATION_FAILED,
+    KafkaError.UNSUPPORTED_SASL_MECHANISM,
+    KafkaError.ILLEGAL_SASL_STATE,
+    KafkaError._SSL,
+})
+"""The client could not authenticate: librdkafka retries these forever, yet a retry
+with the same credentials and certificates cannot succeed."""
+AUTHORIZATION_CODES: Final = {
+    KafkaError.TOPIC_AUTHORIZATION_FAILED: "the topic (READ to consume, WRITE to produce)",
+    KafkaError.GROUP_AUTHORIZATION_FAILED: "the consumer group (READ)",
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED: "the transactional id (WRITE)",
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED: "the cluster (IDEMPOTENT_WRITE, or the "
+                                             "operation's own)",
+}
+"""Authorizer denials, each with the ACL that is missing."""
 UNKNOWN_TOPIC_CODES: Final = frozenset({
     KafkaError.UNKNOWN_TOPIC_OR_PART,
     KafkaError._UNKNOWN_TOPIC,
@@ -73,6 +93,29 @@ def error_of(exc: KafkaException) -> KafkaError | None:
     return arg if isinstance(arg, KafkaError) else None
 
 
+def is_denied(error: KafkaError | None) -> bool:
+    """Whether `error` is an authentication or authorization failure (never retried)."""
+    return error is not None and (error.code() in AUTHENTICATION_CODES
+                                  or error.code() in AUTHORIZATION_CODES)
+
+
+def denied(error: KafkaError, what: str) -> AuthenticationFailed | NotAuthorized:
+    """The error for an authentication or authorization failure `error` of `what`,
+    in one line that says what to check or which ACL to grant."""
+    code = error.code()
+    if code in AUTHORIZATION_CODES:
+        return NotAuthorized(
+            f"{what}: not authorized ({error.name()}: {error.str()}); grant this client's "
+            f"principal an ACL on {AUTHORIZATION_CODES[code]}")
+    if code == KafkaError._SSL:
+        return AuthenticationFailed(
+            f"{what}: TLS handshake failed ({error.str()}); check ssl.ca.location (the CA "
+            "that signed the broker's certificate) and the broker's host name")
+    return AuthenticationFailed(
+        f"{what}: authentication failed ({error.str()}); check sasl.mechanism, "
+        "sasl.username and sasl.password")
+
+
 def raise_kafka(exc: KafkaException, what: str, *, transactional: bool = False,
                 fatal_hint: KafkaError | None = None) -> NoReturn:
     """Raise the `processor.core.errors` exception for a KafkaException of operation `what`.
@@ -86,8 +129,12 @@ def raise_kafka(exc: KafkaException, what: str, *, transactional: bool = False,
     code = error.code()
     text = f"{what}: {error.str()} ({error.name()})"
     if code == KafkaError._FATAL and fatal_hint is not None:
+        if is_denied(fatal_hint):
+            raise denied(fatal_hint, what) from exc
         code = fatal_hint.code()
         text = f"{text}; cause: {fatal_hint.str()}"
+    if is_denied(error):
+        raise denied(error, what) from exc
     if code in FENCED_CODES or (error.fatal() and "fenced" in error.str().lower()):
         raise ProducerFenced(
             f"{text}: another producer with the same transactional id took over; "
@@ -108,19 +155,28 @@ def raise_kafka(exc: KafkaException, what: str, *, transactional: bool = False,
 
 
 class ErrorLog:
-    """error_cb of a client: logs librdkafka's error events, remembers the fatal one.
+    """error_cb of a client: logs librdkafka's error events, remembers the fatal one and
+    the first authentication or authorization failure (`denied`).
 
     A user's own `error_cb` setting is chained: it is called after the log line.
     """
 
-    def __init__(self, client: str, chained: object = None) -> None:
+    def __init__(self, client: str, chained: object = None, *, quiet: bool = False) -> None:
+        """`quiet`: log nothing (the caller turns what it remembers into an error)."""
         self.client = client
+        self.quiet = quiet
         self.fatal: KafkaError | None = None
+        self.denied: KafkaError | None = None
         self._chained = chained if callable(chained) else None
 
     def __call__(self, error: KafkaError) -> None:
+        if is_denied(error) and self.denied is None:
+            self.denied = error
         if error.fatal():
             self.fatal = error
+        if self.quiet:
+            pass
+        elif error.fatal():
             logger.error("%s: fatal Kafka error: %s", self.client, error.str())
         elif error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
             logger.warning("%s: %s", self.client, error.str())

@@ -28,7 +28,7 @@ from processor.backends.abstract import (
 )
 from processor.backends.kafka.bounded import CallTimedOut, call_within, flush_within
 from processor.backends.kafka.convert import to_kafka
-from processor.backends.kafka.errors import ErrorLog, error_of, raise_kafka
+from processor.backends.kafka.errors import ErrorLog, denied, error_of, is_denied, raise_kafka
 from processor.core.errors import (
     BackendError,
     TransactionError,
@@ -75,7 +75,8 @@ class DeliveryLog:
             self.failures.append(DeliveryError(
                 cast(str, message.topic()), -1 if partition is None else partition,
                 key, error.str(), error.retriable(), error.code() in TOO_LARGE_CODES,
-                record_size(message.value(), key, message.headers())))
+                record_size(message.value(), key, message.headers()),
+                error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED))
 
     def refused(self, topic: str, value: bytes | None, key: bytes | None,
                 headers: Headers | None, error: KafkaError) -> None:
@@ -110,6 +111,8 @@ class KafkaProducer(Producer):
         except KafkaException as exc:
             raise_kafka(exc, f"metadata of topic {topic!r}")
         found = metadata.topics.get(topic)
+        if found is not None and is_denied(found.error):
+            raise denied(found.error, f"metadata of topic {topic!r}")
         if found is None or found.error is not None or not found.partitions:
             reason = found.error.str() if found is not None and found.error else "no partitions"
             raise UnknownTopic(f"unknown topic {topic!r} ({reason})")
@@ -159,11 +162,19 @@ class KafkaProducer(Producer):
         raise_kafka(exc, what, transactional=transactional, fatal_hint=self._errors.fatal)
 
     def poll(self, timeout: float = 0.0) -> int:
-        return self._p.poll(timeout)
+        try:
+            return self._p.poll(timeout)
+        except KafkaException as exc:  # a fatal producer, as in `flush`
+            self._raise(exc, "producer")
 
     def flush(self, timeout: float = 30.0) -> int:
         # In slices, so that signal handlers run while it waits (see `flush_within`).
-        return flush_within(self._p, timeout)
+        try:
+            return flush_within(self._p, timeout)
+        except KafkaException as exc:
+            # A fatal producer: fenced, or refused its producer id (no WRITE on any topic
+            # and no IDEMPOTENT_WRITE on the cluster).
+            self._raise(exc, "producer")
 
     def take_delivery_errors(self) -> list[DeliveryError]:
         failures = self._deliveries.failures
@@ -187,7 +198,8 @@ class KafkaProducer(Producer):
                 call(-1.0)
                 return
             except KafkaException as exc:
-                raise_kafka(exc, what, transactional=True, fatal_hint=self._errors.fatal)
+                raise_kafka(exc, self._label(what, exc), transactional=True,
+                            fatal_hint=self._errors.fatal)
         deadline = time.monotonic() + timeout
         busy = self._txn_busy
         if busy is not None:
@@ -216,7 +228,16 @@ class KafkaProducer(Producer):
                         and time.monotonic() < deadline):
                     logger.info("%s: retriable error, retrying: %s", what, error.str())
                     continue
-                raise_kafka(exc, what, transactional=True, fatal_hint=self._errors.fatal)
+                raise_kafka(exc, self._label(what, exc), transactional=True,
+                            fatal_hint=self._errors.fatal)
+
+    def _label(self, what: str, exc: KafkaException) -> str:
+        """`what`, naming the topics written when the broker refused to add one of them
+        to the transaction (librdkafka's error does not say which)."""
+        error = error_of(exc)
+        if error is None or error.code() != KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            return what
+        return f"{what} (writing to topic {', '.join(sorted(self._known_topics))})"
 
     def init_transactions(self, timeout: float = 30.0) -> None:
         if not self._transactional:
@@ -259,7 +280,15 @@ class KafkaProducer(Producer):
             except BackendError as exc:
                 logger.warning("aborting the open transaction on close failed: %s", exc)
         self._closed = True
-        remaining = flush_within(self._p, end - time.monotonic())
+        try:
+            remaining = flush_within(self._p, end - time.monotonic())
+        except KafkaException as exc:
+            # A producer in a fatal state (a transaction the broker refused, say) raises
+            # instead of flushing; what it still holds cannot be delivered any more, and
+            # the error that brought the caller here is the one to report, not this one.
+            logger.warning("producer closed in a fatal state, %d record(s) not delivered: %s",
+                           len(self._p), exc)
+            return
         if remaining:
             logger.warning("producer closed with %d record(s) unacknowledged", remaining)
 
