@@ -55,9 +55,12 @@ class Contender:
 
 
 CONTENDERS = (
+    Contender("raw", "raw loop: consume, produce the same bytes, commit; no Avro", 1),
     Contender("ceiling", "ceiling: confluent-kafka + fastavro loop", 1),
     Contender("ceiling-codec", "hand-written loop with the project's codec", 1),
     Contender("ceiling-2p", "ceiling loop, 2 processes (the machine's scaling bound)", 2),
+    Contender("project-passthrough", "project, at-least-once, 1 process, handler returns "
+              "the artifact unchanged", 1),
     Contender("project-alo", "project, at-least-once, 1 process", 1),
     Contender("project-alo-registry", "project, at-least-once, 1 process, schema registry "
               "(Confluent wire format in and out)", 1),
@@ -66,6 +69,8 @@ CONTENDERS = (
     Contender("quix", "Quix Streams, at-least-once, 1 process", 1),
 )
 KEYS = tuple(c.key for c in CONTENDERS)
+UNCHANGED = frozenset(("raw", "project-passthrough"))
+"""Rows whose outputs are the input artifacts unchanged (not transformed)."""
 
 
 def say(text: str) -> None:
@@ -154,8 +159,8 @@ def commands(contender: Contender, run: Run, output: str, group: str,
     common = ["--bootstrap-servers", run.bootstrap, "--input", run.input_topic,
               "--output", output, "--group", group]
     result = [str(run.workdir / f"{contender.key}-{i}.json") for i in range(contender.processes)]
-    if contender.key.startswith("ceiling"):
-        codec = "project" if contender.key == "ceiling-codec" else "fastavro"
+    if contender.key.startswith("ceiling") or contender.key == "raw":
+        codec = {"ceiling-codec": "project", "raw": "raw"}.get(contender.key, "fastavro")
         return [[sys.executable, str(HERE / "contender_ceiling.py"), *common,
                  "--result", result[i], "--codec", codec] for i in range(contender.processes)]
     if contender.key == "quix":
@@ -186,6 +191,8 @@ def commands(contender: Contender, run: Run, output: str, group: str,
                "--result", result[i], "--guarantee", guarantee, "--instance", str(i)]
         if profile is not None:
             cmd += ["--profile", str(profile)]
+        if contender.key == "project-passthrough":
+            cmd += ["--handler", "project_handler:passthrough"]
         cmds.append(cmd)
     return cmds
 
@@ -281,7 +288,8 @@ def run_contender(contender: Contender, run: Run, profile: Path | None = None,
         path = run.workdir / f"{contender.key}-{i}.json"
         if path.is_file():
             results.append(json.loads(path.read_text("utf-8")))
-    back = harness.read_back(run.bootstrap, output, run.count, say)
+    back = harness.read_back(run.bootstrap, output, run.count, say,
+                             transformed=contender.key not in UNCHANGED)
     row.details = {"reports": results, "output_records": back.records,
                    "not_log_append_time": back.not_log_append_time}
     firsts = [r["first_consumed"] for r in results if r.get("first_consumed")]
@@ -538,9 +546,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "supervisor would; the restarts are inside the measured time")
     by_key = {r.key: r for r in rows}
     ceiling = by_key.get("ceiling")
+    raw = by_key.get("raw")
     for row in rows:
         if ceiling is not None and ceiling.ok and row.ok:
             row.ratio = row.rate / ceiling.rate
+        if raw is not None and raw.ok and row.ok:
+            row.raw_ratio = row.rate / raw.rate
     targets = report.compute_targets(by_key, args.count)
     command = "bench.py " + (shlex.join(sys.argv[1:] if argv is None else list(argv))
                              or "(defaults)")

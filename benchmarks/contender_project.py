@@ -40,6 +40,8 @@ def main() -> int:
                         default="at-least-once")
     parser.add_argument("--instance", type=int, default=0)
     parser.add_argument("--profile", metavar="FILE")
+    parser.add_argument("--handler", default="project_handler:transform",
+                        help="the stage's handler (default: %(default)s)")
     parser.add_argument("--schema-registry-url", metavar="URL",
                         help="frame records in the Confluent wire format through this registry")
     args = parser.parse_args()
@@ -54,7 +56,7 @@ def main() -> int:
         commit_interval=workload.COMMIT_INTERVAL,
         transactional_id=f"bench-{args.group}-{args.instance}",
     )
-    setup = StageSetup(options, handlers=("project_handler:transform",),
+    setup = StageSetup(options, handlers=(args.handler,),
                        bootstrap_servers=args.bootstrap_servers)
     broker = KafkaBroker(args.bootstrap_servers)
     stopping = False
