@@ -27,6 +27,7 @@ from processor.core.options import StageOptions
 from processor.runtime.build import StageSetup, build_stage
 from processor.runtime.contracts import stage_codec
 from processor.runtime.stage import Stage
+from processor.serde import fast
 
 
 def main() -> int:
@@ -115,7 +116,7 @@ def main() -> int:
         first_consumed=project_handler.FIRST_CALL[0] if project_handler.FIRST_CALL else None,
         **totals,
         restarts=restarts,
-        versions=workload.client_versions(),
+        versions={**workload.client_versions(), "codec": fast.IMPLEMENTATION},
     )
     return 0
 

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from latency import LatencyRow
+
 MB = 1_000_000
 
 DEFINITIONS = (
@@ -75,13 +77,14 @@ class Target:
         if self.measured is None:
             return "n/a"
         ok = (self.measured >= self.required if self.higher_is_better
+              else self.measured <= self.required if self.unit == "x"
               else self.measured < self.required)
         return "PASS" if ok else "FAIL"
 
     def text(self) -> str:
         if self.measured is None:
             return f"{self.name}: n/a{f' ({self.note})' if self.note else ''}"
-        sign = ">=" if self.higher_is_better else "<"
+        sign = ">=" if self.higher_is_better else "<=" if self.unit == "x" else "<"
         value = f"{self.measured:.2f}{self.unit}"
         extra = f" ({self.note})" if self.note else ""
         return f"{self.name}: {value} ({sign} {self.required:g}{self.unit}) {self.verdict}{extra}"
@@ -96,7 +99,15 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def compute_targets(rows: Mapping[str, Row], count: int) -> list[Target]:
+def _p99_at(latency_rows: Sequence[LatencyRow], key: str, load: float) -> float | None:
+    for row in latency_rows:
+        if row.key == key and row.load == load and row.ok and row.p99_ms is not None:
+            return row.p99_ms
+    return None
+
+
+def compute_targets(rows: Mapping[str, Row], count: int,
+                    latency_rows: Sequence[LatencyRow] = ()) -> list[Target]:
     ceiling = _rate(rows, "ceiling")
     raw = _rate(rows, "raw")
     passthrough = _rate(rows, "project-passthrough")
@@ -124,6 +135,15 @@ def compute_targets(rows: Mapping[str, Row], count: int) -> list[Target]:
         Target("registry-framed vs plain ALO", "project-alo-registry", _ratio(framed, alo),
                0.9, "x", short=">=0.9x plain"),
     ]
+    if latency_rows:
+        project_p99 = _p99_at(latency_rows, "project-alo", 0.8)
+        ceiling_p99 = _p99_at(latency_rows, "ceiling", 0.8)
+        # Milliseconds are whole: a 0 ms ceiling p99 is counted as 1 ms.
+        targets.append(Target(
+            "p99 at 80% load vs the ceiling's p99 at 80% load", "project-alo",
+            _ratio(project_p99, max(ceiling_p99, 1.0) if ceiling_p99 is not None else None),
+            1.5, "x", higher_is_better=False, note="latency under load",
+            short="p99@80%<=1.5x ceiling"))
     stage_rss = [rows[k].peak_rss_bytes / MB for k in ("project-alo", "project-eos")
                  if k in rows and rows[k].ok and rows[k].peak_rss_bytes]
     note = "" if count >= 1_000_000 else f"backlog of {count:,}, target is set for 1,000,000"
@@ -196,6 +216,48 @@ def markdown_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+LATENCY_HEADERS = ("contender", "load", "target /s", "sent /s", "records", "p50 ms",
+                   "p99 ms", "p99.9 ms", "max ms")
+
+
+def latency_cells(rows: Sequence[LatencyRow]) -> list[tuple[str, ...]]:
+    cells: list[tuple[str, ...]] = []
+    for row in rows:
+        if row.p50_ms is None:
+            cells.append((row.label, f"{row.load:.0%}", f"{row.target_rate:,.0f}", "-", "-",
+                          "-", "-", "-", f"not measured: {row.note}"))
+            continue
+        received = f"{row.received:,}" + ("" if row.ok else f" of {row.sent:,}")
+        cells.append((row.label, f"{row.load:.0%}", f"{row.target_rate:,.0f}",
+                      f"{row.sent_rate:,.0f}", received, _fmt_ms(row.p50_ms),
+                      _fmt_ms(row.p99_ms), _fmt_ms(row.p999_ms), _fmt_ms(row.max_ms)))
+    return cells
+
+
+LATENCY_DEFINITION = (
+    "latency under load: an open-loop producer sends artifacts at a fixed rate (50% and 80% "
+    "of the contender's throughput measured above in this run) to a fresh input topic, "
+    "each with its `timestamp` field set to the time it is handed to the client; per output "
+    "record, latency = broker append time of the output (LogAppendTime) - that timestamp, "
+    "queueing included."
+)
+
+
+def latency_text(rows: Sequence[LatencyRow]) -> list[str]:
+    cells = [LATENCY_HEADERS, *latency_cells(rows)]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(LATENCY_HEADERS))]
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                      for i, (c, w) in enumerate(zip(line, widths, strict=True))).rstrip()
+            for line in cells]
+
+
+def latency_markdown(rows: Sequence[LatencyRow]) -> list[str]:
+    lines = ["| " + " | ".join(LATENCY_HEADERS) + " |",
+             "|" + "|".join(["---", *["---:"] * (len(LATENCY_HEADERS) - 1)]) + "|"]
+    lines += ["| " + " | ".join(line) + " |" for line in latency_cells(rows)]
+    return lines
+
+
 def conditions_lines(conditions: Mapping[str, Any]) -> list[str]:
     return [f"{k}: {v}" for k, v in conditions.items()]
 
@@ -217,8 +279,13 @@ def checks_lines(rows: Sequence[Row]) -> list[str]:
 
 
 def render_text(rows: Sequence[Row], targets: Sequence[Target],
-                conditions: Mapping[str, Any], notes: Sequence[str]) -> str:
-    out = [text_table(rows), "", "targets:"]
+                conditions: Mapping[str, Any], notes: Sequence[str],
+                latency_rows: Sequence[LatencyRow] = ()) -> str:
+    out = [text_table(rows)]
+    if latency_rows:
+        out += ["", "latency under load:", *latency_text(latency_rows),
+                f"  ({LATENCY_DEFINITION})"]
+    out += ["", "targets:"]
     out += [f"  {t.text()}" for t in targets]
     out += ["", "checks:"] + [f"  {c}" for c in checks_lines(rows)]
     out += ["", "definitions:"] + [f"  {d}" for d in DEFINITIONS]
@@ -230,11 +297,14 @@ def render_text(rows: Sequence[Row], targets: Sequence[Target],
 
 def render_markdown(rows: Sequence[Row], targets: Sequence[Target],
                     conditions: Mapping[str, Any], notes: Sequence[str],
-                    command: str) -> str:
-    out = ["# Benchmark results", "", f"Command: `{command}`", "", markdown_table(rows), "",
-           "## Targets", "", "| target | measured | required | verdict |", "|---|---:|---:|---|"]
+                    command: str, latency_rows: Sequence[LatencyRow] = ()) -> str:
+    out = ["# Benchmark results", "", f"Command: `{command}`", "", markdown_table(rows), ""]
+    if latency_rows:
+        out += ["## Latency under load", "", *latency_markdown(latency_rows), "",
+                LATENCY_DEFINITION, ""]
+    out += ["## Targets", "", "| target | measured | required | verdict |", "|---|---:|---:|---|"]
     for t in targets:
-        sign = ">=" if t.higher_is_better else "<"
+        sign = ">=" if t.higher_is_better else "<=" if t.unit == "x" else "<"
         measured = "-" if t.measured is None else f"{t.measured:.2f}{t.unit}"
         verdict = t.verdict + (f" ({t.note})" if t.note else "")
         out.append(f"| {t.name} | {measured} | {sign} {t.required:g}{t.unit} | {verdict} |")
@@ -247,8 +317,10 @@ def render_markdown(rows: Sequence[Row], targets: Sequence[Target],
 
 
 def write_json(path: Path, rows: Sequence[Row], targets: Sequence[Target],
-               conditions: Mapping[str, Any], notes: Sequence[str]) -> None:
+               conditions: Mapping[str, Any], notes: Sequence[str],
+               latency_rows: Sequence[LatencyRow] = ()) -> None:
     data = {
+        "latency_under_load": [asdict(r) for r in latency_rows],
         "conditions": dict(conditions),
         "definitions": list(DEFINITIONS),
         "rows": [{k: v for k, v in asdict(r).items()} for r in rows],
@@ -273,7 +345,7 @@ def write_chart(path: Path, rows: Sequence[Row], title: str) -> str | None:
     short = {"raw": "raw\nbytes", "project-passthrough": "project\npass-through",
              "ceiling": "ceiling", "ceiling-codec": "loop with\nour codec",
              "ceiling-2p": "ceiling\n2p",
-             "project-alo": "project\nALO 1p",
+             "project-alo": "project\nALO 1p", "project-alo-pure": "project\nALO pure",
              "project-eos": "project\nEOS 1p", "project-alo-2p": "project\nALO 2p",
              "project-alo-registry": "project\nALO registry",
              "quix": "Quix\nStreams"}
