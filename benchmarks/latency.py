@@ -33,7 +33,13 @@ from typing import Any, cast
 
 import harness
 import workload
-from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Consumer, Producer, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_LOG_APPEND_TIME,
+    Consumer,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 Progress = Callable[[str], None]
@@ -42,10 +48,9 @@ LOADS = (0.5, 0.8)
 """Fractions of a contender's measured maximum rate at which latency is measured."""
 
 # The id is a 36-character UUID: its length is 1 byte (72 zigzag), so the timestamp (a
-# zigzag varint) starts at byte 37. Every epoch-millisecond time of this century is a
-# 7-byte varint, so it can be replaced in place.
+# zigzag varint) starts at byte 37. Epoch milliseconds from 2004 to 2039 are 6-byte
+# varints: the stamps of one run all have the length of the current time's.
 _TS_AT = 37
-_TS_LEN = 7
 
 
 def _varint(value: int) -> bytes:
@@ -56,6 +61,9 @@ def _varint(value: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+_TS_LEN = len(_varint(workload.now_ms()))
 
 
 @dataclass
@@ -169,6 +177,14 @@ def read_latencies(bootstrap: str, topic: str, since_ms: int, expected: int,
     return out
 
 
+def _written(probe: harness.Probe, topic: str) -> int:
+    """Records in `topic`; 0 while a new topic's partitions are still being led."""
+    try:
+        return probe.high_watermarks(topic)
+    except KafkaException:
+        return 0
+
+
 def percentile(ordered: Sequence[int], q: float) -> float:
     return float(ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))])
 
@@ -191,7 +207,7 @@ def measure(key: str, label: str, cmds: Sequence[list[str]], env: dict[str, str]
                                                   cwd=cwd, env=env))
         deadline = time.monotonic() + 90
         head, tail = pool[0]
-        while probe.high_watermarks(output_topic) < partitions:
+        while _written(probe, output_topic) < partitions:
             if time.monotonic() > deadline:
                 row.note = "the contender produced nothing within 90 s of starting"
                 return row

@@ -245,7 +245,11 @@ LATENCY_DEFINITION = (
 
 def latency_text(rows: Sequence[LatencyRow]) -> list[str]:
     cells = [LATENCY_HEADERS, *latency_cells(rows)]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(LATENCY_HEADERS))]
+    measured = [LATENCY_HEADERS, *(c for c, r in zip(cells[1:], rows, strict=True)
+                                   if r.p50_ms is not None)]
+    widths = [max(len(c[i]) for c in measured)
+              for i in range(len(LATENCY_HEADERS))]
+    widths[-1] = 0  # a row not measured says why in its last cell, unpadded
     return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                       for i, (c, w) in enumerate(zip(line, widths, strict=True))).rstrip()
             for line in cells]

@@ -256,11 +256,14 @@ def decode(data: bytes | bytearray | memoryview, start: int = 0, *,
            legacy: bool = False) -> Artifact:
     """Decode what the packaged schema wrote, from byte `start` on (`legacy`: what its
     version 1 wrote); only `ProcessorError`s escape."""
+    # `_decode` takes exactly `bytes`: compiled, its indexing and slicing are then direct.
+    return _decode(data if type(data) is bytes else bytes(data), start, legacy)
+
+
+def _decode(data: bytes, start: int, legacy: bool) -> Artifact:
     # Every read is written out: a 1-byte varint inline (for a length: `byte & 0x81 == 0`,
     # below 0x80 and even, so not negative), longer ones through `_long_at`. A slice does
     # not raise past the end, so each one checks its end against the size first.
-    if type(data) is not bytes:
-        data = bytes(data)
     try:
         n = len(data)
         byte = data[start]

@@ -10,9 +10,9 @@ artifacts (`tests/unit/test_codec_compiled.py` checks them against each other an
 fastavro).
 
 `PURE_PYTHON_ENV` set to a true value (1, true, yes, on) makes this module use the source
-even where the extension is built; the source is also used, with a warning, when it is
-newer than the extension (edited after the build: `make` or `pip install -e .` builds it
-again).
+even where the extension is built. In a source checkout the source is also used, with a
+warning, when it is newer than the extension (edited after the build: `make` or
+`pip install -e .` builds it again).
 """
 
 from __future__ import annotations
@@ -91,8 +91,12 @@ def _choose() -> ModuleType:
         return _built
     if os.environ.get(PURE_PYTHON_ENV, "").strip().lower() in _TRUE:
         return pure_module()
+    # Only in a source checkout (an editable install) can the source change after the
+    # build; an installed wheel's files all get the time of the install.
+    checkout = (Path(__file__).resolve().parents[2] / "setup.py").is_file()
     try:
-        stale = _source_path().stat().st_mtime > Path(str(_built.__file__)).stat().st_mtime
+        stale = checkout and (
+            _source_path().stat().st_mtime > Path(str(_built.__file__)).stat().st_mtime)
     except OSError:
         stale = False
     if stale:
