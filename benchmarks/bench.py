@@ -433,12 +433,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-seconds", type=float, default=15.0,
                         help="seconds of open-loop load per contender and load "
                         "(default: %(default)s)")
+    parser.add_argument("--latency-loads", default="0.5,0.8", metavar="F[,F]",
+                        help="fractions of each row's measured rate to load it at "
+                        "(default: %(default)s)")
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help="where to write latest.json/.md/.png (default: %(default)s)")
     given = list(sys.argv[1:] if argv is None else argv)
     if given[:1] == ["--"]:
         given = given[1:]  # a leading `--` separator is allowed
     args = parser.parse_args(given)
+    try:
+        args.loads = [float(x) for x in args.latency_loads.split(",") if x.strip()]
+    except ValueError:
+        parser.error(f"--latency-loads: not a list of numbers: {args.latency_loads!r}")
+    if not args.loads or not all(0 < x <= 1 for x in args.loads):
+        parser.error("--latency-loads: fractions between 0 and 1, e.g. 0.5,0.8")
     if args.count < 1 or args.partitions < 1 or args.size < 100:
         parser.error("--count and --partitions must be positive, --size at least 100")
     return args
@@ -564,7 +573,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              f"{contender.processes} stage subprocesses in one group instead")
             rows.append(row)
         if args.latency:
-            latency_rows = latency_under_load(chosen, rows, run, args.latency_seconds)
+            latency_rows = latency_under_load(chosen, rows, run, args.latency_seconds,
+                                              args.loads)
             if latency_rows:
                 notes.append(
                     "latency under load: the open-loop producer runs in the harness on the "
@@ -608,8 +618,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def latency_under_load(chosen: Sequence[Contender], rows: Sequence[Row], run: Run,
-                       seconds: float) -> list[latency.LatencyRow]:
-    """Each of `LATENCY_ROWS` that was measured, at each of `latency.LOADS` of its rate."""
+                       seconds: float, loads: Sequence[float]) -> list[latency.LatencyRow]:
+    """Each of `LATENCY_ROWS` that was measured, at each of `loads` of its rate."""
     measured = {r.key: r for r in rows if r.ok and r.rate > 0}
     out: list[latency.LatencyRow] = []
     say("latency under load: encoding the open loop's artifacts")
@@ -617,7 +627,7 @@ def latency_under_load(chosen: Sequence[Contender], rows: Sequence[Row], run: Ru
     for contender in chosen:
         if contender.key not in LATENCY_ROWS or contender.key not in measured:
             continue
-        for load in latency.LOADS:
+        for load in loads:
             tag = f"{contender.key}-{int(load * 100)}-{run.run_id}"
             source, sink = f"bench-lat-in-{tag}", f"bench-lat-out-{tag}"
             harness.create_topic(run.bootstrap, source, run.partitions)

@@ -44,8 +44,6 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 Progress = Callable[[str], None]
 
-LOADS = (0.5, 0.8)
-"""Fractions of a contender's measured maximum rate at which latency is measured."""
 
 # The id is a 36-character UUID: its length is 1 byte (72 zigzag), so the timestamp (a
 # zigzag varint) starts at byte 37. Epoch milliseconds from 2004 to 2039 are 6-byte
@@ -114,9 +112,11 @@ def open_loop(bootstrap: str, topic: str, partitions: int, rate: float, seconds:
               pool: Sequence[tuple[bytes, bytes]], progress: Progress) -> tuple[int, float]:
     """Produce `rate` records a second for `seconds` on a fixed schedule, each stamped with
     its produce time; returns (records sent, seconds taken)."""
+    # The contenders' producer settings (linger.ms 5 among them): smaller batches would
+    # cost the broker, on the same cores, more than they save.
     producer = Producer({
         "bootstrap.servers": bootstrap, "log_level": 4, "client.id": "bench-open-loop",
-        "acks": "all", "linger.ms": 1, "queue.buffering.max.messages": 1_000_000,
+        **workload.PRODUCER_SETTINGS, "queue.buffering.max.messages": 1_000_000,
     })
     produce = producer.produce
     clock = time.time_ns
@@ -146,9 +146,9 @@ def open_loop(bootstrap: str, topic: str, partitions: int, rate: float, seconds:
 
 
 def read_latencies(bootstrap: str, topic: str, since_ms: int, expected: int,
-                   timeout: float) -> list[int]:
-    """Per output record stamped at or after `since_ms`: append time - stamp (ms); reads
-    until `expected` such records were seen or `timeout` seconds passed."""
+                   timeout: float) -> list[tuple[int, int]]:
+    """Per output record stamped at or after `since_ms`: (stamp, append time - stamp) in
+    ms; reads until `expected` such records were seen or `timeout` seconds passed."""
     schema = parse_schema(workload.load_schema_json())
     ends = harness.end_offsets(bootstrap, topic)
     consumer = Consumer({
@@ -157,7 +157,7 @@ def read_latencies(bootstrap: str, topic: str, since_ms: int, expected: int,
         "isolation.level": "read_committed",
     })
     consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-    out: list[int] = []
+    out: list[tuple[int, int]] = []
     deadline = time.monotonic() + timeout
     try:
         while len(out) < expected and time.monotonic() < deadline:
@@ -171,7 +171,7 @@ def read_latencies(bootstrap: str, topic: str, since_ms: int, expected: int,
                               schemaless_reader(BytesIO(msg.value() or b""), schema, None))
                 stamp = record["timestamp"]
                 if stamp >= since_ms:
-                    out.append(append_ms - stamp)
+                    out.append((stamp, append_ms - stamp))
     finally:
         consumer.close()
     return out
@@ -183,6 +183,18 @@ def _written(probe: harness.Probe, topic: str) -> int:
         return probe.high_watermarks(topic)
     except KafkaException:
         return 0
+
+
+def _by_second(stamps: Sequence[tuple[int, int]]) -> list[float]:
+    """The median latency of the records sent in each second of the open loop: flat when
+    the contender keeps up, rising when a queue builds."""
+    if not stamps:
+        return []
+    first = min(stamp for stamp, _ in stamps)
+    seconds: dict[int, list[int]] = {}
+    for stamp, lat in stamps:
+        seconds.setdefault((stamp - first) // 1000, []).append(lat)
+    return [percentile(sorted(seconds[s]), 0.5) for s in sorted(seconds)]
 
 
 def percentile(ordered: Sequence[int], q: float) -> float:
@@ -225,8 +237,9 @@ def measure(key: str, label: str, cmds: Sequence[list[str]], env: dict[str, str]
         row.sent, took = open_loop(bootstrap, input_topic, partitions, rate, seconds, pool,
                                    progress)
         row.sent_rate = row.sent / took
-        latencies = sorted(read_latencies(bootstrap, output_topic, since, row.sent,
-                                          timeout=max(30.0, seconds)))
+        stamps = read_latencies(bootstrap, output_topic, since, row.sent,
+                                timeout=max(30.0, seconds))
+        latencies = sorted(lat for _, lat in stamps)
     finally:
         for p in processes:
             if p.poll() is None:
@@ -242,6 +255,7 @@ def measure(key: str, label: str, cmds: Sequence[list[str]], env: dict[str, str]
     if not latencies:
         row.note = "no output read back"
         return row
+    row.details["latency_ms_by_second"] = _by_second(stamps)
     row.p50_ms = percentile(latencies, 0.50)
     row.p99_ms = percentile(latencies, 0.99)
     row.p999_ms = percentile(latencies, 0.999)
