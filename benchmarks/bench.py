@@ -348,8 +348,10 @@ def run_contender(contender: Contender, run: Run, profile: Path | None = None,
         row.note = f"{row.missing} missing, {row.invalid} invalid outputs"
     with contextlib.suppress(Exception):
         harness.delete_topic(run.bootstrap, output)
+    latency_text = ("" if row.p50_ms is None
+                    else f"p50 {row.p50_ms:.0f} ms, p99 {row.p99_ms:.0f} ms, ")
     say(f"{contender.label}: {row.rate:,.0f} artifacts/s over {row.seconds:.2f}s, "
-        f"p50 {row.p50_ms} ms, p99 {row.p99_ms} ms, peak RSS {row.peak_rss_bytes / 1e6:.0f} MB")
+        f"{latency_text}peak RSS {row.peak_rss_bytes / 1e6:.0f} MB")
     return row
 
 

@@ -123,3 +123,18 @@ def test_compiled_and_pure_reject_bad_bytes_alike(pure: ModuleType, data: bytes)
         except DecodeError as exc:
             outcomes.append(str(exc))
     assert outcomes[0] == outcomes[1]
+
+
+def test_the_stage_image_builds_the_compiled_codec_and_checks_it() -> None:
+    """The image's build stage has what the compile needs (setup.py, in the build context
+    the container tier hashes), and its runtime stage refuses a codec that is not
+    compiled."""
+    from tests.containers.images import ROOT, STAGE_CONTEXT
+
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    build, runtime = dockerfile.split("\nFROM ", 2)[1:]
+    assert "COPY setup.py" in build and "pip wheel" in build
+    assert "assert fast.COMPILED" in runtime
+    assert "setup.py" in STAGE_CONTEXT
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert "processor/**/*.so" in ignored  # built in the image, never copied from the host
