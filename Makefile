@@ -4,15 +4,26 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py | cksum | cut -d' ' -f1)
 KAFKA_VERSION := 4.1.1
 KAFKA_HOME ?= $(HOME)/.cache/processor/kafka-$(KAFKA_VERSION)
 
 .PHONY: container-test demo test lint typecheck unit conformance integration faults bench soak kafka-jars registry-app system-deps broker clean
 
-$(STAMP): pyproject.toml
+# The install compiles the codec's hot module with mypyc (setup.py): a C compiler and the
+# Python headers are installed when missing.
+$(STAMP): pyproject.toml setup.py processor/serde/artifact_avro.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
 	  { apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
+	@missing=""; command -v cc >/dev/null || missing="gcc libc6-dev"; \
+	$(BIN)/python -c "import sysconfig, os, sys; \
+	  sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
+	  || missing="$$missing python3-dev"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
 	@rm -f $(VENV)/.installed-* && touch $@

@@ -38,6 +38,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))  # the sibling modules, from any working directory
 
 import harness  # noqa: E402
+import latency  # noqa: E402
 import report  # noqa: E402
 import workload  # noqa: E402
 from report import Row  # noqa: E402
@@ -55,10 +56,15 @@ class Contender:
 
 
 CONTENDERS = (
+    Contender("raw", "raw loop: consume, produce the same bytes, commit; no Avro", 1),
     Contender("ceiling", "ceiling: confluent-kafka + fastavro loop", 1),
     Contender("ceiling-codec", "hand-written loop with the project's codec", 1),
     Contender("ceiling-2p", "ceiling loop, 2 processes (the machine's scaling bound)", 2),
+    Contender("project-passthrough", "project, at-least-once, 1 process, handler returns "
+              "the artifact unchanged", 1),
     Contender("project-alo", "project, at-least-once, 1 process", 1),
+    Contender("project-alo-pure", "project, at-least-once, 1 process, pure-Python codec "
+              "(the compiled one switched off)", 1),
     Contender("project-alo-registry", "project, at-least-once, 1 process, schema registry "
               "(Confluent wire format in and out)", 1),
     Contender("project-eos", "project, exactly-once, 1 process", 1),
@@ -72,6 +78,12 @@ CONTENDERS = (
 )
 SECURITY_ROWS = {"project-sign": "sign", "project-seal": "seal"}
 KEYS = tuple(c.key for c in CONTENDERS)
+LATENCY_ROWS = ("ceiling", "project-alo", "quix")
+"""The rows measured under load with --latency."""
+UNCHANGED = frozenset(("raw", "project-passthrough"))
+PURE_PYTHON = frozenset(("project-alo-pure",))
+"""Rows run with the codec's pure-Python source (`processor.serde.fast.PURE_PYTHON_ENV`)."""
+"""Rows whose outputs are the input artifacts unchanged (not transformed)."""
 
 
 def say(text: str) -> None:
@@ -160,8 +172,8 @@ def commands(contender: Contender, run: Run, output: str, group: str,
     common = ["--bootstrap-servers", run.bootstrap, "--input", run.input_topic,
               "--output", output, "--group", group]
     result = [str(run.workdir / f"{contender.key}-{i}.json") for i in range(contender.processes)]
-    if contender.key.startswith("ceiling"):
-        codec = "project" if contender.key == "ceiling-codec" else "fastavro"
+    if contender.key.startswith("ceiling") or contender.key == "raw":
+        codec = {"ceiling-codec": "project", "raw": "raw"}.get(contender.key, "fastavro")
         return [[sys.executable, str(HERE / "contender_ceiling.py"), *common,
                  "--result", result[i], "--codec", codec] for i in range(contender.processes)]
     if contender.key == "quix":
@@ -195,8 +207,20 @@ def commands(contender: Contender, run: Run, output: str, group: str,
                "--result", result[i], "--guarantee", guarantee, "--instance", str(i)]
         if profile is not None:
             cmd += ["--profile", str(profile)]
+        if contender.key == "project-passthrough":
+            cmd += ["--handler", "project_handler:passthrough"]
         cmds.append(cmd)
     return cmds
+
+
+def contender_env(contender: Contender) -> dict[str, str]:
+    """The environment of a contender's processes."""
+    pythonpath = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath}
+    env.pop("PROCESSOR_PURE_PYTHON", None)
+    if contender.key in PURE_PYTHON:
+        env["PROCESSOR_PURE_PYTHON"] = "1"
+    return env
 
 
 def _stop(processes: Sequence[subprocess.Popen[bytes]], peaks: dict[int, int],
@@ -243,8 +267,7 @@ def run_contender(contender: Contender, run: Run, profile: Path | None = None,
     probe = harness.Probe(run.bootstrap, group)
     processes: list[subprocess.Popen[bytes]] = []
     peaks: dict[int, int] = {}
-    pythonpath = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath}
+    env = contender_env(contender)
     began = time.monotonic()
     committed_at: float | None = None
     try:
@@ -290,7 +313,8 @@ def run_contender(contender: Contender, run: Run, profile: Path | None = None,
         path = run.workdir / f"{contender.key}-{i}.json"
         if path.is_file():
             results.append(json.loads(path.read_text("utf-8")))
-    back = harness.read_back(run.bootstrap, output, run.count, say)
+    back = harness.read_back(run.bootstrap, output, run.count, say,
+                             transformed=contender.key not in UNCHANGED)
     row.details = {"reports": results, "output_records": back.records,
                    "not_log_append_time": back.not_log_append_time}
     firsts = [r["first_consumed"] for r in results if r.get("first_consumed")]
@@ -333,8 +357,10 @@ def run_contender(contender: Contender, run: Run, profile: Path | None = None,
         row.note = f"{row.missing} missing, {row.invalid} invalid outputs"
     with contextlib.suppress(Exception):
         harness.delete_topic(run.bootstrap, output)
+    latency_text = ("" if row.p50_ms is None
+                    else f"p50 {row.p50_ms:.0f} ms, p99 {row.p99_ms:.0f} ms, ")
     say(f"{contender.label}: {row.rate:,.0f} artifacts/s over {row.seconds:.2f}s, "
-        f"p50 {row.p50_ms} ms, p99 {row.p99_ms} ms, peak RSS {row.peak_rss_bytes / 1e6:.0f} MB")
+        f"{latency_text}peak RSS {row.peak_rss_bytes / 1e6:.0f} MB")
     return row
 
 
@@ -377,6 +403,9 @@ def conditions(args: argparse.Namespace, run: Run, broker: str, rows: Sequence[R
         "python": platform.python_version(),
         "project confluent-kafka / librdkafka": " / ".join(workload.client_versions().values()),
         "fastavro": fastavro.__version__,
+        "project codec": ", ".join(sorted({
+            f"{row.key}: {rep['versions']['codec']}" for row in rows
+            for rep in row.details.get("reports", []) if "codec" in rep.get("versions", {})})),
         **{f"reported by {k}": v for k, v in versions.items() if not k.startswith("project")},
     }
 
@@ -406,13 +435,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="seconds each contender may take (default: scales with --count)")
     parser.add_argument("--profile", action="store_true",
                         help="run only the project's 1-process stage under cProfile and "
-                        "write the top functions to benchmarks/results/profile.txt")
+                        "write the top functions to benchmarks/results/profile-ROW.txt "
+                        "(ROW: project-alo, or project-alo-pure with --only)")
+    parser.add_argument("--latency", action="store_true",
+                        help="after the throughput rows, measure latency under load: an "
+                        "open-loop producer at 50%% and 80%% of the measured rate of each of "
+                        f"{', '.join(LATENCY_ROWS)} (those selected and measured)")
+    parser.add_argument("--latency-seconds", type=float, default=15.0,
+                        help="seconds of open-loop load per contender and load "
+                        "(default: %(default)s)")
+    parser.add_argument("--latency-loads", default="0.5,0.8", metavar="F[,F]",
+                        help="fractions of each row's measured rate to load it at "
+                        "(default: %(default)s)")
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help="where to write latest.json/.md/.png (default: %(default)s)")
     given = list(sys.argv[1:] if argv is None else argv)
     if given[:1] == ["--"]:
         given = given[1:]  # a leading `--` separator is allowed
     args = parser.parse_args(given)
+    try:
+        args.loads = [float(x) for x in args.latency_loads.split(",") if x.strip()]
+    except ValueError:
+        parser.error(f"--latency-loads: not a list of numbers: {args.latency_loads!r}")
+    if not args.loads or not all(0 < x <= 1 for x in args.loads):
+        parser.error("--latency-loads: fractions between 0 and 1, e.g. 0.5,0.8")
     if args.count < 1 or args.partitions < 1 or args.size < 100:
         parser.error("--count and --partitions must be positive, --size at least 100")
     return args
@@ -420,7 +466,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def selected(args: argparse.Namespace) -> list[Contender]:
     if args.profile:
-        return [c for c in CONTENDERS if c.key == "project-alo"]
+        wanted = args.only or "project-alo"
+        if wanted not in ("project-alo", "project-alo-pure"):
+            raise SystemExit("bench: --profile runs project-alo or project-alo-pure")
+        return [c for c in CONTENDERS if c.key == wanted]
     keys = list(KEYS)
     if args.only:
         keys = [k.strip() for k in args.only.split(",") if k.strip()]
@@ -498,6 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     timeout = args.timeout or max(180.0, args.count / 2500 + 120)
     args.results.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
+    latency_rows: list[latency.LatencyRow] = []
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp, kafka(args) as (bootstrap, broker), \
             contextlib.ExitStack() as stack:
@@ -533,6 +583,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 notes.append(f"{contender.label} failed ({failed}); the row shows "
                              f"{contender.processes} stage subprocesses in one group instead")
             rows.append(row)
+        if args.latency:
+            latency_rows = latency_under_load(chosen, rows, run, args.latency_seconds,
+                                              args.loads)
+            if latency_rows:
+                notes.append(
+                    "latency under load: the open-loop producer runs in the harness on the "
+                    "same cores as the contender and the broker")
         cond = conditions(args, run, broker, rows)
         cond["load average (1, 5, 15 min) at the start"] = ", ".join(
             f"{x:.2f}" for x in load_start)
@@ -547,17 +604,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "supervisor would; the restarts are inside the measured time")
     by_key = {r.key: r for r in rows}
     ceiling = by_key.get("ceiling")
+    raw = by_key.get("raw")
     for row in rows:
         if ceiling is not None and ceiling.ok and row.ok:
             row.ratio = row.rate / ceiling.rate
-    targets = report.compute_targets(by_key, args.count)
+        if raw is not None and raw.ok and row.ok:
+            row.raw_ratio = row.rate / raw.rate
+    targets = report.compute_targets(by_key, args.count, latency_rows)
     command = "bench.py " + (shlex.join(sys.argv[1:] if argv is None else list(argv))
                              or "(defaults)")
     print()
-    print(report.render_text(rows, targets, cond, notes))
-    report.write_json(args.results / "latest.json", rows, targets, cond, notes)
+    print(report.render_text(rows, targets, cond, notes, latency_rows))
+    report.write_json(args.results / "latest.json", rows, targets, cond, notes, latency_rows)
     (args.results / "latest.md").write_text(
-        report.render_markdown(rows, targets, cond, notes, command), "utf-8")
+        report.render_markdown(rows, targets, cond, notes, command, latency_rows), "utf-8")
     why = report.write_chart(args.results / "latest.png", rows,
                              f"{args.count:,} artifacts, {args.partitions} partitions, "
                              f"{os.cpu_count()} cores")
@@ -566,6 +626,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"results written to {args.results}/latest.json, latest.md"
         f"{'' if why else ', latest.png'}")
     return 0 if all(r.ok for r in rows) else 1
+
+
+def latency_under_load(chosen: Sequence[Contender], rows: Sequence[Row], run: Run,
+                       seconds: float, loads: Sequence[float]) -> list[latency.LatencyRow]:
+    """Each of `LATENCY_ROWS` that was measured, at each of `loads` of its rate."""
+    measured = {r.key: r for r in rows if r.ok and r.rate > 0}
+    out: list[latency.LatencyRow] = []
+    say("latency under load: encoding the open loop's artifacts")
+    pool = latency.templates(2000, 300)
+    for contender in chosen:
+        if contender.key not in LATENCY_ROWS or contender.key not in measured:
+            continue
+        for load in loads:
+            tag = f"{contender.key}-{int(load * 100)}-{run.run_id}"
+            source, sink = f"bench-lat-in-{tag}", f"bench-lat-out-{tag}"
+            harness.create_topic(run.bootstrap, source, run.partitions)
+            harness.create_topic(run.bootstrap, sink, run.partitions,
+                                 {"message.timestamp.type": "LogAppendTime"})
+            lat_run = dataclasses.replace(run, input_topic=source)
+            cmds = commands(contender, lat_run, sink, f"bench-lat-{tag}", None, True)
+            try:
+                row = latency.measure(contender.key, contender.label, cmds,
+                                      contender_env(contender), ROOT, run.logs, run.bootstrap,
+                                      source, sink, run.partitions, load,
+                                      measured[contender.key].rate, seconds, pool, say)
+            except Exception as exc:
+                say(f"{contender.label} at {load:.0%}: failed: {type(exc).__name__}: {exc}")
+                row = latency.LatencyRow(contender.key, contender.label, load,
+                                         load * measured[contender.key].rate,
+                                         note=f"{type(exc).__name__}: {exc}")
+            out.append(row)
+            for topic in (source, sink):
+                with contextlib.suppress(Exception):
+                    harness.delete_topic(run.bootstrap, topic)
+    return out
 
 
 def guarded(contender: Contender, run: Run, via_runner: bool = True) -> Row:
@@ -588,12 +683,13 @@ def profile_run(contender: Contender, run: Run) -> int:
         return 1
     header = (
         f"cProfile of the project's stage (at-least-once, 1 process) over {run.count:,} "
-        f"pre-loaded artifacts, {run.partitions} partitions.\n"
+        f"pre-loaded artifacts, {run.partitions} partitions; row {contender.key}: "
+        f"{contender.label}.\n"
         f"Under the profiler: {row.rate:,.0f} artifacts/s over {row.seconds:.2f}s "
         "(the profiler itself slows the loop; compare shares, not absolute times).\n"
         "Written by benchmarks/bench.py --profile.\n\n"
     )
-    out = RESULTS / "profile.txt"
+    out = RESULTS / f"profile-{contender.key}.txt"
     out.write_text(header + text_path.read_text("utf-8"), "utf-8")
     say(f"profile written to {out}")
     return 0

@@ -1,5 +1,8 @@
 """The ceiling: the tightest hand-written confluent-kafka + fastavro loop doing the work.
 
+With `--codec raw` it is the raw loop instead: consume, produce the same bytes, commit; no
+Avro, no transform (the physical limit of a Python stage on this client).
+
 Batch consume, schemaless decode with the schema parsed once, verify the checksum, the
 shared transform, schemaless encode (the verified checksum is kept), produce; every
 `COMMIT_INTERVAL` seconds flush the producer and then commit the consumed offsets
@@ -34,9 +37,11 @@ def main() -> int:
     parser.add_argument("--output", required=True)
     parser.add_argument("--group", required=True)
     parser.add_argument("--result", required=True)
-    parser.add_argument("--codec", choices=("fastavro", "project"), default="fastavro",
-                        help="fastavro (the ceiling the targets use), or the project's codec "
-                        "and Artifact in the same hand-written loop")
+    parser.add_argument("--codec", choices=("fastavro", "project", "raw"), default="fastavro",
+                        help="fastavro (the ceiling the targets use), the project's codec "
+                        "and Artifact in the same hand-written loop, or raw: no Avro at all, "
+                        "the consumed bytes are produced unchanged (the physical limit of a "
+                        "Python stage on this client)")
     args = parser.parse_args()
 
     stop = False
@@ -117,6 +122,22 @@ def main() -> int:
                     poll(0.05)
         return n
 
+    def raw_batch(batch: list[Any], offsets: dict[tuple[str, int], int],
+                  out_topic: str) -> int:
+        n = 0
+        for msg in batch:
+            if msg.error() is not None:
+                continue
+            offsets[(msg.topic() or "", msg.partition() or 0)] = (msg.offset() or 0) + 1
+            n += 1
+            while True:
+                try:
+                    produce(out_topic, msg.value(), msg.key())
+                    break
+                except BufferError:
+                    poll(0.05)
+        return n
+
     def commit() -> None:
         nonlocal commits
         if producer.flush(30.0):
@@ -136,7 +157,12 @@ def main() -> int:
         if batch:
             if first_consumed is None:
                 first_consumed = time.time()
-            if args.codec == "project":
+            if args.codec == "raw":
+                consumed += raw_batch(batch, offsets, out_topic)
+                produced = consumed
+                poll(0)
+                batch = []
+            elif args.codec == "project":
                 consumed += project_batch(batch, offsets, out_topic)
                 produced = consumed - bad
                 poll(0)
@@ -170,7 +196,7 @@ def main() -> int:
     consumer.close()
     workload.write_result(
         args.result,
-        contender="ceiling",
+        contender=f"ceiling-{args.codec}",
         first_consumed=first_consumed,
         consumed=consumed,
         produced=produced,

@@ -27,6 +27,7 @@ from processor.core.options import StageOptions
 from processor.runtime.build import StageSetup, build_stage
 from processor.runtime.contracts import stage_codec
 from processor.runtime.stage import Stage
+from processor.serde import fast
 
 
 def main() -> int:
@@ -40,6 +41,8 @@ def main() -> int:
                         default="at-least-once")
     parser.add_argument("--instance", type=int, default=0)
     parser.add_argument("--profile", metavar="FILE")
+    parser.add_argument("--handler", default="project_handler:transform",
+                        help="the stage's handler (default: %(default)s)")
     parser.add_argument("--schema-registry-url", metavar="URL",
                         help="frame records in the Confluent wire format through this registry")
     args = parser.parse_args()
@@ -54,7 +57,7 @@ def main() -> int:
         commit_interval=workload.COMMIT_INTERVAL,
         transactional_id=f"bench-{args.group}-{args.instance}",
     )
-    setup = StageSetup(options, handlers=("project_handler:transform",),
+    setup = StageSetup(options, handlers=(args.handler,),
                        bootstrap_servers=args.bootstrap_servers)
     broker = KafkaBroker(args.bootstrap_servers)
     stopping = False
@@ -113,7 +116,7 @@ def main() -> int:
         first_consumed=project_handler.FIRST_CALL[0] if project_handler.FIRST_CALL else None,
         **totals,
         restarts=restarts,
-        versions=workload.client_versions(),
+        versions={**workload.client_versions(), "codec": fast.IMPLEMENTATION},
     )
     return 0
 

@@ -90,7 +90,7 @@ def _record(seq: int, payload: bytes) -> dict[str, Any]:
         "scope": "generic",
         "origin": "bench",
         "issuer": "",
-        "state": "created",
+        "state": workload.CREATED_STATE,
         "meta": {"seq": seq},
         "payload": payload,
         "checksum": hashlib.sha256(payload).digest(),
@@ -278,8 +278,10 @@ class Readback:
 
 
 def read_back(bootstrap: str, topic: str, expected: int, progress: Progress,
-              timeout: float = 300.0) -> Readback:
-    """Read every committed record of `topic` from the beginning and check it."""
+              timeout: float = 300.0, transformed: bool = True) -> Readback:
+    """Read every committed record of `topic` from the beginning and check it: a valid
+    artifact with a correct checksum, transformed (or, with `transformed=False`, as
+    pre-loaded: state `created`, no transform stamp, so no latency figure)."""
     schema = parse_schema(workload.load_schema_json())
     ends = end_offsets(bootstrap, topic)
     consumer = Consumer({
@@ -323,6 +325,14 @@ def read_back(bootstrap: str, topic: str, expected: int, progress: Progress,
                     result.invalid += 1
                     continue
                 handled = record["meta"].get(handled_key)
+                if not transformed:
+                    if (record["state"] != workload.CREATED_STATE or handled is not None
+                            or sha256(record["payload"]).digest() != record["checksum"]):
+                        result.invalid += 1
+                        continue
+                    seen.add(uuid.UUID(record["id"]).bytes)
+                    last_append = max(last_append, append_ms)
+                    continue
                 if (
                     record["state"] != workload.TRANSFORMED_STATE
                     or not isinstance(handled, int)

@@ -1,7 +1,8 @@
 """The shared transform written as a handler of this project.
 
 Used by `contender_project.py` and, as `project_handler:transform`, by `processor run`
-(the 2-process row), with this directory on PYTHONPATH.
+(the 2-process row), with this directory on PYTHONPATH. `passthrough` is the handler of the
+pass-through row.
 """
 
 from __future__ import annotations
@@ -25,3 +26,10 @@ def transform(artifact: Artifact) -> Artifact:
     if not FIRST_CALL:
         FIRST_CALL.append(time.time())
     return artifact.with_meta(_KEY, _clock() // 1_000_000).with_state(_STATE)
+
+
+def passthrough(artifact: Artifact) -> Artifact:
+    """Return the artifact unchanged: the stage passes the original bytes through."""
+    if not FIRST_CALL:
+        FIRST_CALL.append(time.time())
+    return artifact

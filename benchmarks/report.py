@@ -8,13 +8,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from latency import LatencyRow
+
 MB = 1_000_000
 
 DEFINITIONS = (
+    "x raw: the row's throughput as a fraction of the raw loop's (consume, produce the same "
+    "bytes, commit; no Avro), the physical limit of a Python stage on this client; x ceiling: "
+    "as a fraction of the hand-written confluent-kafka + fastavro loop's.",
     "throughput: N input artifacts / (last output's broker append time - the contender's "
     "first consumed record); MB/s counts the input bytes.",
-    "latency (p50/p99): per output record, its broker append time (output topics use "
-    "LogAppendTime) minus the wall-clock stamp the transform put in it: the time from a "
+    "latency (p50/p99): not measured for the rows that pass the input through unchanged "
+    "(raw, pass-through: their outputs carry no transform stamp); per output record, its "
+    "broker append time (output topics use LogAppendTime) minus the wall-clock stamp the "
+    "transform put in it: the time from a "
     "record being handled to its output being stored by the broker (client batching, "
     "produce queue, network, append). The input is a pre-loaded backlog, so time spent "
     "waiting in the backlog is not latency and is left out. For exactly-once the output "
@@ -47,6 +54,9 @@ class Row:
     commit_lag_s: float | None = None
     """From the last output appended to the harness seeing every input offset committed."""
     ratio: float | None = None
+    """Rate as a fraction of the ceiling's."""
+    raw_ratio: float | None = None
+    """Rate as a fraction of the raw loop's (consume, produce the same bytes, commit)."""
     targets: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -67,13 +77,14 @@ class Target:
         if self.measured is None:
             return "n/a"
         ok = (self.measured >= self.required if self.higher_is_better
+              else self.measured <= self.required if self.unit == "x"
               else self.measured < self.required)
         return "PASS" if ok else "FAIL"
 
     def text(self) -> str:
         if self.measured is None:
             return f"{self.name}: n/a{f' ({self.note})' if self.note else ''}"
-        sign = ">=" if self.higher_is_better else "<"
+        sign = ">=" if self.higher_is_better else "<=" if self.unit == "x" else "<"
         value = f"{self.measured:.2f}{self.unit}"
         extra = f" ({self.note})" if self.note else ""
         return f"{self.name}: {value} ({sign} {self.required:g}{self.unit}) {self.verdict}{extra}"
@@ -88,8 +99,18 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def compute_targets(rows: Mapping[str, Row], count: int) -> list[Target]:
+def _p99_at(latency_rows: Sequence[LatencyRow], key: str, load: float) -> float | None:
+    for row in latency_rows:
+        if row.key == key and row.load == load and row.ok and row.p99_ms is not None:
+            return row.p99_ms
+    return None
+
+
+def compute_targets(rows: Mapping[str, Row], count: int,
+                    latency_rows: Sequence[LatencyRow] = ()) -> list[Target]:
     ceiling = _rate(rows, "ceiling")
+    raw = _rate(rows, "raw")
+    passthrough = _rate(rows, "project-passthrough")
     alo = _rate(rows, "project-alo")
     eos = _rate(rows, "project-eos")
     two = _rate(rows, "project-alo-2p")
@@ -99,17 +120,30 @@ def compute_targets(rows: Mapping[str, Row], count: int) -> list[Target]:
     if ceiling_two is not None and "ceiling-2p" in rows:
         rows["ceiling-2p"].targets.append(f"{ceiling_two:.2f}x ceiling 1 process")
     targets = [
+        Target("pass-through stage vs raw loop", "project-passthrough",
+               _ratio(passthrough, raw), 0.8, "x", short=">=0.8x raw"),
+        Target("ALO 1 process (one metadata change) vs raw loop", "project-alo",
+               _ratio(alo, raw), 0.5, "x", short=">=0.5x raw"),
         Target("ALO 1 process vs ceiling", "project-alo", _ratio(alo, ceiling), 0.8, "x",
                short=">=0.8x ceiling"),
-        Target("ALO 1 process vs Quix Streams", "project-alo", _ratio(alo, quix), 2.0, "x",
-               short=">=2x Quix"),
-        Target("exactly-once vs ALO", "project-eos", _ratio(eos, alo), 0.7, "x",
-               short=">=0.7x ALO"),
+        Target("ALO 1 process vs Quix Streams", "project-alo", _ratio(alo, quix), 3.0, "x",
+               short=">=3x Quix"),
+        Target("exactly-once vs ALO", "project-eos", _ratio(eos, alo), 0.9, "x",
+               short=">=0.9x ALO"),
         Target("2 processes vs 1 process", "project-alo-2p", _ratio(two, alo), 1.7, "x",
                short=">=1.7x 1 process"),
         Target("registry-framed vs plain ALO", "project-alo-registry", _ratio(framed, alo),
                0.9, "x", short=">=0.9x plain"),
     ]
+    if latency_rows:
+        project_p99 = _p99_at(latency_rows, "project-alo", 0.8)
+        ceiling_p99 = _p99_at(latency_rows, "ceiling", 0.8)
+        # Milliseconds are whole: a 0 ms ceiling p99 is counted as 1 ms.
+        targets.append(Target(
+            "p99 at 80% load vs the ceiling's p99 at 80% load", "project-alo",
+            _ratio(project_p99, max(ceiling_p99, 1.0) if ceiling_p99 is not None else None),
+            1.5, "x", higher_is_better=False, note="latency under load",
+            short="p99@80%<=1.5x ceiling"))
     stage_rss = [rows[k].peak_rss_bytes / MB for k in ("project-alo", "project-eos")
                  if k in rows and rows[k].ok and rows[k].peak_rss_bytes]
     note = "" if count >= 1_000_000 else f"backlog of {count:,}, target is set for 1,000,000"
@@ -136,14 +170,14 @@ def _fmt_rss(row: Row) -> str:
 
 
 HEADERS = ("contender", "artifacts/s", "MB/s", "p50 ms", "p99 ms", "peak RSS MB",
-           "x ceiling", "targets")
+           "x raw", "x ceiling", "targets")
 
 
 def table_cells(rows: Sequence[Row]) -> list[tuple[str, ...]]:
     cells: list[tuple[str, ...]] = []
     for row in rows:
         if not row.ok:
-            cells.append((row.label, "-", "-", "-", "-", _fmt_rss(row), "-",
+            cells.append((row.label, "-", "-", "-", "-", _fmt_rss(row), "-", "-",
                           f"not measured: {row.note}"))
             continue
         cells.append((
@@ -153,6 +187,7 @@ def table_cells(rows: Sequence[Row]) -> list[tuple[str, ...]]:
             _fmt_ms(row.p50_ms),
             _fmt_ms(row.p99_ms),
             _fmt_rss(row),
+            "-" if row.raw_ratio is None else f"{row.raw_ratio:.2f}",
             "-" if row.ratio is None else f"{row.ratio:.2f}",
             "; ".join(row.targets) or "-",
         ))
@@ -181,6 +216,52 @@ def markdown_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+LATENCY_HEADERS = ("contender", "load", "target /s", "sent /s", "records", "p50 ms",
+                   "p99 ms", "p99.9 ms", "max ms")
+
+
+def latency_cells(rows: Sequence[LatencyRow]) -> list[tuple[str, ...]]:
+    cells: list[tuple[str, ...]] = []
+    for row in rows:
+        if row.p50_ms is None:
+            cells.append((row.label, f"{row.load:.0%}", f"{row.target_rate:,.0f}", "-", "-",
+                          "-", "-", "-", f"not measured: {row.note}"))
+            continue
+        received = f"{row.received:,}" + ("" if row.ok else f" of {row.sent:,}")
+        cells.append((row.label, f"{row.load:.0%}", f"{row.target_rate:,.0f}",
+                      f"{row.sent_rate:,.0f}", received, _fmt_ms(row.p50_ms),
+                      _fmt_ms(row.p99_ms), _fmt_ms(row.p999_ms), _fmt_ms(row.max_ms)))
+    return cells
+
+
+LATENCY_DEFINITION = (
+    "latency under load: an open-loop producer sends artifacts at a fixed rate (50% and 80% "
+    "of the contender's throughput measured above in this run) to a fresh input topic, "
+    "each with its `timestamp` field set to the time it is handed to the client; per output "
+    "record, latency = broker append time of the output (LogAppendTime) - that timestamp, "
+    "queueing included."
+)
+
+
+def latency_text(rows: Sequence[LatencyRow]) -> list[str]:
+    cells = [LATENCY_HEADERS, *latency_cells(rows)]
+    measured = [LATENCY_HEADERS, *(c for c, r in zip(cells[1:], rows, strict=True)
+                                   if r.p50_ms is not None)]
+    widths = [max(len(c[i]) for c in measured)
+              for i in range(len(LATENCY_HEADERS))]
+    widths[-1] = 0  # a row not measured says why in its last cell, unpadded
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                      for i, (c, w) in enumerate(zip(line, widths, strict=True))).rstrip()
+            for line in cells]
+
+
+def latency_markdown(rows: Sequence[LatencyRow]) -> list[str]:
+    lines = ["| " + " | ".join(LATENCY_HEADERS) + " |",
+             "|" + "|".join(["---", *["---:"] * (len(LATENCY_HEADERS) - 1)]) + "|"]
+    lines += ["| " + " | ".join(line) + " |" for line in latency_cells(rows)]
+    return lines
+
+
 def conditions_lines(conditions: Mapping[str, Any]) -> list[str]:
     return [f"{k}: {v}" for k, v in conditions.items()]
 
@@ -202,8 +283,13 @@ def checks_lines(rows: Sequence[Row]) -> list[str]:
 
 
 def render_text(rows: Sequence[Row], targets: Sequence[Target],
-                conditions: Mapping[str, Any], notes: Sequence[str]) -> str:
-    out = [text_table(rows), "", "targets:"]
+                conditions: Mapping[str, Any], notes: Sequence[str],
+                latency_rows: Sequence[LatencyRow] = ()) -> str:
+    out = [text_table(rows)]
+    if latency_rows:
+        out += ["", "latency under load:", *latency_text(latency_rows),
+                f"  ({LATENCY_DEFINITION})"]
+    out += ["", "targets:"]
     out += [f"  {t.text()}" for t in targets]
     out += ["", "checks:"] + [f"  {c}" for c in checks_lines(rows)]
     out += ["", "definitions:"] + [f"  {d}" for d in DEFINITIONS]
@@ -215,11 +301,14 @@ def render_text(rows: Sequence[Row], targets: Sequence[Target],
 
 def render_markdown(rows: Sequence[Row], targets: Sequence[Target],
                     conditions: Mapping[str, Any], notes: Sequence[str],
-                    command: str) -> str:
-    out = ["# Benchmark results", "", f"Command: `{command}`", "", markdown_table(rows), "",
-           "## Targets", "", "| target | measured | required | verdict |", "|---|---:|---:|---|"]
+                    command: str, latency_rows: Sequence[LatencyRow] = ()) -> str:
+    out = ["# Benchmark results", "", f"Command: `{command}`", "", markdown_table(rows), ""]
+    if latency_rows:
+        out += ["## Latency under load", "", *latency_markdown(latency_rows), "",
+                LATENCY_DEFINITION, ""]
+    out += ["## Targets", "", "| target | measured | required | verdict |", "|---|---:|---:|---|"]
     for t in targets:
-        sign = ">=" if t.higher_is_better else "<"
+        sign = ">=" if t.higher_is_better else "<=" if t.unit == "x" else "<"
         measured = "-" if t.measured is None else f"{t.measured:.2f}{t.unit}"
         verdict = t.verdict + (f" ({t.note})" if t.note else "")
         out.append(f"| {t.name} | {measured} | {sign} {t.required:g}{t.unit} | {verdict} |")
@@ -232,8 +321,10 @@ def render_markdown(rows: Sequence[Row], targets: Sequence[Target],
 
 
 def write_json(path: Path, rows: Sequence[Row], targets: Sequence[Target],
-               conditions: Mapping[str, Any], notes: Sequence[str]) -> None:
+               conditions: Mapping[str, Any], notes: Sequence[str],
+               latency_rows: Sequence[LatencyRow] = ()) -> None:
     data = {
+        "latency_under_load": [asdict(r) for r in latency_rows],
         "conditions": dict(conditions),
         "definitions": list(DEFINITIONS),
         "rows": [{k: v for k, v in asdict(r).items()} for r in rows],
@@ -255,24 +346,26 @@ def write_chart(path: Path, rows: Sequence[Row], title: str) -> str | None:
     measured = [r for r in rows if r.ok]
     if not measured:
         return "no chart: no row was measured"
-    short = {"ceiling": "ceiling", "ceiling-codec": "loop with\nour codec",
+    short = {"raw": "raw\nbytes", "project-passthrough": "project\npass-through",
+             "ceiling": "ceiling", "ceiling-codec": "loop with\nour codec",
              "ceiling-2p": "ceiling\n2p",
-             "project-alo": "project\nALO 1p",
+             "project-alo": "project\nALO 1p", "project-alo-pure": "project\nALO pure",
              "project-eos": "project\nEOS 1p", "project-alo-2p": "project\nALO 2p",
              "project-alo-registry": "project\nALO registry",
              "quix": "Quix\nStreams"}
     labels = [short.get(r.key, r.key) for r in measured]
     fig, axes = plt.subplots(1, 3, figsize=(15, 5), gridspec_kw={"width_ratios": [2, 1, 1]})
-    colours = ["#7f7f7f" if r.key == "ceiling" else "#e377c2" if r.key == "quix"
+    colours = ["#7f7f7f" if r.key in ("ceiling", "raw") else "#e377c2" if r.key == "quix"
                else "#1f77b4" for r in measured]
     ax = axes[0]
     bars = ax.bar(labels, [r.rate for r in measured], color=colours)
     for bar, row in zip(bars, measured, strict=True):
-        text = f"{row.rate:,.0f}" + ("" if row.ratio is None else f"\n{row.ratio:.2f}x")
+        text = f"{row.rate:,.0f}" + ("" if row.raw_ratio is None
+                                     else f"\n{row.raw_ratio:.2f}x raw")
         ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                     ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("artifacts/s")
-    ax.set_title("throughput (x ceiling)")
+    ax.set_title("throughput (x raw loop)")
     ax.tick_params(axis="x", labelsize=7)
     ax = axes[1]
     ax.bar(labels, [r.p99_ms or 0 for r in measured], color=colours, alpha=0.5, label="p99")
@@ -280,14 +373,14 @@ def write_chart(path: Path, rows: Sequence[Row], title: str) -> str | None:
     ax.set_ylabel("ms")
     ax.set_title("handle -> broker append latency")
     ax.legend(fontsize=8)
-    ax.tick_params(axis="x", labelsize=7)
+    ax.tick_params(axis="x", labelsize=6, labelrotation=90)
     ax = axes[2]
     ax.bar(labels, [r.peak_rss_bytes / MB for r in measured], color=colours)
     ax.axhline(250, color="red", linestyle="--", linewidth=1, label="stage target 250 MB")
     ax.set_ylabel("MB")
     ax.set_title("peak RSS (one process)")
     ax.legend(fontsize=8)
-    ax.tick_params(axis="x", labelsize=7)
+    ax.tick_params(axis="x", labelsize=6, labelrotation=90)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

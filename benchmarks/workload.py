@@ -31,6 +31,10 @@ HANDLED_KEY = "bench.handled_ms"
 TRANSFORMED_STATE = "transformed"
 """The state every output artifact has."""
 
+CREATED_STATE = "created"
+"""The state of every pre-loaded artifact (and of the outputs of the rows that pass the
+input through unchanged)."""
+
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "artifact.avsc"
 """The wire contract all contenders read and write."""
 

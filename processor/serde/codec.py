@@ -11,7 +11,8 @@ nothing else, so trailing bytes mean the framing is wrong.
 Two paths, one result. With the packaged schema (or any schema of the same parsing
 canonical form, hence the same fingerprint) and data written with it, `encode` and
 `decode` use the specialised encoder and decoder of `processor.serde.fast`, byte-identical
-to fastavro's generic `schemaless_writer` / `schemaless_reader` and about twice as fast.
+to fastavro's generic `schemaless_writer` / `schemaless_reader` and, compiled, about three
+times as fast.
 Any other schema, a different writer schema, and anything the specialised encoder does not
 handle exactly go through fastavro.
 

@@ -33,6 +33,7 @@ from processor.core.artifact import Artifact
 from processor.core.errors import ChecksumMismatch, DecodeError, EmptyInput, SchemaError
 from processor.serde.codec import SCHEMA_HEADER, Codec
 from processor.serde.fast import decode as _fast_decode
+from processor.serde.fast import encode as _fast_encode
 from processor.serde.registry import FRAME_SIZE, MAGIC_BYTE, RegistrySchemas, frame
 
 logger = logging.getLogger(__name__)
@@ -144,6 +145,8 @@ class WireCodec:
     def _unidentified(self, value: bytes) -> Artifact:
         """A record without identity: the own schema, else another known writer's."""
         try:
+            if self._fast:
+                return _fast_decode(value)
             return self.codec.decode(value)
         except ChecksumMismatch:
             raise
@@ -159,6 +162,11 @@ class WireCodec:
 
     def encode(self, artifact: Artifact) -> bytes:
         """`artifact` in this codec's schema, framed when a registry is configured."""
+        if self._fast:
+            try:
+                return _fast_encode(artifact, self._prefix)
+            except Exception:
+                pass  # `Codec.encode` hands it to fastavro, or says why it cannot
         return self.codec.encode(artifact, self._prefix)
 
     def headers(self, headers: Headers | None) -> Headers | None:

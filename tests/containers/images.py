@@ -52,8 +52,8 @@ KAFKA_VERSION = "4.1.1"
 # Like Debian's slim images: no manual pages, documentation (but the copyright files) or
 # translations, in the base and in every package installed on it later.
 SLIM_EXCLUDES = ("man", "doc", "info", "locale", "lintian", "linda")
-STAGE_CONTEXT = ("pyproject.toml", "README.md", "processor", "schemas", "deploy/Dockerfile",
-                 ".dockerignore")
+STAGE_CONTEXT = ("pyproject.toml", "setup.py", "README.md", "processor", "schemas",
+                 "deploy/Dockerfile", ".dockerignore")
 
 Source = Literal["present", "pulled", "built", "cached"]
 

@@ -94,8 +94,8 @@ def test_processor_broker_runs_from_an_installed_wheel(tmp_path: Path) -> None:
     # Build the wheel from a clean copy of the sources (no build output in the checkout).
     source = tmp_path / "source"
     shutil.copytree(ROOT / "processor", source / "processor",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    for name in ("pyproject.toml", "README.md"):
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"))
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy(ROOT / name, source / name)
     dist = tmp_path / "dist"
     # The build backend comes from the package index, as for any sdist build.
@@ -122,6 +122,10 @@ def test_processor_broker_runs_from_an_installed_wheel(tmp_path: Path) -> None:
     where = run([str(python), "-c", "import processor; print(processor.__file__)"],
                 elsewhere, env).stdout.strip()
     assert Path(where) == Path(purelib) / "processor" / "__init__.py"
+    # The wheel carries the codec compiled (setup.py), and runs it.
+    codec = run([str(python), "-c", "from processor.serde import fast; print(fast.IMPLEMENTATION)"],
+                elsewhere, env).stdout.strip()
+    assert codec == "compiled (mypyc)"
 
     # The wheel's own `processor broker`, started from an empty folder.
     script = venv / "bin" / "processor"

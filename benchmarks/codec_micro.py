@@ -1,0 +1,83 @@
+"""Per-record cost of the artifact codec: the compiled specialised path, its pure-Python
+source and fastavro's generic functions, on one ~300-byte artifact (the benchmark's).
+
+    .venv/bin/python benchmarks/codec_micro.py [--number 200000] [--repeat 5]
+
+Prints the best of `--repeat` runs of `--number` calls each, in microseconds per call. No
+Kafka: this is the codec alone, to choose and check the fast path before a full run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import timeit
+import uuid
+from collections.abc import Callable
+from io import BytesIO
+from typing import Any
+
+import fastavro
+
+from processor.serde import artifact_avro, codec, fast
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="codec_micro", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--number", type=int, default=200_000, help="calls per run")
+    parser.add_argument("--repeat", type=int, default=5, help="runs; the best is shown")
+    args = parser.parse_args(argv)
+
+    schema = fastavro.parse_schema(codec.load_schema())
+    payload = os.urandom(150)
+    record: dict[str, Any] = {
+        "id": str(uuid.uuid4()), "timestamp": 1_700_000_000_000,
+        "media_type": "application/octet-stream", "role": "data", "scope": "generic",
+        "origin": "bench", "issuer": "", "state": "created", "meta": {"seq": 123_456},
+        "payload": payload, "checksum": hashlib.sha256(payload).digest(),
+        "encrypted_payload": None, "encrypted_key": None, "ephemeral_public_key": None,
+        "signature": None, "approvals": [], "pseudonym_hash": None, "merkle_root": None,
+    }
+    out = BytesIO()
+    fastavro.schemaless_writer(out, schema, record)
+    data = out.getvalue()
+    pure = fast.pure_module()
+    artifact = pure.decode(data)
+    changed = artifact.with_meta("bench.handled_ms", 1_700_000_000_123).with_state("done")
+
+    def fastavro_write() -> bytes:
+        sink = BytesIO()
+        fastavro.schemaless_writer(sink, schema, record)
+        return sink.getvalue()
+
+    cases: list[tuple[str, Callable[[], object]]] = [
+        ("decode, fastavro schemaless_reader", lambda: fastavro.schemaless_reader(
+            BytesIO(data), schema, None)),
+        ("decode, specialised, pure Python", lambda: pure.decode(data)),
+    ]
+    if fast.is_compiled(artifact_avro):
+        cases.append(("decode, specialised, compiled", lambda: artifact_avro.decode(data)))
+    cases += [
+        ("encode, fastavro schemaless_writer", fastavro_write),
+        ("encode, specialised, pure Python", lambda: pure.encode(changed)),
+    ]
+    if fast.is_compiled(artifact_avro):
+        cases.append(("encode, specialised, compiled", lambda: artifact_avro.encode(changed)))
+    cases += [
+        (f"Codec.decode ({fast.IMPLEMENTATION})", lambda: codec.decode(data)),
+        (f"Codec.encode ({fast.IMPLEMENTATION})", lambda: codec.encode(changed)),
+        ("with_meta + with_state (the bench transform)", lambda: artifact.with_meta(
+            "bench.handled_ms", 1_700_000_000_123).with_state("done")),
+        ("sha256 of the 150-byte payload", lambda: hashlib.sha256(payload).digest()),
+    ]
+    print(f"one artifact of {len(data)} bytes; best of {args.repeat} x {args.number:,} calls")
+    for label, function in cases:
+        best = min(timeit.repeat(function, number=args.number, repeat=args.repeat))
+        print(f"  {label:48s} {best / args.number * 1e6:6.2f} us")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""Latency under load: an open-loop producer at a fixed fraction of a contender's measured
+maximum rate, and the end-to-end latency of every record it produced.
+
+For one contender and one rate: a fresh, empty input topic and output topic (LogAppendTime);
+the contender is started on them with a new consumer group; a trickle of warm-up records
+shows when it is consuming (its first output); then the producer sends `rate` artifacts a
+second for `seconds` seconds on a fixed schedule (open loop: it never waits for the
+contender, so a contender that falls behind builds a queue, and that queue is latency).
+
+Each artifact's `timestamp` field is set to the wall-clock time (ms) at which the producer
+hands it to the client; every contender leaves that field as it is. Latency of a record =
+its output's broker append time (LogAppendTime) - that timestamp: produce -> consume ->
+handle -> produce -> stored by the broker, queueing included.
+
+The records are encoded once (fastavro, by the harness) and only their timestamp bytes are
+replaced per record, so the producer costs little CPU beside the contender; it still
+shares the machine's cores with it and the broker (noted with the results).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+from typing import Any, cast
+
+import harness
+import workload
+from confluent_kafka import (
+    TIMESTAMP_LOG_APPEND_TIME,
+    Consumer,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+
+Progress = Callable[[str], None]
+
+
+# The id is a 36-character UUID: its length is 1 byte (72 zigzag), so the timestamp (a
+# zigzag varint) starts at byte 37. Epoch milliseconds from 2004 to 2039 are 6-byte
+# varints: the stamps of one run all have the length of the current time's.
+_TS_AT = 37
+
+
+def _varint(value: int) -> bytes:
+    n = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_TS_LEN = len(_varint(workload.now_ms()))
+
+
+@dataclass
+class LatencyRow:
+    """One contender at one load."""
+
+    key: str
+    label: str
+    load: float
+    target_rate: float
+    ok: bool = False
+    note: str = ""
+    sent: int = 0
+    sent_rate: float = 0.0
+    received: int = 0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    p999_ms: float | None = None
+    max_ms: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def templates(count: int, size: int) -> list[tuple[bytes, bytes]]:
+    """`count` different encoded artifacts of about `size` bytes, each split around its
+    timestamp varint (head, tail)."""
+    schema = parse_schema(workload.load_schema_json())
+    plen = harness.payload_size_for(schema, size)
+    out: list[tuple[bytes, bytes]] = []
+    for seq in range(count):
+        payload = os.urandom(plen)
+        record = {
+            "id": str(uuid.uuid4()), "timestamp": workload.now_ms(),
+            "media_type": "application/octet-stream", "role": "data", "scope": "generic",
+            "origin": "bench", "issuer": "", "state": workload.CREATED_STATE,
+            "meta": {"seq": seq}, "payload": payload,
+            "checksum": hashlib.sha256(payload).digest(), "encrypted_payload": None,
+            "encrypted_key": None, "ephemeral_public_key": None, "signature": None,
+        }
+        sink = BytesIO()
+        schemaless_writer(sink, schema, record)
+        data = sink.getvalue()
+        assert data[_TS_AT:_TS_AT + _TS_LEN] == _varint(record["timestamp"])
+        out.append((data[:_TS_AT], data[_TS_AT + _TS_LEN:]))
+    return out
+
+
+def open_loop(bootstrap: str, topic: str, partitions: int, rate: float, seconds: float,
+              pool: Sequence[tuple[bytes, bytes]], progress: Progress) -> tuple[int, float]:
+    """Produce `rate` records a second for `seconds` on a fixed schedule, each stamped with
+    its produce time; returns (records sent, seconds taken)."""
+    # The contenders' producer settings (linger.ms 5 among them): smaller batches would
+    # cost the broker, on the same cores, more than they save.
+    producer = Producer({
+        "bootstrap.servers": bootstrap, "log_level": 4, "client.id": "bench-open-loop",
+        **workload.PRODUCER_SETTINGS, "queue.buffering.max.messages": 1_000_000,
+    })
+    produce = producer.produce
+    clock = time.time_ns
+    total = int(rate * seconds)
+    began = time.monotonic()
+    sent = 0
+    n = len(pool)
+    last = began
+    while sent < total:
+        due = min(total, int((time.monotonic() - began) * rate) + 1)
+        while sent < due:
+            head, tail = pool[sent % n]
+            produce(topic, head + _varint(clock() // 1_000_000) + tail,
+                    partition=sent % partitions)
+            sent += 1
+        producer.poll(0)
+        now = time.monotonic()
+        if now - last >= 5.0:
+            last = now
+            progress(f"open loop: {sent:,} / {total:,} sent ({sent / (now - began):,.0f}/s)")
+        ahead = (sent / rate) - (time.monotonic() - began)
+        if ahead > 0:
+            time.sleep(min(ahead, 0.001))
+    took = time.monotonic() - began
+    producer.flush(60)
+    return sent, took
+
+
+def read_latencies(bootstrap: str, topic: str, since_ms: int, expected: int,
+                   timeout: float) -> list[tuple[int, int]]:
+    """Per output record stamped at or after `since_ms`: (stamp, append time - stamp) in
+    ms; reads until `expected` such records were seen or `timeout` seconds passed."""
+    schema = parse_schema(workload.load_schema_json())
+    ends = harness.end_offsets(bootstrap, topic)
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap, "log_level": 4, "enable.auto.commit": False,
+        "group.id": f"bench-latency-{uuid.uuid4().hex[:8]}", "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+    })
+    consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+    out: list[tuple[int, int]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(out) < expected and time.monotonic() < deadline:
+            for msg in consumer.consume(num_messages=5000, timeout=0.5):
+                if msg.error() is not None:
+                    continue
+                ts_type, append_ms = msg.timestamp()
+                if ts_type != TIMESTAMP_LOG_APPEND_TIME:
+                    continue
+                record = cast(dict[str, Any],
+                              schemaless_reader(BytesIO(msg.value() or b""), schema, None))
+                stamp = record["timestamp"]
+                if stamp >= since_ms:
+                    out.append((stamp, append_ms - stamp))
+    finally:
+        consumer.close()
+    return out
+
+
+def _written(probe: harness.Probe, topic: str) -> int:
+    """Records in `topic`; 0 while a new topic's partitions are still being led."""
+    try:
+        return probe.high_watermarks(topic)
+    except KafkaException:
+        return 0
+
+
+def _by_second(stamps: Sequence[tuple[int, int]]) -> list[float]:
+    """The median latency of the records sent in each second of the open loop: flat when
+    the contender keeps up, rising when a queue builds."""
+    if not stamps:
+        return []
+    first = min(stamp for stamp, _ in stamps)
+    seconds: dict[int, list[int]] = {}
+    for stamp, lat in stamps:
+        seconds.setdefault((stamp - first) // 1000, []).append(lat)
+    return [percentile(sorted(seconds[s]), 0.5) for s in sorted(seconds)]
+
+
+def percentile(ordered: Sequence[int], q: float) -> float:
+    return float(ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))])
+
+
+def measure(key: str, label: str, cmds: Sequence[list[str]], env: dict[str, str], cwd: Path,
+            logs: Path, bootstrap: str, input_topic: str, output_topic: str,
+            partitions: int, load: float, max_rate: float, seconds: float,
+            pool: Sequence[tuple[bytes, bytes]], progress: Progress) -> LatencyRow:
+    """Start the contender (`cmds`, already pointed at the two topics), wait for it to
+    consume, run the open loop at `load` x `max_rate`, and read the latencies back."""
+    rate = load * max_rate
+    row = LatencyRow(key, label, load, rate)
+    processes: list[subprocess.Popen[bytes]] = []
+    warm = Producer({"bootstrap.servers": bootstrap, "log_level": 4})
+    probe = harness.Probe(bootstrap, f"bench-latency-probe-{uuid.uuid4().hex[:8]}")
+    try:
+        for i, cmd in enumerate(cmds):
+            with open(logs / f"latency-{key}-{int(load * 100)}-{i}.log", "wb") as fh:
+                processes.append(subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
+                                                  cwd=cwd, env=env))
+        deadline = time.monotonic() + 90
+        head, tail = pool[0]
+        while _written(probe, output_topic) < partitions:
+            if time.monotonic() > deadline:
+                row.note = "the contender produced nothing within 90 s of starting"
+                return row
+            if any(p.poll() is not None for p in processes):
+                row.note = "the contender exited before consuming"
+                return row
+            for p in range(partitions):
+                warm.produce(input_topic, head + _varint(workload.now_ms()) + tail, partition=p)
+            warm.flush(10)
+            time.sleep(0.2)
+        time.sleep(1.0)  # the warm-up records drain
+        since = workload.now_ms()
+        progress(f"{label}: open loop at {load:.0%} of {max_rate:,.0f}/s = {rate:,.0f}/s "
+                 f"for {seconds:.0f}s")
+        row.sent, took = open_loop(bootstrap, input_topic, partitions, rate, seconds, pool,
+                                   progress)
+        row.sent_rate = row.sent / took
+        stamps = read_latencies(bootstrap, output_topic, since, row.sent,
+                                timeout=max(30.0, seconds))
+        latencies = sorted(lat for _, lat in stamps)
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in processes:
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
+        probe.close()
+    row.received = len(latencies)
+    if not latencies:
+        row.note = "no output read back"
+        return row
+    row.details["latency_ms_by_second"] = _by_second(stamps)
+    row.p50_ms = percentile(latencies, 0.50)
+    row.p99_ms = percentile(latencies, 0.99)
+    row.p999_ms = percentile(latencies, 0.999)
+    row.max_ms = float(latencies[-1])
+    row.ok = row.received >= row.sent
+    if not row.ok:
+        row.note = f"{row.sent - row.received} of {row.sent} records not read back in time"
+    progress(f"{label} at {load:.0%}: sent {row.sent:,} at {row.sent_rate:,.0f}/s; "
+             f"p50 {row.p50_ms:.0f} ms, p99 {row.p99_ms:.0f} ms, p99.9 {row.p999_ms:.0f} ms")
+    return row

@@ -1,0 +1,140 @@
+"""The compiled specialised codec (mypyc, built at install) against its pure-Python source
+and against fastavro: the same bytes, the same artifacts, the same errors."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from types import ModuleType
+
+import fastavro
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from processor.core.artifact import Artifact, checksum_of
+from processor.core.errors import DecodeError
+from processor.serde import artifact_avro, fast
+from processor.serde.codec import load_schema
+from tests.unit.test_codec_fast import artifacts, fastavro_bytes, fastavro_record
+
+V1_SCHEMA = fastavro.parse_schema(load_schema("artifact.v1.avsc"))
+CASES = settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.fixture(scope="module")
+def pure() -> ModuleType:
+    module = fast.pure_module()
+    assert not fast.is_compiled(module)
+    return module
+
+
+def test_the_installed_package_runs_the_compiled_extension() -> None:
+    """`pip install` (the Makefile's set-up) compiles the module; unless the fallback is
+    forced, it is what the codec uses."""
+    if os.environ.get(fast.PURE_PYTHON_ENV):
+        assert not fast.COMPILED
+        return
+    assert fast.is_compiled(artifact_avro), (
+        f"{artifact_avro.__file__} is not the compiled extension: reinstall the package "
+        "(pip install -e .) with a C compiler and the Python headers present")
+    assert fast.COMPILED
+    assert fast.IMPLEMENTATION == "compiled (mypyc)"
+    assert fast.encode is artifact_avro.encode
+
+
+@pytest.mark.parametrize("value", ["1", "true", "yes"])
+def test_the_environment_variable_forces_the_pure_python_source(value: str) -> None:
+    code = ("from processor.core.artifact import Artifact; "
+            "from processor.serde import fast, codec; "
+            "print(fast.COMPILED, fast.IMPLEMENTATION, "
+            "codec.decode(codec.encode(Artifact.new(b'x'))).payload)")
+    env = {**os.environ, fast.PURE_PYTHON_ENV: value}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True, timeout=60).stdout
+    assert out.split() == ["False", "pure", "Python", "b'x'"]
+
+
+@given(artifacts())
+@CASES
+def test_compiled_and_pure_encode_the_same_bytes_as_fastavro(
+        pure: ModuleType, artifact: Artifact) -> None:
+    expected = fastavro_bytes(artifact)
+    for module in (artifact_avro, pure):
+        try:
+            data = module.encode(artifact, b"\x00\x00\x00\x00\x07")
+        except Exception:
+            continue  # an unusual value: the codec hands it to fastavro (test_codec_fast)
+        assert data == b"\x00\x00\x00\x00\x07" + expected
+    assert (_outcome(artifact_avro.encode, artifact) == _outcome(pure.encode, artifact))
+
+
+def _outcome(function: object, *args: object) -> object:
+    try:
+        return function(*args)  # type: ignore[operator]
+    except Exception as exc:
+        return type(exc)
+
+
+@given(artifacts())
+@CASES
+def test_compiled_and_pure_decode_what_fastavro_reads(pure: ModuleType,
+                                                      artifact: Artifact) -> None:
+    data = fastavro_bytes(artifact)
+    record = fastavro_record(data)
+    compiled_artifact = artifact_avro.decode(data)
+    assert compiled_artifact == pure.decode(data)
+    assert compiled_artifact._asdict() == {**record, "meta": compiled_artifact.meta}
+    assert [type(v) for v in compiled_artifact.meta.values()] == [
+        type(v) for v in record["meta"].values()]
+    assert compiled_artifact == artifact._replace(checksum=checksum_of(artifact.payload))
+    if artifact.payload:
+        wrong = data.replace(checksum_of(artifact.payload), bytes(32))
+        for module in (artifact_avro, pure):
+            with pytest.raises(DecodeError, match="checksum"):
+                module.decode(wrong)
+
+
+@given(artifacts())
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+def test_compiled_and_pure_read_version_1_bytes_alike(pure: ModuleType,
+                                                      artifact: Artifact) -> None:
+    out = io.BytesIO()
+    record = {**artifact._asdict(), "meta": dict(artifact.meta),
+              "checksum": checksum_of(artifact.payload)}
+    fastavro.schemaless_writer(out, V1_SCHEMA, record)
+    data = out.getvalue()
+    expected = artifact._replace(checksum=checksum_of(artifact.payload), approvals=(),
+                                 pseudonym_hash=None, merkle_root=None)
+    assert artifact_avro.decode(data, legacy=True) == expected
+    assert pure.decode(data, legacy=True) == expected
+
+
+@given(st.binary(max_size=400) | artifacts().map(fastavro_bytes).flatmap(
+    lambda data: st.integers(0, max(0, len(data) - 1)).map(lambda cut: data[:cut])))
+@CASES
+def test_compiled_and_pure_reject_bad_bytes_alike(pure: ModuleType, data: bytes) -> None:
+    outcomes = []
+    for module in (artifact_avro, pure):
+        try:
+            outcomes.append(module.decode(data))
+        except DecodeError as exc:
+            outcomes.append(str(exc))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_the_stage_image_builds_the_compiled_codec_and_checks_it() -> None:
+    """The image's build stage has what the compile needs (setup.py, in the build context
+    the container tier hashes), and its runtime stage refuses a codec that is not
+    compiled."""
+    from tests.containers.images import ROOT, STAGE_CONTEXT
+
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    build, runtime = dockerfile.split("\nFROM ", 2)[1:]
+    assert "COPY setup.py" in build and "pip wheel" in build
+    assert "assert fast.COMPILED" in runtime
+    assert "setup.py" in STAGE_CONTEXT
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert "processor/**/*.so" in ignored  # built in the image, never copied from the host
