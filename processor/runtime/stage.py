@@ -31,6 +31,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 from processor.backends.abstract import Broker, Consumer, Message, Producer, TopicPartition
 from processor.core.artifact import Artifact
@@ -45,7 +46,7 @@ from processor.core.errors import (
     RetryableError,
     SchemaError,
 )
-from processor.core.handlers import DEFAULT_OUTPUT, Handler, outcomes
+from processor.core.handlers import DEFAULT_OUTPUT, AnyHandler, Handler, outcomes
 from processor.core.options import EXACTLY_ONCE, StageOptions
 from processor.ops.health import HealthState
 from processor.ops.logs import lifecycle
@@ -63,6 +64,7 @@ from processor.runtime.commit import (
     ExactlyOnce,
     OutputTooLarge,
 )
+from processor.runtime.concurrent import ConcurrentLoop, runs_concurrently
 from processor.runtime.dead_letters import DeadLetterLimit, DeadLetters, Reason
 from processor.runtime.deadline import DeadlineHandler
 from processor.runtime.flow import Backpressure
@@ -121,7 +123,7 @@ class Stage:
         self,
         options: StageOptions,
         broker: Broker,
-        handler: Handler,
+        handler: AnyHandler,
         *,
         codec: WireCodec | Codec | None = None,
         metrics: Metrics | None = None,
@@ -137,11 +139,12 @@ class Stage:
         self.metrics: Metrics = metrics if metrics is not None else NullMetrics()
         self.health = health if health is not None else HealthState(clock=clock)
         self._deadline: DeadlineHandler | None = None
-        if options.handler_timeout is not None:
-            self._deadline = DeadlineHandler(handler, options.handler_timeout, self.health,
-                                             options.name)
+        concurrent = runs_concurrently(handler, options)
+        if options.handler_timeout is not None and not concurrent:
+            self._deadline = DeadlineHandler(cast(Handler, handler), options.handler_timeout,
+                                             self.health, options.name)
             handler = self._deadline
-        self.handler = handler
+        self.handler = cast(Handler, handler)
         self.clock = clock
         self.stats = StageStats(started=clock())
         self._eos = options.guarantee == EXACTLY_ONCE
@@ -186,8 +189,16 @@ class Stage:
         self._assigned: set[TopicPartition] = set()
         self._sample = 0
         self._last_lag = clock()
-        self.backpressure = Backpressure(options.name, self.consumer, self.producer,
-                                         options.max_in_flight)
+        # An async, threaded or batch handler (`runtime/concurrent.py`); None: the loop's
+        # own path (`_process`) runs the handler.
+        self.concurrent: ConcurrentLoop | None = None
+        if concurrent:
+            self.concurrent = ConcurrentLoop(self, handler)
+            if isinstance(self.commits, ExactlyOnce):
+                self.commits.held = self.concurrent
+        self.backpressure = Backpressure(
+            options.name, self.consumer, self.producer, options.max_in_flight,
+            extra=None if self.concurrent is None else self.concurrent.inflight.__len__)
         self.probe = BrokerProbe(options.name, self.consumer, self.health,
                                  lambda: self._assigned)
 
@@ -222,7 +233,8 @@ class Stage:
                     last_record = now
                 if max_records is not None and self.stats.consumed >= max_records:
                     break
-                if idle_timeout is not None and not self.retries and (
+                if idle_timeout is not None and not self.retries and not (
+                    self.concurrent is not None and self.concurrent.busy) and (
                     now - last_record >= idle_timeout
                 ):
                     break
@@ -251,6 +263,8 @@ class Stage:
         text = (f"handled up to (not including) {', '.join(parts)}" if parts
                 else "no handled record")
         text += f"; {self._in_flight} output(s) since the last commit"
+        if self.concurrent is not None and self.concurrent.busy:
+            text += f"; {len(self.concurrent.inflight)} record(s) in handler calls"
         if self.commits.in_transaction:
             text += "; a transaction open (the broker aborts it)"
         return text
@@ -266,6 +280,8 @@ class Stage:
             return max(CLOSE_FLOOR, stop_by - time.monotonic())
 
         try:
+            if self.concurrent is not None:
+                self.concurrent.drain(min(self.options.drain_timeout, left()))
             self.commit(left())
         except ProcessorError:
             logger.exception("stage %s: final commit failed", self.options.name)
@@ -282,6 +298,8 @@ class Stage:
                     logger.warning("stage %s: closing the producer: %s",
                                    self.options.name, exc)
                 finally:
+                    if self.concurrent is not None:
+                        self.concurrent.close()  # after the revocation in the close
                     if self._pending:
                         logger.warning("stage %s: stopped with %s; those records will be "
                                        "read again", self.options.name, self.uncommitted())
@@ -301,14 +319,19 @@ class Stage:
             self._retry_due()
         if self.backpressure.check(self._assigned, self.retries.held):
             self._report_paused()
-        messages = self.consumer.consume(self.options.batch_size, self.options.poll_timeout)
-        n = len(messages)
+        if self.concurrent is not None:
+            n = self.concurrent.turn()
+        else:
+            messages = self.consumer.consume(self.options.batch_size,
+                                             self.options.poll_timeout)
+            n = len(messages)
+            if n:
+                self.metrics.batch(n)
+                if self.oversize.singly:
+                    self.oversize.process(messages)
+                else:
+                    self._process(messages)
         if n:
-            self.metrics.batch(n)
-            if self.oversize.singly:
-                self.oversize.process(messages)
-            else:
-                self._process(messages)
             stats = self.stats
             stop = self.dlq_limit.check(stats.consumed, stats.dead_lettered,
                                         stats.dead_letter_reasons)
@@ -594,6 +617,11 @@ class Stage:
             if any(e.topic == self.options.dlq_topic for e in exc.errors):
                 self._pending.clear()
                 raise  # a dead letter too large for its topic: nowhere to put it
+            if self.concurrent is not None:
+                self._pending.clear()
+                raise StageFailed(f"{exc}; a stage with a concurrent handler does not "
+                                  "re-read to dead-letter them: nothing was committed past "
+                                  "them") from exc
             self.oversize.find(exc)
             return
         except DeliveryFailed:
@@ -626,6 +654,8 @@ class Stage:
                 self.consumer.seek(tp, offset)
         rewind_to.clear()
         self._pending.clear()
+        if self.concurrent is not None:
+            self.concurrent.discard()
         for tp in self.retries.clear():
             if tp in self._assigned:
                 self._release(tp)
@@ -648,6 +678,8 @@ class Stage:
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
         lifecycle(logger, "revocation", partitions=partitions, stage=self.options.name)
         try:
+            if self.concurrent is not None:
+                self.concurrent.drain(self.options.drain_timeout, partitions)
             self.commit()
         except ProducerFenced:
             raise
@@ -673,6 +705,8 @@ class Stage:
             self.oversize.singly.pop(tp, None)
             rewind_to.pop(tp, None)
         self.retries.forget(partitions)
+        if self.concurrent is not None:
+            self.concurrent.discard(partitions)
         self.backpressure.forget(partitions)
         self.health.set_assigned(len(self._assigned))
         self.metrics.forget_partitions([tp.partition for tp in partitions])

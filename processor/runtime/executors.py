@@ -1,0 +1,231 @@
+"""Where concurrent handler calls run: an event loop thread, or a pool of threads.
+
+A *call* is one or more `Entry` objects: one record for a per-record handler, a batch
+for a batch handler. An executor runs the call, retries the records that ended with
+`RetryableError` (with the stage's backoff, while their slots stay taken: a record
+waiting for its retry counts toward `max_concurrency`), stores each record's outcome
+and attempts on its entry, and then puts the call's entries on the `completed` queue,
+which the stage thread reads. The stage thread alone decides what the outcomes mean.
+
+* `AsyncExecutor`: `async def` handlers, as tasks on an asyncio event loop that runs in
+  a thread of its own. `handler_timeout` bounds each call (`asyncio.timeout`); a call
+  that outruns it ends with `HandlerTimeout`, a `RetryableError`.
+* `ThreadExecutor`: blocking handlers (and synchronous batch handlers) on a
+  `ThreadPoolExecutor`. A running thread cannot be stopped, so `handler_timeout` does not
+  apply; `drain_timeout` bounds how long a revocation or a shutdown waits for one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, cast
+
+from processor.core.artifact import Artifact
+from processor.core.errors import RetryableError
+from processor.core.handlers import BatchOutcome
+from processor.core.options import RetryPolicy
+from processor.runtime.deadline import HandlerTimeout
+from processor.runtime.inflight import Entry
+
+logger = logging.getLogger(__name__)
+
+Completed = queue.SimpleQueue[list[Entry]]
+
+LOOP_START_TIMEOUT = 10.0
+"""Seconds the event loop thread gets to start."""
+
+
+def _results(result: object, n: int, batch: bool) -> Sequence[BatchOutcome]:
+    """The per-record outcomes of one call's result."""
+    if not batch:
+        return (cast(BatchOutcome, result),)
+    if not isinstance(result, list | tuple) or len(result) != n:
+        got = f"{len(result)} outcomes" if isinstance(result, list | tuple) else (
+            type(result).__name__)
+        return [TypeError(f"a batch handler must return a list of {n} outcomes, one per "
+                          f"artifact; it returned {got}")] * n
+    return cast(Sequence[BatchOutcome], result)
+
+
+def _settle(todo: list[Entry], results: Sequence[BatchOutcome], attempt: int,
+            policy: RetryPolicy) -> list[Entry]:
+    """Store the outcomes of attempt `attempt`; returns the entries to try again."""
+    again: list[Entry] = []
+    for entry, outcome in zip(todo, results, strict=True):
+        entry.attempts = attempt
+        if isinstance(outcome, RetryableError) and attempt < policy.max_attempts:
+            again.append(entry)
+        else:
+            entry.outcome = outcome
+    return again
+
+
+class Executor(ABC):
+    """Runs calls and reports them on `completed`."""
+
+    def __init__(self, handler: Callable[..., Any], batch: bool, policy: RetryPolicy,
+                 completed: Completed) -> None:
+        self.handler = handler
+        self.batch = batch
+        self.policy = policy
+        self.completed = completed
+
+    def _argument(self, todo: list[Entry]) -> object:
+        if self.batch:
+            return [cast(Artifact, e.artifact) for e in todo]
+        return todo[0].artifact
+
+    @abstractmethod
+    def submit(self, calls: list[list[Entry]]) -> None:
+        """Start `calls`; each one's entries arrive on `completed` when it is over."""
+
+    @abstractmethod
+    def cancel(self, entries: Sequence[Entry]) -> None:
+        """Cancel the calls of `entries` where that is possible (their results are
+        ignored in any case)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Cancel what still runs and release the loop or the threads."""
+
+
+class AsyncExecutor(Executor):
+    """`async def` handlers as tasks on an event loop in a thread of its own."""
+
+    def __init__(self, handler: Callable[..., Any], batch: bool, policy: RetryPolicy,
+                 completed: Completed, timeout: float | None, name: str) -> None:
+        super().__init__(handler, batch, policy, completed)
+        self.timeout = timeout
+        self.loop = asyncio.new_event_loop()
+        self._tasks: set[asyncio.Task[None]] = set()
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True,
+                                        name=f"{name}-handlers")
+        self._thread.start()
+        if not ready.wait(LOOP_START_TIMEOUT):
+            raise RuntimeError("the handlers' event loop did not start")
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(ready.set)
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.close()
+
+    def submit(self, calls: list[list[Entry]]) -> None:
+        self.loop.call_soon_threadsafe(self._start, calls)
+
+    def _start(self, calls: list[list[Entry]]) -> None:
+        tasks = self._tasks
+        for entries in calls:
+            task = self.loop.create_task(self._call(entries))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            for entry in entries:
+                entry.handle = task
+
+    async def _attempt(self, todo: list[Entry]) -> Sequence[BatchOutcome]:
+        try:
+            awaitable = cast(Awaitable[object], self.handler(self._argument(todo)))
+            if self.timeout is None:
+                result = await awaitable
+            else:
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        result = await awaitable
+                except TimeoutError:
+                    result = HandlerTimeout(f"the handler did not return within "
+                                            f"{self.timeout}s")
+                    return [result] * len(todo)
+        except Exception as exc:
+            return [exc] * len(todo)
+        return _results(result, len(todo), self.batch)
+
+    async def _call(self, entries: list[Entry]) -> None:
+        todo = entries
+        attempt = 1
+        while True:
+            todo = _settle(todo, await self._attempt(todo), attempt, self.policy)
+            if not todo:
+                break
+            await asyncio.sleep(self.policy.backoff(attempt))
+            attempt += 1
+        self.completed.put(entries)
+
+    def cancel(self, entries: Sequence[Entry]) -> None:
+        tasks = {id(e.handle): e.handle for e in entries
+                 if isinstance(e.handle, asyncio.Task)}
+        if tasks:
+            # A closed loop (RuntimeError) runs nothing any more.
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(self._cancel, list(tasks.values()))
+
+    @staticmethod
+    def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+        for task in tasks:
+            task.cancel()
+
+    def close(self) -> None:
+        if self.loop.is_closed():
+            return
+
+        def stop() -> None:
+            for task in list(self._tasks):
+                task.cancel()
+            self.loop.call_soon(self.loop.stop)  # after the cancelled tasks' last step
+
+        try:
+            self.loop.call_soon_threadsafe(stop)
+        except RuntimeError:  # closed meanwhile
+            return
+        self._thread.join(LOOP_START_TIMEOUT)
+
+
+class ThreadExecutor(Executor):
+    """Blocking handlers on `threads` threads."""
+
+    def __init__(self, handler: Callable[..., Any], batch: bool, policy: RetryPolicy,
+                 completed: Completed, threads: int, name: str) -> None:
+        super().__init__(handler, batch, policy, completed)
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"{name}-handler")
+
+    def _attempt(self, todo: list[Entry]) -> Sequence[BatchOutcome]:
+        try:
+            result = self.handler(self._argument(todo))
+        except Exception as exc:
+            return [exc] * len(todo)
+        return _results(result, len(todo), self.batch)
+
+    def _call(self, entries: list[Entry]) -> None:
+        todo = entries
+        attempt = 1
+        while True:
+            todo = _settle(todo, self._attempt(todo), attempt, self.policy)
+            if not todo:
+                break
+            time.sleep(self.policy.backoff(attempt))  # the backoff, on this call's thread
+            attempt += 1
+        self.completed.put(entries)
+
+    def submit(self, calls: list[list[Entry]]) -> None:
+        for entries in calls:
+            future: Future[None] = self.pool.submit(self._call, entries)
+            for entry in entries:
+                entry.handle = future
+
+    def cancel(self, entries: Sequence[Entry]) -> None:
+        for entry in entries:
+            if isinstance(entry.handle, Future):
+                entry.handle.cancel()  # only one not started yet
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
