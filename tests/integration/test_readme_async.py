@@ -120,11 +120,13 @@ def test_the_readme_async_example_prices_orders_concurrently(
     for topic, partitions in (("in", 3), ("out", 2), ("in.dlq", 1)):
         admin.create_topic(topic, partitions=partitions)
     items = ["tea", "coffee", "cake"]
-    orders = [{"order": i, "item": "durian" if i == 17 else items[i % 3]} for i in range(120)]
+    orders: list[tuple[int, str]] = [(i, "durian" if i == 17 else items[i % 3])
+                                     for i in range(120)]
     producer = broker.producer()
-    for order in orders:
-        artifact = Artifact.new(json.dumps(order), meta={"order": order["order"]})
-        producer.produce("in", CODEC.encode(artifact), b"customer-%d" % (order["order"] % 9))
+    for number, item in orders:
+        artifact = Artifact.new(json.dumps({"order": number, "item": item}),
+                                meta={"order": number})
+        producer.produce("in", CODEC.encode(artifact), b"customer-%d" % (number % 9))
     producer.flush()
 
     options = StageOptions(name="pricing", input_topic="in", output_topic="out",
@@ -141,7 +143,7 @@ def test_the_readme_async_example_prices_orders_concurrently(
     dead = [m for m in got if m.topic() == "in.dlq"]
     priced = {CODEC.decode(m.value() or b"").get("order", -1):
               CODEC.decode(m.value() or b"").get("price") for m in out}
-    assert priced == {o["order"]: PRICES[o["item"]] for o in orders if o["item"] in PRICES}
+    assert priced == {number: PRICES[item] for number, item in orders if item in PRICES}
     per_key: dict[bytes | None, list[int]] = {}
     for m in out:
         per_key.setdefault(m.key(), []).append(CODEC.decode(m.value() or b"").get("order", -1))
