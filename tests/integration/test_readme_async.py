@@ -55,7 +55,7 @@ class PriceService(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.running = 0
         self.most_at_once = 0
-        self.served = 0
+        self.requests = 0
 
 
 class PriceHandler(BaseHTTPRequestHandler):
@@ -65,6 +65,7 @@ class PriceHandler(BaseHTTPRequestHandler):
         server = self.server
         with server.lock:
             server.running += 1
+            server.requests += 1
             server.most_at_once = max(server.most_at_once, server.running)
         try:
             time.sleep(LATENCY)  # the service's latency, not a synchronisation
@@ -82,7 +83,6 @@ class PriceHandler(BaseHTTPRequestHandler):
         finally:
             with server.lock:
                 server.running -= 1
-                server.served += 1
 
     def log_message(self, format: str, *args: object) -> None:
         pass  # quiet: the test reads the counts
@@ -149,7 +149,7 @@ def test_the_readme_async_example_prices_orders_concurrently(
         per_key.setdefault(m.key(), []).append(CODEC.decode(m.value() or b"").get("order", -1))
     assert all(seq == sorted(seq) for seq in per_key.values())
     assert [dict(m.headers() or [])["dlq.reason"] for m in dead] == [b"invalid"]
-    assert price_service.served == len(orders)
+    assert price_service.requests == len(orders)
     assert price_service.most_at_once >= 10, "the calls did not overlap"
 
 
