@@ -31,7 +31,7 @@ import workload
 from processor.backends.kafka import KafkaBroker
 from processor.core.artifact import Artifact
 from processor.core.handlers import AnyHandler, BatchOutcome
-from processor.core.options import StageOptions
+from processor.core.options import HandlerMode, StageOptions
 from processor.runtime.build import StageSetup, build_stage
 from processor.runtime.contracts import stage_codec
 
@@ -55,7 +55,7 @@ def cpu_batch(artifacts: list[Artifact]) -> list[BatchOutcome]:
     return [transform(a) for a in artifacts]
 
 
-MODES: dict[str, tuple[AnyHandler, str]] = {
+MODES: dict[str, tuple[AnyHandler, HandlerMode]] = {
     "io-sync": (io_blocking, "sync"),
     "io-threads": (io_blocking, "threads"),
     "io-async": (io_async, "async"),
