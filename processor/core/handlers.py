@@ -46,7 +46,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Final, NamedTuple, TypeAlias, TypeVar
 
 from processor.core.artifact import Artifact
-from processor.core.errors import HandlerNotFound
+from processor.core.errors import ConfigError, HandlerNotFound
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +142,10 @@ class Chain:
     def __init__(self, handlers: Sequence[Handler]) -> None:
         if not handlers:
             raise ValueError("a chain needs at least one handler")
+        odd = [handler_name(h) for h in handlers if is_async_handler(h) or is_batch_handler(h)]
+        if odd:
+            raise ConfigError(f"{', '.join(odd)}: an async or batch handler runs alone, "
+                              "not in a chain of handlers")
         self._handlers = tuple(handlers)
         self.names = tuple(handler_name(h) for h in handlers)
 

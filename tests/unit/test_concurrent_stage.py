@@ -28,6 +28,7 @@ from tests.unit.stage_support import (
     read_all,
     seqs,
 )
+from tests.unit.test_stage_rewind import fail_next_commit
 
 
 def keyed_feed(n: int, keys: int = 7) -> tuple[list[bytes], list[bytes]]:
@@ -288,3 +289,73 @@ def test_inflight_releases_by_lane_and_commits_the_prefix() -> None:
     released, moved = flight.release([entries[0]])
     assert released == [entries[0]] and moved == {tp: 2}
     assert flight.first_offsets() == {tp: 2} and len(flight) == 2
+
+
+def test_an_aborted_transaction_drops_calls_in_flight_and_reads_them_again() -> None:
+    broker = make_broker(partitions=1)
+    values, keys = keyed_feed(12, keys=12)
+    feed(broker, values, keys)
+    release = threading.Event()
+    calls: dict[int, int] = defaultdict(int)
+
+    def handler(a: Artifact) -> Outcome:
+        seq = a.get("seq", 0)
+        calls[seq] += 1
+        if seq == 6 and calls[seq] == 1:
+            release.wait(10)  # in flight across the failing commit
+        return a
+
+    stage = Stage(options(guarantee="exactly-once", handler_mode="threads",
+                          max_concurrency=20, commit_interval=3600), broker, handler)
+    failures = fail_next_commit(stage)
+    stage.start()
+    deadline = time.monotonic() + 10
+    while stage.stats.passed < 6 and time.monotonic() < deadline:
+        stage.run_once()
+    assert stage.concurrent is not None and stage.concurrent.busy
+    stage.commit()  # fails: aborted, rewound, the calls in flight dropped
+    assert failures == [1]
+    assert not stage.concurrent.busy
+    release.set()
+    stage.run(idle_timeout=0.3)
+    out = read_all(broker, "out", read_committed=True)
+    assert sorted(seqs(out)) == list(range(12))  # each once: the aborted ones are gone
+    assert calls[6] == 2 and calls[0] == 2
+    assert committed(broker) == {TopicPartition("in", 0): 12}
+
+
+def test_every_slot_taken_by_a_stuck_call_pauses_the_partitions_until_it_returns() -> None:
+    broker = make_broker(partitions=1)
+    values, keys = keyed_feed(30, keys=30)
+    feed(broker, values, keys)
+    release = threading.Event()
+
+    def handler(a: Artifact) -> Outcome:
+        if a.get("seq", 0) == 0:
+            release.wait(10)
+        return a
+
+    stage = Stage(options(handler_mode="threads", max_concurrency=5, poll_timeout=0.01),
+                  broker, handler)
+    stage.start()
+    deadline = time.monotonic() + 10
+    while not stage.consumer.paused() and time.monotonic() < deadline:
+        stage.run_once()
+    assert stage.consumer.paused() == [TopicPartition("in", 0)]
+    assert stage.concurrent is not None and len(stage.concurrent.inflight) == 5
+    release.set()
+    deadline = time.monotonic() + 10
+    while stage.consumer.paused() and time.monotonic() < deadline:
+        stage.run_once()
+    assert stage.consumer.paused() == []
+    stage.run(idle_timeout=0.3)
+    assert sorted(seqs(read_all(broker, "out"))) == list(range(30))
+
+
+def test_an_async_handler_is_refused_in_a_chain() -> None:
+    from processor.core.errors import ConfigError
+    from processor.core.handlers import chain
+    from tests.unit.stage_support import identity
+
+    with pytest.raises(ConfigError, match="runs alone"):
+        chain(identity, slow_reverse)  # type: ignore[arg-type]
