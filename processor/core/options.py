@@ -165,9 +165,9 @@ class StageOptions:
                     "the loop), sync, async (on an event loop), or threads (a blocking "
                     "handler on max_concurrency threads)")] = "auto"
     max_concurrency: Annotated[Count, Field(
-        ge=1, le=100_000, description="async or threaded handlers: records in flight at "
-        "once (called, or handled and waiting for an earlier one); batch handlers: "
-        "batches in flight", json_schema_extra={"metavar": "N"})] = 100
+        ge=1, le=100_000, description="async or threaded handlers: calls in flight at "
+        "once (threads: the number of threads); batch handlers: batches in flight",
+        json_schema_extra={"metavar": "N"})] = 100
     order: Annotated[Order, Field(
         description="concurrent handlers: outputs leave in input order per key, or per "
                     "partition (exactly-once always keeps partition order)")] = "key"

@@ -7,14 +7,17 @@ at a time. Any other handler runs through `ConcurrentLoop`, which takes the plac
 1. the results of finished calls are collected, and the outputs of every record that may
    leave now (`processor.runtime.inflight`: in order per key, or per partition) are
    produced, or the record dead-lettered or dropped, as `_process` would;
-2. records are consumed, no more than there is room for (`max_concurrency` records in
-   flight; a batch handler: that many batches), decoded in the loop and handed to the
+2. records are consumed, no more than there is room for (`max_concurrency` calls in
+   flight, a batch handler's being batches; and, counting the records done but waiting
+   for an earlier one to leave, `HELD_FACTOR` times that), decoded in the loop (handed
+   over in chunks as they decode, so that the loop's work overlaps the calls' waiting)
+   and handed to the
    executor (`processor.runtime.executors`): an event loop for `async def` handlers,
    threads for blocking ones (`handler_mode: threads`) and synchronous batch handlers.
    A batch handler's calls gather `handler_batch_size` records, or fewer once the
    first of them has waited `handler_batch_wait` seconds.
 
-When nothing finishes while every slot is taken, the stage pauses its partitions (the
+When nothing finishes while there is no room, the stage pauses its partitions (the
 consumer keeps polling, so the member stays in its group) and resumes them when half the
 slots are free. Records in flight also count toward `max_in_flight` (backpressure).
 
@@ -74,6 +77,14 @@ SYNC_BATCH_CALLS = 2
 gathering (a CPU-bound handler gains nothing from more threads)."""
 
 
+HELD_FACTOR = 4
+"""Records in flight (in calls, or done and waiting for an earlier record to leave) may
+be this many times `max_concurrency`: a slow record holds back memory, not calls."""
+
+SUBMIT_CHUNK = 16
+"""Calls handed to the executor at once while a batch is decoded."""
+
+
 def runs_concurrently(handler: object, options: StageOptions) -> bool:
     """Whether `handler` runs through `ConcurrentLoop` rather than the loop's own path."""
     mode = options.handler_mode
@@ -127,6 +138,11 @@ class ConcurrentLoop:
             self.executor = ThreadExecutor(fn, self.batch, options.retry, self.completed,
                                            calls, options.name)
         self.capacity = calls * (options.handler_batch_size if self.batch else 1)
+        """Records in handler calls at most (`max_concurrency`, times the batch size)."""
+        self.held_capacity = HELD_FACTOR * self.capacity
+        """Records in flight at most, counting those done and waiting for an earlier one."""
+        self.calls = 0
+        """Records handed to the executor (or gathering into a batch), not yet done."""
         self.forming: list[Entry] = []
         self.forming_since = 0.0
         self.paused: set[TopicPartition] = set()
@@ -141,12 +157,12 @@ class ConcurrentLoop:
         opts = self.options
         self.collect(0.0)
         self._gather_due()
-        room = self.capacity - self.inflight.count
+        room = self._room()
         if room <= 0:
             self._dispatch()  # a partial batch must not wait for room it takes itself
             if not self.collect(opts.poll_timeout):
                 self._pause()
-            room = self.capacity - self.inflight.count
+            room = self._room()
             if room <= 0 and not self.paused:
                 return 0
         elif self.paused and room * 2 >= self.capacity:
@@ -165,6 +181,9 @@ class ConcurrentLoop:
             self.collect(wait)
             self._gather_due()
         return len(messages)
+
+    def _room(self) -> int:
+        return min(self.capacity - self.calls, self.held_capacity - self.inflight.count)
 
     def submit(self, messages: Sequence[Message]) -> None:
         """Decode `messages` and hand them to the executor (a record that does not
@@ -197,6 +216,7 @@ class ConcurrentLoop:
                 entry.attempts = 1
                 failed.append(entry)
                 continue
+            self.calls += 1
             if batch:
                 if not self.forming:
                     self.forming_since = time.monotonic()
@@ -206,6 +226,11 @@ class ConcurrentLoop:
                     self.forming = []
             else:
                 calls.append([entry])
+            if len(calls) >= SUBMIT_CHUNK:
+                # Start the first calls while the rest decode: the calls of a batch then
+                # finish spread out, and the loop's work overlaps their waiting.
+                self.executor.submit(calls)
+                calls = []
         stage.stats.consumed += len(messages)
         stage.stats.bytes_in += bytes_in
         stage.metrics.consumed(len(messages), bytes_in)
@@ -244,8 +269,12 @@ class ConcurrentLoop:
         return len(done)
 
     def _finished(self, done: list[Entry]) -> None:
+        calls = 0
         for entry in done:
             entry.done = True
+            if entry.artifact is not None:
+                calls += 1
+        self.calls -= calls
         released, moved = self.inflight.release(done)
         if released:
             self._emit(released)
@@ -395,6 +424,7 @@ class ConcurrentLoop:
             gone = set(tps)
             self.forming = [e for e in self.forming if e.tp not in gone]
             self.paused.difference_update(gone)
+        self.calls -= sum(1 for e in dropped if not e.done and e.artifact is not None)
         if dropped:
             self.cancelled_calls += len(dropped)
             self.executor.cancel(dropped)

@@ -106,6 +106,7 @@ class AsyncExecutor(Executor):
         self.timeout = timeout
         self.loop = asyncio.new_event_loop()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._finished: list[Entry] = []
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True,
                                         name=f"{name}-handlers")
@@ -159,7 +160,14 @@ class AsyncExecutor(Executor):
                 break
             await asyncio.sleep(self.policy.backoff(attempt))
             attempt += 1
-        self.completed.put(entries)
+        # Calls finishing in one turn of the event loop reach the stage as one item.
+        if not self._finished:
+            self.loop.call_soon(self._report)
+        self._finished.extend(entries)
+
+    def _report(self) -> None:
+        finished, self._finished = self._finished, []
+        self.completed.put(finished)
 
     def cancel(self, entries: Sequence[Entry]) -> None:
         tasks = {id(e.handle): e.handle for e in entries
