@@ -65,6 +65,7 @@ from processor.ops.metrics import PAUSE_BACKPRESSURE
 from processor.runtime.dead_letters import Reason
 from processor.runtime.executors import AsyncExecutor, Completed, Executor, ThreadExecutor
 from processor.runtime.inflight import Entry, InFlight
+from processor.runtime.stage_events import StageFailed
 from processor.runtime.stats import report_batch
 
 if TYPE_CHECKING:
@@ -321,8 +322,6 @@ class ConcurrentLoop:
             for output, out in pairs:
                 topic = outputs.get(output)
                 if topic is None:
-                    from processor.runtime.stage import StageFailed
-
                     raise StageFailed(
                         f"stage {self.options.name}: a handler routed to output "
                         f"{output or '<default>'!r}, which is not configured (known: "
