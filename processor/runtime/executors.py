@@ -10,9 +10,12 @@ which the stage thread reads. The stage thread alone decides what the outcomes m
 * `AsyncExecutor`: `async def` handlers, as tasks on an asyncio event loop that runs in
   a thread of its own. `handler_timeout` bounds each call (`asyncio.timeout`); a call
   that outruns it ends with `HandlerTimeout`, a `RetryableError`.
-* `ThreadExecutor`: blocking handlers (and synchronous batch handlers) on a
-  `ThreadPoolExecutor`. A running thread cannot be stopped, so `handler_timeout` does not
-  apply; `drain_timeout` bounds how long a revocation or a shutdown waits for one.
+* `ThreadExecutor`: blocking handlers (and synchronous batch handlers) on threads of its
+  own. A running thread cannot be stopped, so `handler_timeout` does not apply;
+  `drain_timeout` bounds how long a revocation or a shutdown waits for one. The threads
+  are daemon threads, hand-written rather than a `ThreadPoolExecutor`, whose threads the
+  interpreter joins at exit: one handler stuck in a blocking call would then keep the
+  process from ever exiting (`runtime/deadline.py` makes the same choice).
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, cast
 
 from processor.core.artifact import Artifact
@@ -199,12 +201,19 @@ class AsyncExecutor(Executor):
 
 
 class ThreadExecutor(Executor):
-    """Blocking handlers on `threads` threads."""
+    """Blocking handlers on `threads` daemon threads, started as calls need them."""
 
     def __init__(self, handler: Callable[..., Any], batch: bool, policy: RetryPolicy,
                  completed: Completed, threads: int, name: str) -> None:
         super().__init__(handler, batch, policy, completed)
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"{name}-handler")
+        self.name = name
+        self.most = threads
+        self._queue: queue.SimpleQueue[list[Entry] | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._backlog = 0
+        """Calls queued and not taken by a thread yet."""
+        self._lock = threading.Lock()
 
     def _attempt(self, todo: list[Entry]) -> Sequence[BatchOutcome]:
         try:
@@ -224,16 +233,38 @@ class ThreadExecutor(Executor):
             attempt += 1
         self.completed.put(entries)
 
+    def _work(self) -> None:
+        while True:
+            entries = self._queue.get()
+            if entries is None:
+                return
+            with self._lock:
+                self._idle -= 1
+                self._backlog -= 1
+            if not all(e.cancelled for e in entries):  # a cancelled call never starts
+                try:
+                    self._call(entries)
+                except BaseException:
+                    logger.exception("stage %s: a handler thread failed", self.name)
+            with self._lock:
+                self._idle += 1
+
     def submit(self, calls: list[list[Entry]]) -> None:
         for entries in calls:
-            future: Future[None] = self.pool.submit(self._call, entries)
-            for entry in entries:
-                entry.handle = future
+            with self._lock:
+                self._backlog += 1
+                if self._backlog > self._idle and len(self._threads) < self.most:
+                    thread = threading.Thread(target=self._work, daemon=True,
+                                              name=f"{self.name}-handler-{len(self._threads)}")
+                    self._threads.append(thread)
+                    self._idle += 1
+                    thread.start()
+            self._queue.put(entries)
 
     def cancel(self, entries: Sequence[Entry]) -> None:
-        for entry in entries:
-            if isinstance(entry.handle, Future):
-                entry.handle.cancel()  # only one not started yet
+        """Nothing to do: a call whose entries are all cancelled is skipped when a thread
+        takes it, and one already running cannot be stopped."""
 
     def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        for _ in self._threads:
+            self._queue.put(None)  # each thread ends after the call it runs, if any
