@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from processor.backends.abstract import Message, TopicPartition
+from processor.core.artifact import Artifact
 from processor.core.errors import (
     ChecksumMismatch,
     DecodeError,
@@ -77,6 +78,8 @@ SYNC_BATCH_CALLS = 2
 """Calls in flight of a synchronous batch handler in `auto` mode: one running, one
 gathering (a CPU-bound handler gains nothing from more threads)."""
 
+
+_NO_PARTITION = TopicPartition("", -1)
 
 HELD_FACTOR = 4
 """Records in flight (in calls, or done and waiting for an earlier record to leave) may
@@ -201,8 +204,11 @@ class ConcurrentLoop:
         bytes_in = 0
         if eos:
             stage.commits.open()
+        tp = _NO_PARTITION
         for msg in messages:
-            tp = TopicPartition(msg.topic(), msg.partition())
+            partition = msg.partition()
+            if partition != tp.partition or msg.topic() != tp.topic:
+                tp = TopicPartition(msg.topic(), partition)  # once per run of a partition
             if eos and tp not in rewind_to:
                 rewind_to[tp] = msg.offset()
             value = msg.value() or b""
@@ -296,6 +302,9 @@ class ConcurrentLoop:
         outputs = stage._outputs
         default_topic = outputs[DEFAULT_OUTPUT]
         produced = passed = dropped = bytes_out = retried = 0
+        artifact_type = Artifact
+        encode = codec.encode
+        out_headers = codec.headers
         routed: dict[str, list[int]] = {}
         for entry in entries:
             msg = entry.msg
@@ -308,6 +317,19 @@ class ConcurrentLoop:
             artifact = entry.artifact
             if result is None:
                 dropped += 1
+                continue
+            if type(result) is artifact_type and default_topic is not None:
+                # One artifact for the default output: the common enrich (or, unchanged,
+                # the original bytes).
+                if result is artifact and passthrough:
+                    data = msg.value() or b""
+                    produce(default_topic, data, msg.key(), msg.headers())
+                else:
+                    data = encode(result)
+                    produce(default_topic, data, msg.key(), out_headers(msg.headers()))
+                bytes_out += len(data)
+                produced += 1
+                passed += 1
                 continue
             try:
                 pairs = outcomes(result)

@@ -107,7 +107,6 @@ class AsyncExecutor(Executor):
         super().__init__(handler, batch, policy, completed)
         self.timeout = timeout
         self.loop = asyncio.new_event_loop()
-        self._tasks: set[asyncio.Task[None]] = set()
         self._finished: list[Entry] = []
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True,
@@ -128,13 +127,35 @@ class AsyncExecutor(Executor):
         self.loop.call_soon_threadsafe(self._start, calls)
 
     def _start(self, calls: list[list[Entry]]) -> None:
-        tasks = self._tasks
-        for entries in calls:
-            task = self.loop.create_task(self._call(entries))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            for entry in entries:
-                entry.handle = task
+        # The entries hold their tasks (asyncio keeps only weak references to them): a
+        # task lives as long as its record is in flight, or until it is cancelled.
+        create_task = self.loop.create_task
+        if self.batch or self.timeout is not None:
+            for entries in calls:
+                task = create_task(self._call(entries))
+                for entry in entries:
+                    entry.handle = task
+        else:
+            for entries in calls:
+                entries[0].handle = create_task(self._one(entries))
+
+    async def _one(self, entries: list[Entry]) -> None:
+        """One record, no deadline: the common case, with the fewest frames."""
+        entry = entries[0]
+        try:
+            entry.outcome = await self.handler(entry.artifact)
+        except RetryableError as exc:
+            if self.policy.max_attempts > 1:
+                await asyncio.sleep(self.policy.backoff(1))
+                await self._call(entries, attempt=2)
+                return
+            entry.outcome = exc
+        except Exception as exc:
+            entry.outcome = exc
+        entry.attempts = 1
+        if not self._finished:
+            self.loop.call_soon(self._report)
+        self._finished.append(entry)
 
     async def _attempt(self, todo: list[Entry]) -> Sequence[BatchOutcome]:
         try:
@@ -153,9 +174,8 @@ class AsyncExecutor(Executor):
             return [exc] * len(todo)
         return _results(result, len(todo), self.batch)
 
-    async def _call(self, entries: list[Entry]) -> None:
+    async def _call(self, entries: list[Entry], attempt: int = 1) -> None:
         todo = entries
-        attempt = 1
         while True:
             todo = _settle(todo, await self._attempt(todo), attempt, self.policy)
             if not todo:
@@ -189,7 +209,7 @@ class AsyncExecutor(Executor):
             return
 
         def stop() -> None:
-            for task in list(self._tasks):
+            for task in asyncio.all_tasks(self.loop):
                 task.cancel()
             self.loop.call_soon(self.loop.stop)  # after the cancelled tasks' last step
 
