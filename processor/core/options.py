@@ -161,8 +161,8 @@ class StageOptions:
         gt=0, description="seconds a shutdown may take to drain and commit",
         json_schema_extra={"metavar": "SECONDS"})] = 30.0
     handler_mode: Annotated[HandlerMode, Field(
-        description="how the handler runs: auto (async for an async def handler, else in "
-                    "the loop), sync, async (on an event loop), or threads (a blocking "
+        description="how the handler runs: auto (an async def handler on an event loop, "
+                    "any other in the loop's thread), sync, async, or threads (a blocking "
                     "handler on max_concurrency threads)")] = "auto"
     max_concurrency: Annotated[Count, Field(
         ge=1, le=100_000, description="async or threaded handlers: calls in flight at "

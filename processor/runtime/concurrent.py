@@ -11,9 +11,9 @@ at a time. Any other handler runs through `ConcurrentLoop`, which takes the plac
    flight, a batch handler's being batches; and, counting the records done but waiting
    for an earlier one to leave, `HELD_FACTOR` times that), decoded in the loop (handed
    over in chunks as they decode, so that the loop's work overlaps the calls' waiting)
-   and handed to the
-   executor (`processor.runtime.executors`): an event loop for `async def` handlers,
-   threads for blocking ones (`handler_mode: threads`) and synchronous batch handlers.
+   and handed to the executor (`processor.runtime.executors`): an event loop for
+   `async def` handlers, threads for blocking ones (`handler_mode: threads`), and the
+   loop's own thread for a synchronous batch handler (its retries on a thread).
    A batch handler's calls gather `handler_batch_size` records, or fewer once the
    first of them has waited `handler_batch_wait` seconds.
 
@@ -64,7 +64,13 @@ from processor.core.options import StageOptions
 from processor.ops.logs import lifecycle
 from processor.ops.metrics import PAUSE_BACKPRESSURE
 from processor.runtime.dead_letters import Reason
-from processor.runtime.executors import AsyncExecutor, Completed, Executor, ThreadExecutor
+from processor.runtime.executors import (
+    AsyncExecutor,
+    Completed,
+    Executor,
+    InlineExecutor,
+    ThreadExecutor,
+)
 from processor.runtime.inflight import Entry, InFlight
 from processor.runtime.stage_events import StageFailed
 from processor.runtime.stats import report_batch
@@ -75,8 +81,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SYNC_BATCH_CALLS = 2
-"""Calls in flight of a synchronous batch handler in `auto` mode: one running, one
-gathering (a CPU-bound handler gains nothing from more threads)."""
+"""Batches in flight of a synchronous batch handler outside `threads` mode, which runs
+in the loop's thread (`InlineExecutor`): one gathering, one waiting for a retry."""
 
 
 _NO_PARTITION = TopicPartition("", -1)
@@ -136,9 +142,11 @@ class ConcurrentLoop:
         if is_async:
             self.executor = AsyncExecutor(fn, self.batch, options.retry, self.completed,
                                           options.handler_timeout, options.name)
+        elif self.batch and options.handler_mode != "threads":
+            calls = SYNC_BATCH_CALLS
+            self.executor = InlineExecutor(fn, self.batch, options.retry, self.completed,
+                                           calls, options.name)
         else:
-            if self.batch and options.handler_mode != "threads":
-                calls = SYNC_BATCH_CALLS
             self.executor = ThreadExecutor(fn, self.batch, options.retry, self.completed,
                                            calls, options.name)
         self.capacity = calls * (options.handler_batch_size if self.batch else 1)

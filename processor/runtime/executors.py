@@ -10,7 +10,9 @@ which the stage thread reads. The stage thread alone decides what the outcomes m
 * `AsyncExecutor`: `async def` handlers, as tasks on an asyncio event loop that runs in
   a thread of its own. `handler_timeout` bounds each call (`asyncio.timeout`); a call
   that outruns it ends with `HandlerTimeout`, a `RetryableError`.
-* `ThreadExecutor`: blocking handlers (and synchronous batch handlers) on threads of its
+* `InlineExecutor`: a synchronous batch handler, in the stage's thread; the records
+  that asked for a retry wait out their backoff on a thread.
+* `ThreadExecutor`: blocking handlers (`handler_mode: threads`) on threads of its
   own. A running thread cannot be stopped, so `handler_timeout` does not apply;
   `drain_timeout` bounds how long a revocation or a shutdown waits for one. The threads
   are daemon threads, hand-written rather than a `ThreadPoolExecutor`, whose threads the
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import queue
 import threading
@@ -228,7 +231,8 @@ class ThreadExecutor(Executor):
         super().__init__(handler, batch, policy, completed)
         self.name = name
         self.most = threads
-        self._queue: queue.SimpleQueue[list[Entry] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[list[Entry], Callable[[], None]] | None] = (
+            queue.SimpleQueue())
         self._threads: list[threading.Thread] = []
         self._idle = 0
         self._backlog = 0
@@ -242,28 +246,32 @@ class ThreadExecutor(Executor):
             return [exc] * len(todo)
         return _results(result, len(todo), self.batch)
 
-    def _call(self, entries: list[Entry]) -> None:
-        todo = entries
-        attempt = 1
+    def _call(self, entries: list[Entry], todo: list[Entry] | None = None,
+              attempt: int = 1) -> None:
+        """Attempt `todo` (default: all `entries`) from attempt number `attempt` on,
+        with the backoff before each retry, then report `entries`."""
+        todo = entries if todo is None else todo
         while True:
+            if attempt > 1:
+                time.sleep(self.policy.backoff(attempt - 1))  # on this call's thread
             todo = _settle(todo, self._attempt(todo), attempt, self.policy)
             if not todo:
                 break
-            time.sleep(self.policy.backoff(attempt))  # the backoff, on this call's thread
             attempt += 1
         self.completed.put(entries)
 
     def _work(self) -> None:
         while True:
-            entries = self._queue.get()
-            if entries is None:
+            item = self._queue.get()
+            if item is None:
                 return
+            entries, call = item
             with self._lock:
                 self._idle -= 1
                 self._backlog -= 1
             if not all(e.cancelled for e in entries):  # a cancelled call never starts
                 try:
-                    self._call(entries)
+                    call()
                 except BaseException:
                     logger.exception("stage %s: a handler thread failed", self.name)
             with self._lock:
@@ -271,15 +279,18 @@ class ThreadExecutor(Executor):
 
     def submit(self, calls: list[list[Entry]]) -> None:
         for entries in calls:
-            with self._lock:
-                self._backlog += 1
-                if self._backlog > self._idle and len(self._threads) < self.most:
-                    thread = threading.Thread(target=self._work, daemon=True,
-                                              name=f"{self.name}-handler-{len(self._threads)}")
-                    self._threads.append(thread)
-                    self._idle += 1
-                    thread.start()
-            self._queue.put(entries)
+            self._put(entries, functools.partial(self._call, entries))
+
+    def _put(self, entries: list[Entry], call: Callable[[], None]) -> None:
+        with self._lock:
+            self._backlog += 1
+            if self._backlog > self._idle and len(self._threads) < self.most:
+                thread = threading.Thread(target=self._work, daemon=True,
+                                          name=f"{self.name}-handler-{len(self._threads)}")
+                self._threads.append(thread)
+                self._idle += 1
+                thread.start()
+        self._queue.put((entries, call))
 
     def cancel(self, entries: Sequence[Entry]) -> None:
         """Nothing to do: a call whose entries are all cancelled is skipped when a thread
@@ -288,3 +299,22 @@ class ThreadExecutor(Executor):
     def close(self) -> None:
         for _ in self._threads:
             self._queue.put(None)  # each thread ends after the call it runs, if any
+
+
+class InlineExecutor(ThreadExecutor):
+    """A synchronous batch handler: each batch is handled in the stage's own thread when
+    it is handed over (a CPU-bound handler gains nothing from another thread, and loses
+    the hand-over); only the records that raised `RetryableError` go to a thread, which
+    waits out the backoff and tries them again."""
+
+    def submit(self, calls: list[list[Entry]]) -> None:
+        finished: list[Entry] = []
+        for entries in calls:
+            again = _settle(entries, self._attempt(entries), 1, self.policy)
+            if again:
+                self._put(entries, functools.partial(self._call, entries, again, 2))
+            else:
+                finished.extend(entries)
+        if finished:
+            self.completed.put(finished)
+

@@ -362,3 +362,26 @@ def test_an_async_handler_is_refused_in_a_chain() -> None:
 
     with pytest.raises(ConfigError, match="runs alone"):
         chain(identity, slow_reverse)  # type: ignore[arg-type]
+
+
+def test_a_batch_handler_retries_only_the_records_that_asked_for_it() -> None:
+    broker = make_broker(partitions=1)
+    values, keys = keyed_feed(20, keys=1)
+    feed(broker, values, keys)
+    seen: list[list[int]] = []
+
+    def batch(items: list[Artifact]) -> list[BatchOutcome]:
+        seqs_in = [a.get("seq", 0) for a in items]
+        seen.append(seqs_in)
+        first = len(seen) == 1
+        return [RetryableError("busy") if first and a.get("seq", 0) in (3, 4) else a
+                for a in items]
+
+    stage = Stage(options(handler_batch_size=20, handler_batch_wait=0.0, batch_size=20,
+                          retry=RetryPolicy(max_attempts=3, initial_backoff=0.01, jitter=0)),
+                  broker, batch)
+    run_until_idle(stage)
+    assert seen[0] == list(range(20)) and seen[1] == [3, 4]
+    assert seqs(read_all(broker, "out")) == list(range(20))  # one key: in order
+    assert stage.stats.retried == 2
+    assert committed(broker) == {TopicPartition("in", 0): 20}
