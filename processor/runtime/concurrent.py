@@ -47,6 +47,7 @@ from processor.backends.abstract import Message, TopicPartition
 from processor.core.artifact import Artifact
 from processor.core.errors import (
     ChecksumMismatch,
+    ConfigError,
     DecodeError,
     InvalidArtifact,
     RetryableError,
@@ -96,11 +97,20 @@ SUBMIT_CHUNK = 16
 
 
 def runs_concurrently(handler: object, options: StageOptions) -> bool:
-    """Whether `handler` runs through `ConcurrentLoop` rather than the loop's own path."""
+    """Whether `handler` runs through `ConcurrentLoop` rather than the loop's own path;
+    a `ConfigError` when `handler_mode` does not fit the handler (the stage checks this
+    before it makes its clients)."""
     mode = options.handler_mode
+    is_async = is_async_handler(handler)
+    if mode == "async" and not is_async:
+        raise ConfigError(f"stage {options.name}: handler_mode async needs an async def "
+                          "handler")
+    if mode in ("sync", "threads") and is_async:
+        raise ConfigError(f"stage {options.name}: an async def handler cannot run with "
+                          f"handler_mode {mode}")
     if mode == "sync":
         return is_batch_handler(handler)
-    return mode != "auto" or is_async_handler(handler) or is_batch_handler(handler)
+    return mode != "auto" or is_async or is_batch_handler(handler)
 
 
 def _reason(error: BaseException) -> str | None:
@@ -128,12 +138,6 @@ class ConcurrentLoop:
         self.options = options
         self.batch = is_batch_handler(handler)
         is_async = is_async_handler(handler)
-        if options.handler_mode == "async" and not is_async:
-            raise ValueError(f"stage {options.name}: handler_mode async needs an async def "
-                             "handler")
-        if options.handler_mode in ("sync", "threads") and is_async:
-            raise ValueError(f"stage {options.name}: an async def handler cannot run with "
-                             f"handler_mode {options.handler_mode}")
         self.inflight = InFlight(by_key=options.order == "key" and not stage._eos)
         self.completed: Completed = queue.SimpleQueue()
         calls = options.max_concurrency

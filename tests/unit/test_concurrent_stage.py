@@ -385,3 +385,13 @@ def test_a_batch_handler_retries_only_the_records_that_asked_for_it() -> None:
     assert seqs(read_all(broker, "out")) == list(range(20))  # one key: in order
     assert stage.stats.retried == 2
     assert committed(broker) == {TopicPartition("in", 0): 20}
+
+
+def test_a_handler_mode_that_does_not_fit_the_handler_is_a_config_error() -> None:
+    from processor.core.errors import ConfigError
+
+    broker = make_broker()
+    with pytest.raises(ConfigError, match="needs an async def handler"):
+        Stage(options(handler_mode="async"), broker, lambda a: a)
+    with pytest.raises(ConfigError, match="cannot run with handler_mode threads"):
+        Stage(options(handler_mode="threads"), broker, slow_reverse)
