@@ -395,3 +395,20 @@ def test_a_handler_mode_that_does_not_fit_the_handler_is_a_config_error() -> Non
         Stage(options(handler_mode="async"), broker, lambda a: a)
     with pytest.raises(ConfigError, match="cannot run with handler_mode threads"):
         Stage(options(handler_mode="threads"), broker, slow_reverse)
+
+
+def test_outputs_refused_as_too_large_stop_a_concurrent_stage_uncommitted() -> None:
+    from processor.runtime.stage import StageFailed
+    from tests.unit.test_too_large import broker_with_small_output, feed_sizes
+
+    broker = broker_with_small_output()
+    feed_sizes(broker, [10, 10, 5000, 10])
+
+    async def grow(a: Artifact) -> Outcome:
+        return a.with_payload(a.payload * 10)
+
+    stage = Stage(options(), broker, grow)
+    with pytest.raises(StageFailed, match="does not re-read"):
+        stage.run(idle_timeout=0.5)
+    # The big record is the second of partition 0 (offset 1): nothing past it committed.
+    assert committed(broker).get(TopicPartition("in", 0), 0) <= 1
