@@ -75,6 +75,15 @@ CONTENDERS = (
               "(Ed25519) and verified", 1),
     Contender("project-seal", "project, at-least-once, 1 process, every payload sealed "
               "(X25519, AES-256-GCM) and opened", 1),
+    # Concurrent handlers (contender_concurrency.py); the io-* rows read a smaller input
+    # (--io-count): the sync one handles about 200 records/s.
+    Contender("io-sync", "project, I/O-bound (5 ms blocking call), sync handler", 1),
+    Contender("io-threads-100", "project, I/O-bound (5 ms blocking call), 100 threads", 1),
+    Contender("io-async-100", "project, I/O-bound (asyncio.sleep 5 ms), async, 100 in flight",
+              1),
+    Contender("io-async-1000", "project, I/O-bound (asyncio.sleep 5 ms), async, 1000 in "
+              "flight", 1),
+    Contender("cpu-batch", "project, at-least-once, 1 process, batch handler", 1),
 )
 SECURITY_ROWS = {"project-sign": "sign", "project-seal": "seal"}
 KEYS = tuple(c.key for c in CONTENDERS)
@@ -176,6 +185,12 @@ def commands(contender: Contender, run: Run, output: str, group: str,
         codec = {"ceiling-codec": "project", "raw": "raw"}.get(contender.key, "fastavro")
         return [[sys.executable, str(HERE / "contender_ceiling.py"), *common,
                  "--result", result[i], "--codec", codec] for i in range(contender.processes)]
+    if contender.key.startswith(("io-", "cpu-batch")):
+        mode, _, concurrency = contender.key.rpartition("-")
+        if not concurrency.isdigit():
+            mode, concurrency = contender.key, "1"
+        return [[sys.executable, str(HERE / "contender_concurrency.py"), *common,
+                 "--result", result[0], "--mode", mode, "--concurrency", concurrency]]
     if contender.key == "quix":
         assert run.quix is not None
         return [[str(run.quix), str(HERE / "contender_quix.py"), *common, "--result", result[0]]]
@@ -248,6 +263,45 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
+IO_COUNT = [20_000]
+"""Artifacts the io-* rows read (`--io-count`); the sync row a tenth of them."""
+_IO_RUNS: dict[tuple[str, int], Run] = {}
+
+
+def io_input(run: Run, sync: bool) -> Run:
+    """The run of an I/O-bound row: an input of its own with `IO_COUNT` artifacts, or a
+    tenth of that for the sync row, which handles about 200 a second (each pre-loaded
+    once per run)."""
+    count = max(1, IO_COUNT[0] // 10) if sync else IO_COUNT[0]
+    cached = _IO_RUNS.get((run.run_id, count))
+    if cached is None:
+        topic = f"bench-in-io{count}-{run.run_id}"
+        harness.create_topic(run.bootstrap, topic, run.partitions)
+        size = max(100, run.input_bytes // max(1, run.count))
+        say(f"pre-loading {count:,} artifacts into {topic} for the I/O-bound rows")
+        pre = harness.preload(run.bootstrap, topic, count, run.partitions, size, say)
+        cached = dataclasses.replace(run, input_topic=topic, count=pre.count,
+                                     input_bytes=pre.total_bytes)
+        _IO_RUNS[(run.run_id, count)] = cached
+    return cached
+
+
+def concurrency_ratios(rows: dict[str, Row]) -> None:
+    """The concurrent rows against their sync counterpart (target: async at 100 in
+    flight >= 50x the sync I/O-bound rate), written into the rows' target column."""
+    pairs = [("io-threads-100", "io-sync", None), ("io-async-100", "io-sync", 50.0),
+             ("io-async-1000", "io-sync", None), ("cpu-batch", "project-alo", None)]
+    for key, base, goal in pairs:
+        row, ref = rows.get(key), rows.get(base)
+        if row is None or ref is None or not (row.ok and ref.ok) or not ref.rate:
+            continue
+        ratio = row.rate / ref.rate
+        text = f"{ratio:.1f}x {base}"
+        if goal is not None:
+            text += f" (>= {goal:.0f}x: {'met' if ratio >= goal else 'missed'})"
+        row.targets.append(text)
+
+
 def run_contender(contender: Contender, run: Run, profile: Path | None = None,
                   via_runner: bool = True) -> Row:
     import json
@@ -256,6 +310,8 @@ def run_contender(contender: Contender, run: Run, profile: Path | None = None,
     if contender.key == "project-alo-registry" and run.framed_topic is not None:
         # The same artifacts, in the Confluent wire format.
         run = dataclasses.replace(run, input_topic=run.framed_topic)
+    if contender.key.startswith("io-"):
+        run = io_input(run, sync=contender.key == "io-sync")
     attempt = "" if via_runner else "-stages"
     output = f"bench-out-{contender.key}{attempt}-{run.run_id}"
     group = f"bench-{contender.key}{attempt}-{run.run_id}"
@@ -429,6 +485,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", metavar="ROW[,ROW]",
                         help=f"run only these rows, of: {', '.join(KEYS)}")
     parser.add_argument("--skip-quix", action="store_true", help="leave the Quix row out")
+    parser.add_argument("--io-count", type=int, default=IO_COUNT[0],
+                        help="artifacts the I/O-bound io-* rows read, from an input of their "
+                        "own (default: %(default)s; the sync row, ~200/s, a tenth of them)")
     parser.add_argument("--bootstrap-servers", metavar="HOST:PORT",
                         help="use this Kafka instead of starting a local one")
     parser.add_argument("--timeout", type=float,
@@ -459,6 +518,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--latency-loads: not a list of numbers: {args.latency_loads!r}")
     if not args.loads or not all(0 < x <= 1 for x in args.loads):
         parser.error("--latency-loads: fractions between 0 and 1, e.g. 0.5,0.8")
+    IO_COUNT[0] = args.io_count
     if args.count < 1 or args.partitions < 1 or args.size < 100:
         parser.error("--count and --partitions must be positive, --size at least 100")
     return args
@@ -611,6 +671,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if raw is not None and raw.ok and row.ok:
             row.raw_ratio = row.rate / raw.rate
     targets = report.compute_targets(by_key, args.count, latency_rows)
+    targets = report.compute_targets(by_key, args.count)
+    concurrency_ratios(by_key)
     command = "bench.py " + (shlex.join(sys.argv[1:] if argv is None else list(argv))
                              or "(defaults)")
     print()

@@ -9,6 +9,14 @@ A handler is a callable `handler(artifact) -> result` where the result is
 * `Routed(output, artifact)`: send this artifact to the named output instead of the
   default one (the stage maps output names to topics).
 
+A handler may be `async def`: the stage then runs many calls at once on an event loop
+(`max_concurrency`), and puts the outputs back in input order. A *batch handler* is one
+whose first parameter is annotated as a list (or sequence) of artifacts; it gets a list
+and returns one outcome per artifact, in order, where an outcome may also be an exception
+instance (the record is then treated as if a one-record handler had raised it):
+
+    def enrich_all(artifacts: list[Artifact]) -> list[Artifact | None]: ...
+
 A handler signals trouble by raising `InvalidArtifact` (dead-letter it),
 `RetryableError` (retry with backoff) or anything else (the stage's error policy decides).
 
@@ -30,13 +38,15 @@ An unknown name is a `HandlerNotFound` that lists every name known.
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
-from collections.abc import Callable, Iterable, Sequence
+import re
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from importlib.metadata import EntryPoint, entry_points
 from typing import Final, NamedTuple, TypeAlias, TypeVar
 
 from processor.core.artifact import Artifact
-from processor.core.errors import HandlerNotFound
+from processor.core.errors import ConfigError, HandlerNotFound
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +63,41 @@ class Routed(NamedTuple):
 
 Outcome: TypeAlias = Artifact | Routed | Sequence[Artifact | Routed] | None
 Handler: TypeAlias = Callable[[Artifact], Outcome]
+AsyncHandler: TypeAlias = Callable[[Artifact], Awaitable[Outcome]]
+
+
+BatchOutcome: TypeAlias = Outcome | BaseException
+"""One outcome of a batch handler: as for one record, or the exception it raised."""
+BatchHandler: TypeAlias = (Callable[[list[Artifact]], Sequence[BatchOutcome]]
+                           | Callable[[list[Artifact]], Awaitable[Sequence[BatchOutcome]]])
+AnyHandler: TypeAlias = Handler | AsyncHandler | BatchHandler
+"""What a stage runs: a handler, an async handler or a batch handler (sync or async)."""
+
+_SEQUENCE_OF_ARTIFACTS = re.compile(
+    r"^\s*(list|List|Sequence|typing\.Sequence|collections\.abc\.Sequence|abc\.Sequence)"
+    r"\[\s*([\w.]*\.)?Artifact\s*\]\s*$")
+
+
+def is_async_handler(h: object) -> bool:
+    """Whether `h` is an `async def` function (or an object with an async `__call__`)."""
+    return inspect.iscoroutinefunction(h) or inspect.iscoroutinefunction(
+        getattr(h, "__call__", None))  # noqa: B004 - the method, not callability
+
+
+def is_batch_handler(h: object) -> bool:
+    """Whether `h` declares its first parameter as a list (or sequence) of artifacts."""
+    try:
+        params = list(inspect.signature(h).parameters.values())  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    if not params or params[0].annotation is inspect.Parameter.empty:
+        return False
+    annotation = params[0].annotation
+    if isinstance(annotation, str):  # `from __future__ import annotations`
+        return bool(_SEQUENCE_OF_ARTIFACTS.match(annotation))
+    origin = getattr(annotation, "__origin__", None)
+    args = getattr(annotation, "__args__", ())
+    return origin in (list, Sequence) and tuple(args) == (Artifact,)
 
 
 def outcomes(result: Outcome) -> list[Routed]:
@@ -97,6 +142,10 @@ class Chain:
     def __init__(self, handlers: Sequence[Handler]) -> None:
         if not handlers:
             raise ValueError("a chain needs at least one handler")
+        odd = [handler_name(h) for h in handlers if is_async_handler(h) or is_batch_handler(h)]
+        if odd:
+            raise ConfigError(f"{', '.join(odd)}: an async or batch handler runs alone, "
+                              "not in a chain of handlers")
         self._handlers = tuple(handlers)
         self.names = tuple(handler_name(h) for h in handlers)
 

@@ -60,6 +60,8 @@ ReadOnly = AfterValidator(read_only)
 
 Guarantee = Literal["at-least-once", "exactly-once"]
 ErrorPolicy = Literal["dead-letter", "fail"]
+HandlerMode = Literal["auto", "sync", "async", "threads"]
+Order = Literal["key", "partition"]
 
 AT_LEAST_ONCE: Final[Guarantee] = "at-least-once"
 EXACTLY_ONCE: Final[Guarantee] = "exactly-once"
@@ -158,6 +160,27 @@ class StageOptions:
     shutdown_timeout: Annotated[Number, Field(
         gt=0, description="seconds a shutdown may take to drain and commit",
         json_schema_extra={"metavar": "SECONDS"})] = 30.0
+    handler_mode: Annotated[HandlerMode, Field(
+        description="how the handler runs: auto (an async def handler on an event loop, "
+                    "any other in the loop's thread), sync, async, or threads (a blocking "
+                    "handler on max_concurrency threads)")] = "auto"
+    max_concurrency: Annotated[Count, Field(
+        ge=1, le=100_000, description="async or threaded handlers: calls in flight at "
+        "once (threads: the number of threads); batch handlers: batches in flight",
+        json_schema_extra={"metavar": "N"})] = 100
+    order: Annotated[Order, Field(
+        description="concurrent handlers: outputs leave in input order per key, or per "
+                    "partition (exactly-once always keeps partition order)")] = "key"
+    handler_batch_size: Annotated[Count, Field(
+        ge=1, description="batch handlers: most records in one call",
+        json_schema_extra={"metavar": "N"})] = 500
+    handler_batch_wait: Annotated[Number, Field(
+        ge=0, description="batch handlers: seconds a batch waits to fill before the call",
+        json_schema_extra={"metavar": "SECONDS"})] = 0.05
+    drain_timeout: Annotated[Number, Field(
+        gt=0, description="concurrent handlers: seconds calls in flight get to finish on a "
+        "revocation or a shutdown; later ones are cancelled and their records read again",
+        json_schema_extra={"metavar": "SECONDS"})] = 10.0
     transactional_id: Annotated[Name | None, Field(
         description="exactly-once: this instance's transactional id (default: derived from "
                     "the name)", json_schema_extra={"metavar": "ID"})] = None

@@ -33,7 +33,7 @@ from typing import Protocol
 from processor.backends.abstract import Broker
 from processor.backends.kafka import KafkaBroker
 from processor.core.errors import ConfigError
-from processor.core.handlers import Handler
+from processor.core.handlers import AnyHandler
 from processor.core.options import StageOptions
 from processor.ops.health import HealthState
 from processor.ops.metrics import (
@@ -83,7 +83,7 @@ def build_stage(
     settings: StageSettings,
     broker: Broker | None = None,
     *,
-    handler: Handler | None = None,
+    handler: AnyHandler | None = None,
     transactional_id: str | None = None,
     metrics: Metrics | None = None,
     health: HealthState | None = None,

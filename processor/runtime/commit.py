@@ -29,6 +29,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from typing import Protocol
 
 from processor.backends.abstract import Consumer, DeliveryError, Producer, TopicPartition
 from processor.core.errors import (
@@ -39,7 +40,6 @@ from processor.core.errors import (
     TransactionError,
 )
 from processor.ops.metrics import Metrics
-from processor.runtime.retry import RetryHolder
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,13 @@ def _failed(name: str, errors: list[DeliveryError]) -> DeliveryFailed:
     return DeliveryFailed(
         f"stage {name}: {len(errors)} outputs failed ({errors[0].reason}); "
         "input offsets are not committed, the records will be processed again")
+
+
+class HeldWork(Protocol):
+    """Records a commit leaves for the next transaction: the retry holder's, or those in
+    a concurrent handler's calls."""
+
+    def first_offsets(self) -> dict[TopicPartition, int]: ...
 
 
 class CommitResult(enum.Enum):
@@ -178,14 +185,15 @@ class AtLeastOnce(CommitStrategy):
 class ExactlyOnce(CommitStrategy):
     """Outputs, dead letters and input offsets commit in one Kafka transaction.
 
-    Records held for a retry at a commit belong to the next transaction, so after a
-    commit `rewind_to` starts from the first held record of each holding partition.
+    Records held for a retry (or in a concurrent handler's calls) at a commit belong to
+    the next transaction, so after a commit `rewind_to` starts from the first held
+    record of each holding partition.
     """
 
     transactional = True
 
     def __init__(self, name: str, consumer: Consumer, producer: Producer, metrics: Metrics,
-                 held: RetryHolder) -> None:
+                 held: HeldWork) -> None:
         super().__init__(name, consumer, producer, metrics)
         self.held = held
         self._open = False

@@ -1,7 +1,8 @@
 """Backpressure: a stage pauses its partitions while too much output is unacknowledged.
 
 When the producer holds `max_in_flight` records or more that the broker has not
-acknowledged, every assigned partition is paused (except those a retry holds paused
+acknowledged (plus, with a concurrent handler, the records in its calls), every
+assigned partition is paused (except those a retry holds paused
 already); when that falls to half the limit they resume. The consumer keeps polling while
 paused, so the member stays in its group, and memory stays bounded however large the
 backlog of the input topic is.
@@ -10,7 +11,7 @@ backlog of the input topic is.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 from processor.backends.abstract import Consumer, Producer, TopicPartition
 from processor.ops.logs import lifecycle
@@ -22,8 +23,11 @@ logger = logging.getLogger(__name__)
 class Backpressure:
     """The partitions a stage paused because its output is not acknowledged fast enough."""
 
-    def __init__(self, stage: str, consumer: Consumer, producer: Producer, limit: int) -> None:
+    def __init__(self, stage: str, consumer: Consumer, producer: Producer, limit: int,
+                 extra: Callable[[], int] | None = None) -> None:
         self.stage = stage
+        self.extra = extra
+        """Records in flight in handler calls, counted with the unacknowledged output."""
         self.consumer = consumer
         self.producer = producer
         self.limit = limit
@@ -35,6 +39,8 @@ class Backpressure:
         """Pause or resume as the producer's unacknowledged output demands (`held`
         partitions are paused for a retry and left alone); whether anything changed."""
         outstanding = self.producer.outstanding()
+        if self.extra is not None:
+            outstanding += self.extra()
         if not self.active:
             if outstanding < self.limit:
                 return False

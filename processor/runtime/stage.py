@@ -16,6 +16,10 @@ This module is the loop and its lifecycle. Its parts live beside it:
   with headers saying why.
 * `processor.runtime.stats`: the running totals. Every consumed record is accounted for:
   `consumed == passed + dropped + dead_lettered (+ waiting for retry)`.
+* `processor.runtime.stage_events`: the base class `StageEvents`, what happens besides
+  handling records: dead letters and failed handlers, retries, commits, rebalances.
+* `processor.runtime.concurrent`: async, threaded and batch handlers, which take the
+  place of `_process` (calls in flight, outputs in order per key or per partition).
 * `processor.runtime.build.build_stage`: the one way to assemble a stage from settings.
 
 The hot path (`_process`) runs once per record. It is one method with locals bound up
@@ -31,6 +35,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 from processor.backends.abstract import Broker, Consumer, Message, Producer, TopicPartition
 from processor.core.artifact import Artifact
@@ -38,38 +43,34 @@ from processor.core.errors import (
     BackendError,
     ChecksumMismatch,
     DecodeError,
-    DeliveryFailed,
     InvalidArtifact,
     ProcessorError,
-    ProducerFenced,
     RetryableError,
     SchemaError,
     SecurityError,
 )
-from processor.core.handlers import DEFAULT_OUTPUT, Handler, outcomes
+from processor.core.handlers import DEFAULT_OUTPUT, AnyHandler, Handler, outcomes
 from processor.core.options import EXACTLY_ONCE, StageOptions
 from processor.ops.health import HealthState
 from processor.ops.logs import lifecycle
 from processor.ops.metrics import (
     LATENCY_SAMPLE_EVERY,
-    PAUSE_BACKPRESSURE,
-    PAUSE_RETRY,
     Metrics,
     NullMetrics,
 )
 from processor.runtime.commit import (
     AtLeastOnce,
-    CommitResult,
     CommitStrategy,
     ExactlyOnce,
-    OutputTooLarge,
 )
+from processor.runtime.concurrent import ConcurrentLoop, runs_concurrently
 from processor.runtime.dead_letters import DeadLetterLimit, DeadLetters, Reason
 from processor.runtime.deadline import DeadlineHandler
 from processor.runtime.flow import Backpressure
 from processor.runtime.oversize import TooLargeRecovery
 from processor.runtime.probe import BrokerProbe
 from processor.runtime.retry import RetryHolder
+from processor.runtime.stage_events import StageEvents, StageFailed
 from processor.runtime.stats import StageStats, report_batch
 from processor.serde.codec import Codec
 from processor.serde.wire import WireCodec
@@ -106,11 +107,7 @@ def tune_gc() -> None:
         gc.set_threshold(*GC_THRESHOLDS)
 
 
-class StageFailed(ProcessorError):
-    """The stage stopped on an error its policy does not absorb; nothing was committed past it."""
-
-
-class Stage:
+class Stage(StageEvents):
     """One buffer stage on a backend. `run()` loops until `stop()`.
 
     Build it with `processor.runtime.build.build_stage`; the constructor takes the parts
@@ -122,7 +119,7 @@ class Stage:
         self,
         options: StageOptions,
         broker: Broker,
-        handler: Handler,
+        handler: AnyHandler,
         *,
         codec: WireCodec | Codec | None = None,
         metrics: Metrics | None = None,
@@ -138,11 +135,12 @@ class Stage:
         self.metrics: Metrics = metrics if metrics is not None else NullMetrics()
         self.health = health if health is not None else HealthState(clock=clock)
         self._deadline: DeadlineHandler | None = None
-        if options.handler_timeout is not None:
-            self._deadline = DeadlineHandler(handler, options.handler_timeout, self.health,
-                                             options.name)
+        concurrent = runs_concurrently(handler, options)
+        if options.handler_timeout is not None and not concurrent:
+            self._deadline = DeadlineHandler(cast(Handler, handler), options.handler_timeout,
+                                             self.health, options.name)
             handler = self._deadline
-        self.handler = handler
+        self.handler = cast(Handler, handler)
         self.clock = clock
         self.stats = StageStats(started=clock())
         self._eos = options.guarantee == EXACTLY_ONCE
@@ -187,8 +185,16 @@ class Stage:
         self._assigned: set[TopicPartition] = set()
         self._sample = 0
         self._last_lag = clock()
-        self.backpressure = Backpressure(options.name, self.consumer, self.producer,
-                                         options.max_in_flight)
+        # An async, threaded or batch handler (`runtime/concurrent.py`); None: the loop's
+        # own path (`_process`) runs the handler.
+        self.concurrent: ConcurrentLoop | None = None
+        if concurrent:
+            self.concurrent = ConcurrentLoop(self, handler)
+            if isinstance(self.commits, ExactlyOnce):
+                self.commits.held = self.concurrent
+        self.backpressure = Backpressure(
+            options.name, self.consumer, self.producer, options.max_in_flight,
+            extra=None if self.concurrent is None else self.concurrent.inflight.__len__)
         self.probe = BrokerProbe(options.name, self.consumer, self.health,
                                  lambda: self._assigned)
 
@@ -223,7 +229,8 @@ class Stage:
                     last_record = now
                 if max_records is not None and self.stats.consumed >= max_records:
                     break
-                if idle_timeout is not None and not self.retries and (
+                if idle_timeout is not None and not self.retries and not (
+                    self.concurrent is not None and self.concurrent.busy) and (
                     now - last_record >= idle_timeout
                 ):
                     break
@@ -252,6 +259,8 @@ class Stage:
         text = (f"handled up to (not including) {', '.join(parts)}" if parts
                 else "no handled record")
         text += f"; {self._in_flight} output(s) since the last commit"
+        if self.concurrent is not None and self.concurrent.busy:
+            text += f"; {len(self.concurrent.inflight)} record(s) in handler calls"
         if self.commits.in_transaction:
             text += "; a transaction open (the broker aborts it)"
         return text
@@ -267,6 +276,8 @@ class Stage:
             return max(CLOSE_FLOOR, stop_by - time.monotonic())
 
         try:
+            if self.concurrent is not None:
+                self.concurrent.drain(min(self.options.drain_timeout, left()))
             self.commit(left())
         except ProcessorError:
             logger.exception("stage %s: final commit failed", self.options.name)
@@ -283,6 +294,8 @@ class Stage:
                     logger.warning("stage %s: closing the producer: %s",
                                    self.options.name, exc)
                 finally:
+                    if self.concurrent is not None:
+                        self.concurrent.close()  # after the revocation in the close
                     if self._pending:
                         logger.warning("stage %s: stopped with %s; those records will be "
                                        "read again", self.options.name, self.uncommitted())
@@ -302,14 +315,19 @@ class Stage:
             self._retry_due()
         if self.backpressure.check(self._assigned, self.retries.held):
             self._report_paused()
-        messages = self.consumer.consume(self.options.batch_size, self.options.poll_timeout)
-        n = len(messages)
+        if self.concurrent is not None:
+            n = self.concurrent.turn()
+        else:
+            messages = self.consumer.consume(self.options.batch_size,
+                                             self.options.poll_timeout)
+            n = len(messages)
+            if n:
+                self.metrics.batch(n)
+                if self.oversize.singly:
+                    self.oversize.process(messages)
+                else:
+                    self._process(messages)
         if n:
-            self.metrics.batch(n)
-            if self.oversize.singly:
-                self.oversize.process(messages)
-            else:
-                self._process(messages)
             stats = self.stats
             stop = self.dlq_limit.check(stats.consumed, stats.dead_lettered,
                                         stats.dead_letter_reasons)
@@ -504,198 +522,3 @@ class Stage:
         report_batch(self.metrics, consumed, bytes_in, produced, bytes_out, dropped,
                      default_topic, routed, handler_times, e2e)
         self.metrics.in_flight(self._in_flight)
-
-    # --- errors, retries, dead letters -----------------------------------------------
-
-    def _dead_letter(
-        self, msg: Message, reason: str, error: BaseException, attempts: int = 1
-    ) -> None:
-        if not self.dead_letters.send(msg, reason, error, attempts):
-            raise StageFailed(
-                f"stage {self.options.name}: record {msg.topic()}[{msg.partition()}]@"
-                f"{msg.offset()} must be dead-lettered ({reason}: {error}) but no "
-                "dead-letter topic is configured; stopping without committing it"
-            ) from error
-        self._in_flight += 1
-
-    def _handler_failed(self, msg: Message, error: Exception) -> None:
-        self.stats.failed += 1
-        self.metrics.failed(1)
-        if self.options.error_policy == "fail":
-            raise StageFailed(
-                f"stage {self.options.name}: handler failed on {msg.topic()}[{msg.partition()}]"
-                f"@{msg.offset()}: {type(error).__name__}: {error}"
-            ) from error
-        self._dead_letter(msg, Reason.HANDLER_ERROR, error)
-
-    def _hold(self, tp: TopicPartition, msg: Message, error: Exception, attempt: int) -> None:
-        """Attempt number `attempt` at `msg` raised `RetryableError`: hold it (and what
-        follows it in its partition) back for a retry, or dead-letter it when that was
-        the last attempt the policy allows."""
-        retries = self.retries
-        if retries.exhausted(attempt):
-            self._dead_letter(msg, Reason.RETRIES_EXHAUSTED, error, attempts=attempt)
-            self._pending[tp] = msg.offset() + 1
-            return
-        delay = retries.hold(tp, msg, attempt)
-        self.stats.retried += 1
-        self.metrics.retried(1)
-        self.consumer.pause([tp])
-        lifecycle(logger, "pause", partitions=[tp], stage=self.options.name, reason=PAUSE_RETRY)
-        self._report_paused()
-        logger.info(
-            "stage %s: retrying %s@%s in %.3fs (attempt %d of %d): %s",
-            self.options.name, tp, msg.offset(), delay, attempt + 1,
-            retries.policy.max_attempts, error,
-        )
-
-    def _retry_due(self) -> None:
-        """Handle again the held records whose retry is due, then the records behind them."""
-        for tp, held in self.retries.due():
-            records = held.records
-            first = records.popleft()
-            try:
-                self._process([first], previous_attempts=held.attempt)
-                again = self.retries.held.get(tp)
-                if again is not None:
-                    again.records.extend(records)  # it failed again: the rest waits on
-                elif records:
-                    self._process(list(records))
-            finally:
-                if tp not in self.retries and tp in self._assigned:
-                    self._release(tp)
-                self._report_paused()
-
-    def _release(self, tp: TopicPartition) -> None:
-        """A partition no longer held for a retry reads again, unless backpressure has
-        paused the others: then it stays paused with them and resumes with them."""
-        if self.backpressure.keep_paused(tp):
-            return
-        self.consumer.resume([tp])
-        lifecycle(logger, "resume", partitions=[tp], stage=self.options.name,
-                  reason=PAUSE_RETRY)
-
-    def _report_paused(self) -> None:
-        self.metrics.paused(PAUSE_BACKPRESSURE, self.backpressure.count(self._assigned))
-        self.metrics.paused(PAUSE_RETRY, len(self.retries))
-
-    # --- commits ---------------------------------------------------------------------
-
-    def commit(self, timeout: float | None = None) -> None:
-        """Make everything handled so far durable, then commit its input offsets.
-
-        An output that failed raises `DeliveryFailed`; the offsets handled since the last
-        commit are then forgotten, so that no later commit (not even the one at shutdown)
-        marks the records of the failed outputs done.
-
-        `timeout` defaults to `shutdown_timeout`: a commit under way when a stop is asked
-        for then ends by the shutdown deadline too."""
-        if timeout is None or timeout <= 0:
-            timeout = self.options.shutdown_timeout
-        offsets = {tp: off for tp, off in self._pending.items() if tp in self._assigned}
-        try:
-            result = self.commits.commit(offsets, timeout)
-        except OutputTooLarge as exc:
-            if any(e.topic == self.options.dlq_topic for e in exc.errors):
-                self._pending.clear()
-                raise  # a dead letter too large for its topic: nowhere to put it
-            self.oversize.find(exc)
-            return
-        except DeliveryFailed:
-            self._pending.clear()
-            raise
-        if result is CommitResult.ABORTED:
-            self._rewind()
-            return
-        self._last_commit = self.clock()
-        if result is CommitResult.POSTPONED:
-            return
-        self.stats.commits += 1
-        self._pending.clear()
-        self._in_flight = 0
-        self.metrics.in_flight(0)
-
-    def _abort_and_rewind(self) -> None:
-        """Exactly-once: abort the open transaction and re-read its input."""
-        try:
-            self.commits.abort()
-        finally:
-            self._rewind()
-
-    def _rewind(self) -> None:
-        """Exactly-once, after an abort: seek every partition back to where the aborted
-        transaction's work began; what was held for a retry is read again too."""
-        rewind_to = self.commits.rewind_to
-        for tp, offset in rewind_to.items():
-            if tp in self._assigned:
-                self.consumer.seek(tp, offset)
-        rewind_to.clear()
-        self._pending.clear()
-        for tp in self.retries.clear():
-            if tp in self._assigned:
-                self._release(tp)
-        self._in_flight = 0
-        self.metrics.in_flight(0)
-        self._report_paused()
-
-    # --- rebalances ------------------------------------------------------------------
-
-    def _on_assign(self, partitions: list[TopicPartition]) -> None:
-        self._assigned.update(partitions)
-        if self.backpressure.active:
-            self.backpressure.assigned(partitions)
-            self._report_paused()
-        self.health.set_assigned(len(self._assigned))
-        self.metrics.rebalance("assign", 1)
-        self.metrics.assigned(len(self._assigned))
-        lifecycle(logger, "assignment", partitions=partitions, stage=self.options.name)
-
-    def _on_revoke(self, partitions: list[TopicPartition]) -> None:
-        lifecycle(logger, "revocation", partitions=partitions, stage=self.options.name)
-        try:
-            self.commit()
-        except ProducerFenced:
-            raise
-        except ProcessorError as exc:
-            logger.warning("stage %s: commit on revocation failed: %s", self.options.name, exc)
-            if self.commits.in_transaction:
-                self._abort_and_rewind()
-        self._forget(partitions)
-        self.metrics.rebalance("revoke", 1)
-
-    def _on_lost(self, partitions: list[TopicPartition]) -> None:
-        lifecycle(logger, "lost", partitions=partitions, stage=self.options.name)
-        if self.commits.in_transaction:
-            self._abort_and_rewind()
-        self._forget(partitions)
-        self.metrics.rebalance("lost", 1)
-
-    def _forget(self, partitions: list[TopicPartition]) -> None:
-        rewind_to = self.commits.rewind_to
-        for tp in partitions:
-            self._assigned.discard(tp)
-            self._pending.pop(tp, None)
-            self.oversize.singly.pop(tp, None)
-            rewind_to.pop(tp, None)
-        self.retries.forget(partitions)
-        self.backpressure.forget(partitions)
-        self.health.set_assigned(len(self._assigned))
-        self.metrics.forget_partitions([tp.partition for tp in partitions])
-        self.metrics.assigned(len(self._assigned))
-        self._report_paused()
-
-    def _report_lag(self) -> None:
-        """The lag of every assigned partition, including one not read yet (no position:
-        nothing committed, nothing fetched), whose lag is its whole retained range, and
-        one whose end the client has not learnt yet (asked of the broker, briefly)."""
-        for tp in list(self._assigned):
-            try:
-                position = self.consumer.position(tp)
-                low, high = self.consumer.watermarks(tp, cached=True)
-                if high < 0 or position is None or position < 0:
-                    low, high = self.consumer.watermarks(tp, timeout=1.0)
-            except ProcessorError:
-                continue
-            start = position if position is not None and position >= 0 else low
-            if high >= 0 and start >= 0:
-                self.metrics.lag(tp.partition, max(0, high - start))

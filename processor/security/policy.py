@@ -29,7 +29,7 @@ original bytes through.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -37,8 +37,19 @@ from types import MappingProxyType
 from pydantic import SecretStr
 
 from processor.core.artifact import Artifact
-from processor.core.errors import ConfigError
-from processor.core.handlers import Handler, Outcome, Routed, handler_name, outcomes
+from processor.core.errors import ConfigError, SecurityError
+from processor.core.handlers import (
+    AnyHandler,
+    AsyncHandler,
+    BatchOutcome,
+    Handler,
+    Outcome,
+    Routed,
+    handler_name,
+    is_async_handler,
+    is_batch_handler,
+    outcomes,
+)
 from processor.security.approvals import check_approvals
 from processor.security.keys import (
     OpeningKey,
@@ -153,6 +164,15 @@ class Keyring:
         return artifact
 
 
+def _after(keyring: Keyring, result: Outcome) -> Outcome:
+    """The keyring's output policies applied to one handler result."""
+    if result is None or not keyring.changes_outputs:
+        return result
+    if type(result) is Artifact:
+        return keyring.outbound(result)
+    return [Routed(output, keyring.outbound(item)) for output, item in outcomes(result)]
+
+
 class Secured:
     """A handler chain with a keyring's policies around it (see the module docs)."""
 
@@ -166,19 +186,100 @@ class Secured:
     def __call__(self, artifact: Artifact) -> Outcome:
         keyring = self.keyring
         given = keyring.inbound(artifact) if keyring.checks_inputs else artifact
-        result = self.handler(given)
-        if result is None or not keyring.changes_outputs:
-            return result
-        if type(result) is Artifact:
-            return keyring.outbound(result)
-        return [Routed(output, keyring.outbound(item)) for output, item in outcomes(result)]
+        return _after(keyring, self.handler(given))
 
     def __repr__(self) -> str:
         return f"Secured({', '.join(self.names)})"
 
 
-def secure(handler: Handler, keyring: Keyring | None) -> Handler:
-    """`handler` with the keyring's policies around it; `handler` itself when none apply."""
+class SecuredAsync(Secured):
+    """An `async def` handler with the policies around it: checks before the call, the
+    output policies after it, on the stage's event loop (the checks are CPU work of tens
+    of microseconds, not worth a thread)."""
+
+    __slots__ = ()
+
+    async def __call__(self, artifact: Artifact) -> Outcome:  # type: ignore[override]
+        keyring = self.keyring
+        given = keyring.inbound(artifact) if keyring.checks_inputs else artifact
+        call: AsyncHandler = self.handler  # type: ignore[assignment]
+        return _after(keyring, await call(given))
+
+
+_BatchCall = Callable[[list[Artifact]], Sequence[BatchOutcome]]
+_AsyncBatchCall = Callable[[list[Artifact]], Awaitable[Sequence[BatchOutcome]]]
+
+
+class SecuredBatch:
+    """A batch handler with the policies around it. A record refused by an input check
+    gets its `SecurityError` as its outcome (dead-lettered on its own); the handler sees
+    the others."""
+
+    __slots__ = ("handler", "keyring", "names")
+
+    def __init__(self, handler: AnyHandler, keyring: Keyring) -> None:
+        self.handler = handler
+        self.keyring = keyring
+        self.names = (handler_name(handler),)  # type: ignore[arg-type]
+
+    def _before(self, artifacts: list[Artifact]) -> tuple[list[BatchOutcome | None],
+                                                          list[Artifact]]:
+        slots: list[BatchOutcome | None] = []
+        given: list[Artifact] = []
+        for artifact in artifacts:
+            try:
+                checked = (self.keyring.inbound(artifact) if self.keyring.checks_inputs
+                           else artifact)
+            except SecurityError as exc:
+                slots.append(exc)
+            else:
+                slots.append(None)
+                given.append(checked)
+        return slots, given
+
+    def _merge(self, slots: list[BatchOutcome | None],
+               results: Sequence[BatchOutcome]) -> list[BatchOutcome]:
+        if len(results) != sum(1 for s in slots if s is None):
+            return list(results)  # the stage reports the wrong count
+        produced = iter(results)
+        merged: list[BatchOutcome] = []
+        for slot in slots:
+            if slot is not None:
+                merged.append(slot)
+                continue
+            result = next(produced)
+            merged.append(result if isinstance(result, BaseException)
+                          else _after(self.keyring, result))
+        return merged
+
+    def __call__(self, artifacts: list[Artifact]) -> list[BatchOutcome]:
+        slots, given = self._before(artifacts)
+        call: _BatchCall = self.handler  # type: ignore[assignment]
+        return self._merge(slots, call(given) if given else [])
+
+    def __repr__(self) -> str:
+        return f"Secured({', '.join(self.names)})"
+
+
+class SecuredAsyncBatch(SecuredBatch):
+    """An async batch handler with the policies around it (as `SecuredBatch`)."""
+
+    __slots__ = ()
+
+    async def __call__(self, artifacts: list[Artifact]) -> list[BatchOutcome]:  # type: ignore[override]
+        slots, given = self._before(artifacts)
+        call: _AsyncBatchCall = self.handler  # type: ignore[assignment]
+        return self._merge(slots, await call(given) if given else [])
+
+
+def secure(handler: AnyHandler, keyring: Keyring | None) -> AnyHandler:
+    """`handler` with the keyring's policies around it; `handler` itself when none apply.
+    Async and batch handlers keep their kind (the stage runs them concurrently)."""
     if keyring is None or not (keyring.checks_inputs or keyring.changes_outputs):
         return handler
-    return Secured(handler, keyring)
+    batch, asynchronous = is_batch_handler(handler), is_async_handler(handler)
+    if batch:
+        return (SecuredAsyncBatch if asynchronous else SecuredBatch)(handler, keyring)
+    if asynchronous:
+        return SecuredAsync(handler, keyring)  # type: ignore[arg-type]
+    return Secured(handler, keyring)  # type: ignore[arg-type]

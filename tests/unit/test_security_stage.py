@@ -340,3 +340,44 @@ def test_the_pseudonym_key_reaches_no_metric(keydir: Path) -> None:
     out = CODEC.decode(m.value() or b"")
     assert out.pseudonym_hash is not None and "subject" not in out.meta
     assert PSEUDONYM.encode() not in (m.value() or b"")
+
+
+async def tag_async(a: Artifact) -> Outcome:
+    return a.with_meta("handled", True)
+
+
+def tag_batch(batch: list[Artifact]) -> list[Outcome]:
+    return [a.with_meta("handled", True) for a in batch]
+
+
+async def tag_batch_async(batch: list[Artifact]) -> list[Outcome]:
+    return [a.with_meta("handled", True) for a in batch]
+
+
+@pytest.mark.parametrize("handler", [tag_async, tag_batch, tag_batch_async],
+                         ids=["async", "batch", "async-batch"])
+def test_policies_around_concurrent_handlers(keydir: Path, handler: object) -> None:
+    """An async or batch handler keeps its kind under the policies: bad inputs are
+    dead-lettered one by one with reason `signature`, the others handled and signed."""
+    producer = key(keydir, "producer")
+    good = [sign(Artifact.new(f"good {i}", meta={"case": "good"}), producer) for i in range(30)]
+    bad = [Artifact.new("unsigned", meta={"case": "unsigned"}),
+           sign(Artifact.new("f", meta={"case": "forged"}), new_signing_key("producer"))]
+    broker = make_broker()
+    arts = [*good[:10], bad[0], *good[10:20], bad[1], *good[20:]]
+    feed(broker, [CODEC.encode(a) for a in arts])
+    setup = StageSetup(options(), security=SecurityConfig(
+        trust_store=(str(keydir / "trust"),), require_signature=True,
+        sign_key=str(keydir / "stage.key")))
+    stage = build_stage(setup, broker, handler=handler)  # type: ignore[arg-type]
+    run(stage, len(arts))
+
+    out = [CODEC.decode(m.value() or b"") for m in read_all(broker, "out")]
+    assert sorted(a.text() for a in out) == sorted(a.text() for a in good)
+    trust = TrustStore.load([keydir / "trust"])
+    assert all(a.get("handled") is True and a.issuer == "stage" and verify(a, trust)
+               for a in out)
+    assert [(c, r) for c, r, _ in dead_reasons(broker)] == [
+        ("forged", "signature"), ("unsigned", "signature")]
+    assert stage.stats.consumed == len(arts)
+    assert sum(committed(broker).values()) == len(arts)

@@ -155,6 +155,15 @@ class KafkaConsumer(Consumer):
             if callback is not None and gone:
                 callback(gone)
         finally:
+            # librdkafka keeps a partition's pause across unassign and assign: one given
+            # back to this member would stay paused with nobody to resume it.
+            paused = [to_kafka(tp) for tp in gone if tp in self._paused]
+            if paused:
+                try:
+                    self._c.resume(paused)
+                except KafkaException as exc:
+                    logger.warning("could not resume %d revoked partition(s): %s",
+                                   len(paused), exc)
             for tp in gone:
                 self._assigned.discard(tp)
                 self._paused.discard(tp)

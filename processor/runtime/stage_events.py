@@ -1,0 +1,273 @@
+"""The stage's events around its loop: failures, retries, commits and rebalances.
+
+`Stage` (`processor.runtime.stage`) is the loop and its lifecycle; this base class holds
+what happens to it besides handling records, on the same state:
+
+* **failures and retries**: a record dead-lettered, a handler that failed (the error
+  policy), a record held for a retry and handled again when it is due (`RetryHolder`);
+* **commits**: the commit strategy asked to make the outputs durable and commit the
+  pending offsets, and what its answer means (an abort re-reads from `rewind_to`; outputs
+  refused as too large go to `TooLargeRecovery`);
+* **rebalances**: assignment, revocation (commit first; with a concurrent handler, its
+  calls in flight are drained first) and loss, and the consumer lag reported.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from processor.backends.abstract import Consumer, Message, Producer, TopicPartition
+from processor.core.errors import DeliveryFailed, ProcessorError, ProducerFenced
+from processor.core.options import StageOptions
+from processor.ops.health import HealthState
+from processor.ops.logs import lifecycle
+from processor.ops.metrics import PAUSE_BACKPRESSURE, PAUSE_RETRY, Metrics
+from processor.runtime.commit import CommitResult, CommitStrategy, OutputTooLarge
+from processor.runtime.dead_letters import DeadLetters, Reason
+from processor.runtime.flow import Backpressure
+from processor.runtime.retry import RetryHolder
+from processor.runtime.stats import StageStats
+
+if TYPE_CHECKING:
+    from processor.runtime.concurrent import ConcurrentLoop
+    from processor.runtime.oversize import TooLargeRecovery
+
+logger = logging.getLogger(__name__)
+
+
+class StageFailed(ProcessorError):
+    """The stage stopped on an error its policy does not absorb; nothing was committed past it."""
+
+
+class StageEvents:
+    """Failures, retries, commits and rebalances of a `Stage` (which sets these parts)."""
+
+    options: StageOptions
+    consumer: Consumer
+    producer: Producer
+    commits: CommitStrategy
+    retries: RetryHolder
+    dead_letters: DeadLetters
+    backpressure: Backpressure
+    oversize: TooLargeRecovery
+    concurrent: ConcurrentLoop | None
+    stats: StageStats
+    metrics: Metrics
+    health: HealthState
+    clock: Callable[[], float]
+    _eos: bool
+    _pending: dict[TopicPartition, int]
+    _in_flight: int
+    _last_commit: float
+    _assigned: set[TopicPartition]
+
+    def _process(self, messages: Sequence[Message], previous_attempts: int = 0) -> None:
+        raise NotImplementedError  # the loop's hot path, in `Stage`
+
+    # --- errors, retries, dead letters -----------------------------------------------
+
+    def _dead_letter(
+        self, msg: Message, reason: str, error: BaseException, attempts: int = 1
+    ) -> None:
+        if not self.dead_letters.send(msg, reason, error, attempts):
+            raise StageFailed(
+                f"stage {self.options.name}: record {msg.topic()}[{msg.partition()}]@"
+                f"{msg.offset()} must be dead-lettered ({reason}: {error}) but no "
+                "dead-letter topic is configured; stopping without committing it"
+            ) from error
+        self._in_flight += 1
+
+    def _handler_failed(self, msg: Message, error: Exception) -> None:
+        self.stats.failed += 1
+        self.metrics.failed(1)
+        if self.options.error_policy == "fail":
+            raise StageFailed(
+                f"stage {self.options.name}: handler failed on {msg.topic()}[{msg.partition()}]"
+                f"@{msg.offset()}: {type(error).__name__}: {error}"
+            ) from error
+        self._dead_letter(msg, Reason.HANDLER_ERROR, error)
+
+    def _hold(self, tp: TopicPartition, msg: Message, error: Exception, attempt: int) -> None:
+        """Attempt number `attempt` at `msg` raised `RetryableError`: hold it (and what
+        follows it in its partition) back for a retry, or dead-letter it when that was
+        the last attempt the policy allows."""
+        retries = self.retries
+        if retries.exhausted(attempt):
+            self._dead_letter(msg, Reason.RETRIES_EXHAUSTED, error, attempts=attempt)
+            self._pending[tp] = msg.offset() + 1
+            return
+        delay = retries.hold(tp, msg, attempt)
+        self.stats.retried += 1
+        self.metrics.retried(1)
+        self.consumer.pause([tp])
+        lifecycle(logger, "pause", partitions=[tp], stage=self.options.name, reason=PAUSE_RETRY)
+        self._report_paused()
+        logger.info(
+            "stage %s: retrying %s@%s in %.3fs (attempt %d of %d): %s",
+            self.options.name, tp, msg.offset(), delay, attempt + 1,
+            retries.policy.max_attempts, error,
+        )
+
+    def _retry_due(self) -> None:
+        """Handle again the held records whose retry is due, then the records behind them."""
+        for tp, held in self.retries.due():
+            records = held.records
+            first = records.popleft()
+            try:
+                self._process([first], previous_attempts=held.attempt)
+                again = self.retries.held.get(tp)
+                if again is not None:
+                    again.records.extend(records)  # it failed again: the rest waits on
+                elif records:
+                    self._process(list(records))
+            finally:
+                if tp not in self.retries and tp in self._assigned:
+                    self._release(tp)
+                self._report_paused()
+
+    def _release(self, tp: TopicPartition) -> None:
+        """A partition no longer held for a retry reads again, unless backpressure has
+        paused the others: then it stays paused with them and resumes with them."""
+        if self.backpressure.keep_paused(tp):
+            return
+        self.consumer.resume([tp])
+        lifecycle(logger, "resume", partitions=[tp], stage=self.options.name,
+                  reason=PAUSE_RETRY)
+
+    def _report_paused(self) -> None:
+        self.metrics.paused(PAUSE_BACKPRESSURE, self.backpressure.count(self._assigned))
+        self.metrics.paused(PAUSE_RETRY, len(self.retries))
+
+    # --- commits ---------------------------------------------------------------------
+
+    def commit(self, timeout: float | None = None) -> None:
+        """Make everything handled so far durable, then commit its input offsets.
+
+        An output that failed raises `DeliveryFailed`; the offsets handled since the last
+        commit are then forgotten, so that no later commit (not even the one at shutdown)
+        marks the records of the failed outputs done.
+
+        `timeout` defaults to `shutdown_timeout`: a commit under way when a stop is asked
+        for then ends by the shutdown deadline too."""
+        if timeout is None or timeout <= 0:
+            timeout = self.options.shutdown_timeout
+        offsets = {tp: off for tp, off in self._pending.items() if tp in self._assigned}
+        try:
+            result = self.commits.commit(offsets, timeout)
+        except OutputTooLarge as exc:
+            if any(e.topic == self.options.dlq_topic for e in exc.errors):
+                self._pending.clear()
+                raise  # a dead letter too large for its topic: nowhere to put it
+            if self.concurrent is not None:
+                self._pending.clear()
+                raise StageFailed(f"{exc}; a stage with a concurrent handler does not "
+                                  "re-read to dead-letter them: nothing was committed past "
+                                  "them") from exc
+            self.oversize.find(exc)
+            return
+        except DeliveryFailed:
+            self._pending.clear()
+            raise
+        if result is CommitResult.ABORTED:
+            self._rewind()
+            return
+        self._last_commit = self.clock()
+        if result is CommitResult.POSTPONED:
+            return
+        self.stats.commits += 1
+        self._pending.clear()
+        self._in_flight = 0
+        self.metrics.in_flight(0)
+
+    def _abort_and_rewind(self) -> None:
+        """Exactly-once: abort the open transaction and re-read its input."""
+        try:
+            self.commits.abort()
+        finally:
+            self._rewind()
+
+    def _rewind(self) -> None:
+        """Exactly-once, after an abort: seek every partition back to where the aborted
+        transaction's work began; what was held for a retry is read again too."""
+        rewind_to = self.commits.rewind_to
+        for tp, offset in rewind_to.items():
+            if tp in self._assigned:
+                self.consumer.seek(tp, offset)
+        rewind_to.clear()
+        self._pending.clear()
+        if self.concurrent is not None:
+            self.concurrent.discard()
+        for tp in self.retries.clear():
+            if tp in self._assigned:
+                self._release(tp)
+        self._in_flight = 0
+        self.metrics.in_flight(0)
+        self._report_paused()
+
+    # --- rebalances ------------------------------------------------------------------
+
+    def _on_assign(self, partitions: list[TopicPartition]) -> None:
+        self._assigned.update(partitions)
+        if self.backpressure.active:
+            self.backpressure.assigned(partitions)
+            self._report_paused()
+        self.health.set_assigned(len(self._assigned))
+        self.metrics.rebalance("assign", 1)
+        self.metrics.assigned(len(self._assigned))
+        lifecycle(logger, "assignment", partitions=partitions, stage=self.options.name)
+
+    def _on_revoke(self, partitions: list[TopicPartition]) -> None:
+        lifecycle(logger, "revocation", partitions=partitions, stage=self.options.name)
+        try:
+            if self.concurrent is not None:
+                self.concurrent.drain(self.options.drain_timeout, partitions)
+            self.commit()
+        except ProducerFenced:
+            raise
+        except ProcessorError as exc:
+            logger.warning("stage %s: commit on revocation failed: %s", self.options.name, exc)
+            if self.commits.in_transaction:
+                self._abort_and_rewind()
+        self._forget(partitions)
+        self.metrics.rebalance("revoke", 1)
+
+    def _on_lost(self, partitions: list[TopicPartition]) -> None:
+        lifecycle(logger, "lost", partitions=partitions, stage=self.options.name)
+        if self.commits.in_transaction:
+            self._abort_and_rewind()
+        self._forget(partitions)
+        self.metrics.rebalance("lost", 1)
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        rewind_to = self.commits.rewind_to
+        for tp in partitions:
+            self._assigned.discard(tp)
+            self._pending.pop(tp, None)
+            self.oversize.singly.pop(tp, None)
+            rewind_to.pop(tp, None)
+        self.retries.forget(partitions)
+        if self.concurrent is not None:
+            self.concurrent.discard(partitions)
+        self.backpressure.forget(partitions)
+        self.health.set_assigned(len(self._assigned))
+        self.metrics.forget_partitions([tp.partition for tp in partitions])
+        self.metrics.assigned(len(self._assigned))
+        self._report_paused()
+
+    def _report_lag(self) -> None:
+        """The lag of every assigned partition, including one not read yet (no position:
+        nothing committed, nothing fetched), whose lag is its whole retained range, and
+        one whose end the client has not learnt yet (asked of the broker, briefly)."""
+        for tp in list(self._assigned):
+            try:
+                position = self.consumer.position(tp)
+                low, high = self.consumer.watermarks(tp, cached=True)
+                if high < 0 or position is None or position < 0:
+                    low, high = self.consumer.watermarks(tp, timeout=1.0)
+            except ProcessorError:
+                continue
+            start = position if position is not None and position >= 0 else low
+            if high >= 0 and start >= 0:
+                self.metrics.lag(tp.partition, max(0, high - start))
