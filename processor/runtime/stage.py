@@ -279,8 +279,11 @@ class Stage(StageEvents):
             if self.concurrent is not None:
                 self.concurrent.drain(min(self.options.drain_timeout, left()))
             self.commit(left())
-        except ProcessorError:
-            logger.exception("stage %s: final commit failed", self.options.name)
+        except ProcessorError as exc:
+            # An expected kind of failure (the broker away, a refused write that already
+            # stopped the stage): its message says it; the traceback only at debug level.
+            logger.error("stage %s: final commit failed: %s", self.options.name, exc,
+                         exc_info=logger.isEnabledFor(logging.DEBUG))
         finally:
             self.probe.close()  # before the consumer's handle goes
             try:
