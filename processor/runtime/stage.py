@@ -88,6 +88,15 @@ GC_THRESHOLDS = (20_000, 50, 100)
 CLOSE_FLOOR = 0.5
 """Seconds each client gets to close even when the shutdown deadline has passed."""
 
+LOOP_COMMIT_FLOOR = 2.0
+"""Seconds a commit made by the loop (every `commit_interval`) may wait at least.
+
+Such a commit is bounded far below `shutdown_timeout`: librdkafka answers a manual offset
+commit only after the application has served a pending rebalance (an eager revocation
+waits for the next poll), and this thread is the one that polls. A long wait there only
+held the whole group up (seen as a 30-second stall whenever a second worker joined); a
+commit given up is made again at the next interval, or by the revocation."""
+
 _NO_PARTITION = TopicPartition("", -1)
 
 
@@ -182,6 +191,8 @@ class Stage(StageEvents):
         self._pending: dict[TopicPartition, int] = {}
         self._in_flight = 0
         self._last_commit = clock()
+        self._loop_commit_bound = min(options.shutdown_timeout,
+                                      max(LOOP_COMMIT_FLOOR, 2 * options.commit_interval))
         self._assigned: set[TopicPartition] = set()
         self._sample = 0
         self._last_lag = clock()
@@ -345,7 +356,7 @@ class Stage(StageEvents):
             now - self._last_commit >= self.options.commit_interval
             or self._in_flight >= self.options.max_in_flight
         ):
-            self.commit()
+            self.commit(self._loop_commit_bound)
         elif not self._pending:
             self._last_commit = now
         if now - self._last_lag >= LAG_REPORT_INTERVAL:

@@ -14,6 +14,7 @@ and a seek made in `on_assign` takes effect exactly.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import cast
@@ -67,6 +68,7 @@ class KafkaConsumer(Consumer):
         # position() knows only offsets after consumed records.
         self._start: dict[TopicPartition, int] = {}
         self._in_assign = False
+        self._revoking_thread: int | None = None  # the thread in a revocation callback
         # Set when close() begins (so that it runs once) and when it has ended (from then
         # on every operation raises; the callbacks close() runs may still commit).
         self._closing = False
@@ -151,10 +153,12 @@ class KafkaConsumer(Consumer):
     def _take_away(self, gone: list[TopicPartition], callback: AssignCallback | None,
                    lost: bool) -> None:
         cooperative = self._cooperative()
+        self._revoking_thread = threading.get_ident()
         try:
             if callback is not None and gone:
                 callback(gone)
         finally:
+            self._revoking_thread = None
             # librdkafka keeps a partition's pause across unassign and assign: one given
             # back to this member would stay paused with nobody to resume it.
             paused = [to_kafka(tp) for tp in gone if tp in self._paused]
@@ -313,7 +317,16 @@ class KafkaConsumer(Consumer):
         try:
             # The synchronous commit takes no timeout; `call_within` bounds it (its
             # module says why a helper thread rather than an asynchronous commit).
-            result = commit() if timeout is None else call_within("commit", commit, timeout)
+            # Inside a revocation callback it must run on the callback's own thread:
+            # librdkafka holds a commit made from another thread until the revocation
+            # is over, which it never is while the callback waits for that commit. A
+            # revocation comes from the coordinator, which was there a moment ago; the
+            # request is then bounded by librdkafka's own timeouts, and `close` (which
+            # revokes too) by its bound.
+            if timeout is None or self._revoking_thread == threading.get_ident():
+                result = commit()
+            else:
+                result = call_within("commit", commit, timeout)
         except KafkaException as exc:
             raise_kafka(exc, "commit")
         for ctp in result or []:
