@@ -89,13 +89,13 @@ CLOSE_FLOOR = 0.5
 """Seconds each client gets to close even when the shutdown deadline has passed."""
 
 LOOP_COMMIT_FLOOR = 2.0
-"""Seconds a commit made by the loop (every `commit_interval`) may wait at least.
+"""Seconds an at-least-once commit made by the loop (every `commit_interval`) may wait
+at least; it waits at most max(this, 2 x commit_interval), far below `shutdown_timeout`.
 
-Such a commit is bounded far below `shutdown_timeout`: librdkafka answers a manual offset
-commit only after the application has served a pending rebalance (an eager revocation
-waits for the next poll), and this thread is the one that polls. A long wait there only
-held the whole group up (seen as a 30-second stall whenever a second worker joined); a
-commit given up is made again at the next interval, or by the revocation."""
+While it waits, this thread neither polls nor serves rebalance callbacks, so a slow or
+absent coordinator would hold the whole group up. A commit given up is made again at the
+next interval, or by the revocation; the outputs are already acknowledged by then, so
+waiting less only risks re-reading, never losing."""
 
 _NO_PARTITION = TopicPartition("", -1)
 
@@ -191,8 +191,11 @@ class Stage(StageEvents):
         self._pending: dict[TopicPartition, int] = {}
         self._in_flight = 0
         self._last_commit = clock()
-        self._loop_commit_bound = min(options.shutdown_timeout,
-                                      max(LOOP_COMMIT_FLOOR, 2 * options.commit_interval))
+        # At least once only: a transaction's commit given up midway is not simply
+        # made again later, so exactly-once keeps the full bound.
+        self._loop_commit_bound = options.shutdown_timeout if self.commits.transactional \
+            else min(options.shutdown_timeout,
+                     max(LOOP_COMMIT_FLOOR, 2 * options.commit_interval))
         self._assigned: set[TopicPartition] = set()
         self._sample = 0
         self._last_lag = clock()
