@@ -671,7 +671,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if raw is not None and raw.ok and row.ok:
             row.raw_ratio = row.rate / raw.rate
     targets = report.compute_targets(by_key, args.count, latency_rows)
-    targets = report.compute_targets(by_key, args.count)
     concurrency_ratios(by_key)
     command = "bench.py " + (shlex.join(sys.argv[1:] if argv is None else list(argv))
                              or "(defaults)")

@@ -190,7 +190,16 @@ class KafkaConsumer(Consumer):
             raise ValueError("max_messages must be at least 1")
         self._check_open()
         try:
-            messages = self._c.consume(max_messages, timeout)
+            # What is fetched already comes at once; only an empty queue waits, and then
+            # for its first record, not for a whole batch (librdkafka's consume() waits
+            # until `max_messages` or `timeout`). Under a backlog batches stay full; a
+            # record never waits for others to arrive, which was most of the latency of a
+            # stage that keeps up (a 2,000-record batch at 13,000 records/s is 150 ms).
+            messages = self._c.consume(max_messages, 0)
+            if not messages and timeout > 0:
+                messages = self._c.consume(1, timeout)
+                if messages and max_messages > 1:
+                    messages += self._c.consume(max_messages - 1, 0)
         except KafkaException as exc:
             raise_kafka(exc, "consume")
         except RuntimeError as exc:
