@@ -9,6 +9,7 @@ errors until their timeout; the others are sorted by `processor.backends.kafka.e
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -36,6 +37,9 @@ from processor.core.errors import (
 )
 
 logger = logging.getLogger(__name__)
+
+FATAL_CAUSE_WAIT = 2.0
+"""Seconds a call that met a bare fatal error waits for the error event naming its cause."""
 
 TXN_GRACE = 1.0
 """Seconds a transactional call is waited for beyond the timeout librdkafka was given."""
@@ -157,9 +161,22 @@ class KafkaProducer(Producer):
 
     def _raise(self, exc: KafkaException, what: str) -> NoReturn:
         error = error_of(exc)
+        if error is not None and error.code() == KafkaError._FATAL and self._errors.fatal is None:
+            # A call can see the fatal state before the error event naming its cause is
+            # queued and served (callbacks run in poll()): wait a moment for it, so the
+            # message says why (a refused producer id, say), not a bare "Fatal error".
+            # The stage stops on this error anyway; the wait is bounded.
+            until = time.monotonic() + FATAL_CAUSE_WAIT
+            while (self._errors.fatal is None and self._errors.denied is None
+                   and time.monotonic() < until):
+                with contextlib.suppress(KafkaException):
+                    self._p.poll(0.05)
         transactional = self._transactional and error is not None and (
             error.code() in (KafkaError._STATE, KafkaError._FATAL) or error.fatal())
-        raise_kafka(exc, what, transactional=transactional, fatal_hint=self._errors.fatal)
+        # A refusal by the authorizer may come as an ordinary error event before the
+        # client turns fatal: it is the cause then.
+        raise_kafka(exc, what, transactional=transactional,
+                    fatal_hint=self._errors.fatal or self._errors.denied)
 
     def poll(self, timeout: float = 0.0) -> int:
         try:
