@@ -90,9 +90,9 @@ KEYS = tuple(c.key for c in CONTENDERS)
 LATENCY_ROWS = ("ceiling", "project-alo", "quix")
 """The rows measured under load with --latency."""
 UNCHANGED = frozenset(("raw", "project-passthrough"))
+"""Rows whose outputs are the input artifacts unchanged (not transformed)."""
 PURE_PYTHON = frozenset(("project-alo-pure",))
 """Rows run with the codec's pure-Python source (`processor.serde.fast.PURE_PYTHON_ENV`)."""
-"""Rows whose outputs are the input artifacts unchanged (not transformed)."""
 
 
 def say(text: str) -> None:
