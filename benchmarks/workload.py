@@ -59,9 +59,14 @@ CONSUMER_SETTINGS: Mapping[str, Any] = {
     "fetch.max.bytes": 52_428_800,
     "max.partition.fetch.bytes": 1_048_576,
     "queued.max.messages.kbytes": 65_536,
+    "fetch.queue.backoff.ms": 10,
 }
 """librdkafka consumer settings given to every contender (librdkafka's defaults, spelled
-out so the printed conditions are complete)."""
+out so the printed conditions are complete), but for `fetch.queue.backoff.ms`: the
+project's default (`processor.backends.kafka.settings.CONSUMER_DEFAULTS`), given to every
+contender alike. librdkafka's default of 1000 ms stalls a consumer whose local queue is
+full for up to a second, which capped every row that keeps a backlog (the raw loop
+included) at the fetcher's stall pattern rather than at its own work."""
 
 
 def now_ms() -> int:

@@ -157,3 +157,49 @@ def test_three_node_cluster_survives_losing_a_node(unique_name: Name) -> None:
 def consumer_highs(broker: KafkaBroker, topic: str) -> list[int]:
     highs = broker.admin().high_watermarks(topic)
     return [highs[TopicPartition(topic, p)] for p in range(len(highs))]
+
+
+def _refill_stalls(kafka_broker: KafkaBroker, topic: str, group: str,
+                   settings: Mapping[str, object], records: int, stop_at: int) -> int:
+    """Read `records` through a local queue of about 50 records (and fetches of about
+    as many), 50 at a time, 10 ms apart; counts the
+    `consume` calls that found nothing within 0.4 s while records were still to come
+    (the fetcher idle with the broker holding a backlog). Stops at `stop_at` stalls."""
+    consumer = kafka_broker.consumer(group, settings={
+        "queued.min.messages": 50, "max.partition.fetch.bytes": 16_384, **settings})
+    try:
+        consumer.subscribe([topic])
+        seen = stalls = 0
+        deadline = time.monotonic() + 60
+        while seen < records and stalls < stop_at and time.monotonic() < deadline:
+            got = len(consumer.consume(50, 0.4))
+            if got == 0 and seen > 0:
+                stalls += 1
+            seen += got
+            time.sleep(0.01)  # the stage's work on them: the fetcher finds the queue full
+        assert seen == records or stalls >= stop_at
+        return stalls
+    finally:
+        consumer.close()
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+def test_consumer_refills_its_local_queue_without_stalling(
+    kafka_broker: KafkaBroker, unique_name: Name
+) -> None:
+    """A consumer whose local queue is full looks again after `fetch.queue.backoff.ms`:
+    the default here (10 ms) keeps a stage that works slower than the fetcher fed, where
+    librdkafka's own default (1000 ms) leaves it idle up to a second at each refill."""
+    topic = unique_name("topic")
+    kafka_broker.admin().create_topic(topic, partitions=1)
+    # Small record batches: a fetch returns whole batches, whatever its size limit.
+    producer = kafka_broker.producer(settings={"batch.size": 16_384})
+    for i in range(2000):
+        producer.produce(topic, b"x" * 300, b"%d" % i)
+    assert producer.flush(60) == 0
+    producer.close()
+    assert _refill_stalls(kafka_broker, topic, unique_name("group"), {}, 2000, 5) == 0
+    # The control: librdkafka's default, set explicitly, stalls.
+    assert _refill_stalls(kafka_broker, topic, unique_name("group"),
+                          {"fetch.queue.backoff.ms": 1000}, 2000, 2) >= 1

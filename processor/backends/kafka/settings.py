@@ -51,6 +51,15 @@ CONSUMER_DEFAULTS: Mapping[str, object] = {
     # its last commit and re-process those records.
     "partition.assignment.strategy": "range",
     "enable.partition.eof": False,
+    # librdkafka stops fetching a partition while its local queue holds queued.min.messages
+    # records or queued.max.messages.kbytes, and looks again only after this long (its
+    # default is 1000 ms). A stage that handles records more slowly than they are fetched
+    # fills that queue at once, so with the default it read in bursts and sat idle in
+    # consume() up to a second at a time: on one local broker, a consumer spending 4 us per
+    # record reached 114,000 records/s with the default and 221,000/s with 10 ms (1 to
+    # 100 ms all gave the same). Re-checking a full queue every 10 ms costs nothing
+    # measurable.
+    "fetch.queue.backoff.ms": 10,
 }
 
 #: Defaults of every client, admin included.
