@@ -44,7 +44,7 @@ from typing import Any, Final
 from processor.core.artifact import Approval, Artifact, MetaValue
 from processor.core.errors import ChecksumMismatch, DecodeError
 
-_sha256 = hashlib.sha256
+_sha256: Final = hashlib.sha256
 
 # What fastavro raises on bytes that are not a valid encoding of the schema.
 READ_ERRORS: Final = (
@@ -79,7 +79,7 @@ _SMALL: Final = tuple(bytes((i << 1,)) for i in range(64))
 _encode_text = str.encode
 _pack_double = struct.Struct("<d").pack
 _unpack_double = struct.Struct("<d").unpack_from
-_tuple_new = tuple.__new__
+_tuple_new: Final = tuple.__new__
 _EXACT_MAPS: Final = (dict, MappingProxyType)
 _V2_DEFAULTS: Final[tuple[tuple[Approval, ...], None, None]] = ((), None, None)
 """The defaults of version 2's fields: no approvals, no pseudonym hash, no Merkle root."""
@@ -412,9 +412,13 @@ def _decode(data: bytes, start: int, legacy: bool) -> Artifact:
                 f"{n - pos} trailing bytes after a {pos - start}-byte "
                 "artifact: one message must hold exactly one record"
             )
-        artifact: Artifact = _tuple_new(
-            Artifact, (id_, timestamp, *texts, MappingProxyType(meta), *blobs, *optional, *tail)
-        )
+        # Written out, not unpacked with `*`: compiled, a display of fixed length is one
+        # tuple filled in place, where unpacking built and grew a list first.
+        artifact: Artifact = _tuple_new(Artifact, (
+            id_, timestamp, texts[0], texts[1], texts[2], texts[3], texts[4], texts[5],
+            MappingProxyType(meta), blobs[0], blobs[1],
+            optional[0], optional[1], optional[2], optional[3], tail[0], tail[1], tail[2],
+        ))
         if _sha256(blobs[0]).digest() != blobs[1]:
             raise checksum_mismatch(artifact)
         return artifact
