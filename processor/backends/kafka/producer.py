@@ -125,19 +125,28 @@ class KafkaProducer(Producer):
     def produce(self, topic: str, value: bytes | None, key: bytes | None = None,
                 headers: Headers | None = None, partition: int | None = None,
                 timestamp: int | None = None) -> None:
-        self._check_open()
+        # This runs once per output record: checks inline, and librdkafka's own defaults
+        # (any partition, the current time) left to it.
+        if self._closed:
+            self._check_open()
         if topic not in self._known_topics:
             self._check_topic(topic)
-        part = -1 if partition is None else partition
-        stamp = 0 if timestamp is None else timestamp
         try:
-            self._p.produce(topic, value, key, part, timestamp=stamp,
-                            headers=headers)  # type: ignore[arg-type]
+            if partition is None and timestamp is None:
+                self._p.produce(topic, value, key,
+                                headers=headers)  # type: ignore[arg-type]
+            else:
+                self._p.produce(topic, value, key,
+                                -1 if partition is None else partition,
+                                timestamp=0 if timestamp is None else timestamp,
+                                headers=headers)  # type: ignore[arg-type]
         except BufferError:
             # librdkafka's local queue is full (queue.buffering.max.messages/.kbytes).
             # The confluent-kafka rule: serve delivery reports with poll() so that
             # acknowledged records leave the queue, then retry -- never drop the record.
             # This waits at most message.timeout.ms: by then queued records have failed.
+            part = -1 if partition is None else partition
+            stamp = 0 if timestamp is None else timestamp
             while True:
                 self._p.poll(0.05)
                 try:
