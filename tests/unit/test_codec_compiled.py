@@ -138,3 +138,21 @@ def test_the_stage_image_builds_the_compiled_codec_and_checks_it() -> None:
     assert "setup.py" in STAGE_CONTEXT
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert "processor/**/*.so" in ignored  # built in the image, never copied from the host
+
+
+@pytest.mark.parametrize("which", ["compiled", "pure"])
+def test_encode_reuses_only_the_digest_decode_verified_for_that_very_payload(
+        pure: ModuleType, which: str) -> None:
+    """`decode` remembers the payload it verified last; `encode` of an artifact holding
+    that same payload object writes the verified digest, and any other payload is hashed."""
+    module = artifact_avro if which == "compiled" else pure
+    first = Artifact.new(b"first payload", meta={"n": 1})
+    decoded = module.decode(module.encode(first))
+    assert module._verified[0] is decoded.payload
+    changed = decoded.with_meta("n", 2)  # the same payload object
+    assert module.decode(module.encode(changed)).checksum == checksum_of(b"first payload")
+    # A different payload, equal in length, after that decode: hashed, not the memo.
+    other = decoded.with_fields(payload=b"other payload", checksum=b"\x00" * 32)
+    out = module.decode(module.encode(other))
+    assert out.checksum == checksum_of(b"other payload")
+    assert out.payload == b"other payload"
