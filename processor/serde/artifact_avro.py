@@ -290,7 +290,6 @@ def _decode(data: bytes, start: int, legacy: bool) -> Artifact:
         else:
             timestamp, pos = _long_at(data, pos)
         texts: list[str] = []
-        add = texts.append
         for _ in range(6):
             byte = data[pos]
             if byte & 0x81:
@@ -301,7 +300,7 @@ def _decode(data: bytes, start: int, legacy: bool) -> Artifact:
             end = pos + size
             if end > n:
                 raise _truncated(n)
-            add(data[pos:end].decode())
+            texts.append(data[pos:end].decode())
             pos = end
         meta: dict[str, MetaValue] = {}
         while True:
