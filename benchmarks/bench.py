@@ -751,7 +751,9 @@ def profile_run(contender: Contender, run: Run) -> int:
         "Written by benchmarks/bench.py --profile.\n\n"
     )
     out = RESULTS / f"profile-{contender.key}.txt"
-    out.write_text(header + text_path.read_text("utf-8"), "utf-8")
+    # Paths relative to the checkout: where it lives says nothing about the stage.
+    body = text_path.read_text("utf-8").replace(f"{ROOT}/", "")
+    out.write_text(header + body, "utf-8")
     say(f"profile written to {out}")
     return 0
 
