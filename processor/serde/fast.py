@@ -4,10 +4,10 @@ pure-Python source it is compiled from.
 The code is `processor.serde.artifact_avro` (pure, strictly typed Python). Installing the
 package compiles that module with mypyc (`setup.py`) into a C extension that sits next
 to it and takes its place on import; per ~300-byte artifact it decodes about three times
-and encodes about twice as fast as the same source run by the interpreter. Where the extension could not be
-built (no C compiler) the source is used as it is. Both give the same bytes and the same
-artifacts (`tests/unit/test_codec_compiled.py` checks them against each other and against
-fastavro).
+and encodes about twice as fast as the same source run by the interpreter. Where the
+extension could not be built (no C compiler) the source is used as it is. Both give the
+same bytes and the same artifacts (`tests/unit/test_codec_compiled.py` checks them against
+each other and against fastavro).
 
 `PURE_PYTHON_ENV` set to a true value (1, true, yes, on) makes this module use the source
 even where the extension is built. In a source checkout the source is also used, with a

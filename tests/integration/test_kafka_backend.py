@@ -12,6 +12,7 @@ from processor.backends.abstract import TopicPartition
 from processor.backends.kafka import KafkaBroker
 from processor.core.errors import BrokerUnavailable, ConfigError
 from processor.devtools.local_kafka import LocalKafka, free_ports
+from processor.runtime.flow import Backpressure
 from tests.conformance.helpers import payloads
 
 Name = Callable[[str], str]
@@ -203,3 +204,33 @@ def test_consumer_refills_its_local_queue_without_stalling(
     # The control: librdkafka's default, set explicitly, stalls.
     assert _refill_stalls(kafka_broker, topic, unique_name("group"),
                           {"fetch.queue.backoff.ms": 1000}, 2000, 2) >= 1
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+def test_backpressure_counts_only_unacknowledged_output(
+    kafka_broker: KafkaBroker, unique_name: Name
+) -> None:
+    """librdkafka counts a record as outstanding until its delivery was served by a poll,
+    acknowledged or not; a busy stage polls only at its commits. Backpressure serves the
+    deliveries before it counts, so acknowledged output does not pause the stage."""
+    topic = unique_name("topic")
+    kafka_broker.admin().create_topic(topic, partitions=1)
+    producer = kafka_broker.producer()
+    consumer = kafka_broker.consumer(unique_name("group"))
+    try:
+        producer.produce(topic, b"first")  # the topic's metadata, then a clean count
+        assert producer.flush(30) == 0
+        for i in range(2000):
+            producer.produce(topic, b"%d" % i)
+        time.sleep(2.0)  # a local broker acknowledges them in milliseconds
+        assert producer.outstanding() >= 2000  # acknowledged, but not served yet
+        backpressure = Backpressure("stage", consumer, producer, limit=1000)
+        tp = TopicPartition(topic, 0)
+        assert backpressure.check({tp}, set()) is False
+        assert not backpressure.active
+        assert producer.outstanding() == 0
+        assert sum(kafka_broker.admin().high_watermarks(topic).values()) == 2001
+    finally:
+        consumer.close()
+        producer.close()
