@@ -1,8 +1,8 @@
 """Backpressure: a stage pauses its partitions while too much output is unacknowledged.
 
 When the producer holds `max_in_flight` records or more that the broker has not
-acknowledged (counted after serving the delivery events, so an acknowledged record is not
-counted) (plus, with a concurrent handler, the records in its calls), every
+acknowledged (plus, with a concurrent handler, the records in its calls; the delivery
+events are served first, so an acknowledged record does not count), every
 assigned partition is paused (except those a retry holds paused
 already); when that falls to half the limit they resume. The consumer keeps polling while
 paused, so the member stays in its group, and memory stays bounded however large the
