@@ -1,8 +1,7 @@
 """Backpressure: a stage pauses its partitions while too much output is unacknowledged.
 
 When the producer holds `max_in_flight` records or more that the broker has not
-acknowledged (plus, with a concurrent handler, the records in its calls; the delivery
-events are served first, so an acknowledged record does not count), every
+acknowledged (plus, with a concurrent handler, the records in its calls), every
 assigned partition is paused (except those a retry holds paused
 already); when that falls to half the limit they resume. The consumer keeps polling while
 paused, so the member stays in its group, and memory stays bounded however large the
@@ -39,12 +38,6 @@ class Backpressure:
               held: Collection[TopicPartition]) -> bool:
         """Pause or resume as the producer's unacknowledged output demands (`held`
         partitions are paused for a retry and left alone); whether anything changed."""
-        # Serve the delivery events first: librdkafka counts a record as outstanding until
-        # its delivery was served by a poll, acknowledged or not. A busy stage polls only
-        # at its commits, so without this every record since the last commit counted, and
-        # a stage writing max_in_flight records per commit interval paused itself each
-        # interval (and a resumed partition fetches nothing for up to a second).
-        self.producer.poll(0)
         outstanding = self.producer.outstanding()
         if self.extra is not None:
             outstanding += self.extra()
@@ -57,7 +50,9 @@ class Backpressure:
                 self.consumer.pause(sorted(self.paused))
                 lifecycle(logger, "pause", partitions=self.paused, stage=self.stage,
                           reason=PAUSE_BACKPRESSURE, unacknowledged=outstanding)
+            self.producer.poll(0)
             return True
+        self.producer.poll(0)
         if outstanding > self.limit // 2:
             return False
         resume = sorted(tp for tp in self.paused if tp in assigned and tp not in held)

@@ -125,28 +125,21 @@ class KafkaProducer(Producer):
     def produce(self, topic: str, value: bytes | None, key: bytes | None = None,
                 headers: Headers | None = None, partition: int | None = None,
                 timestamp: int | None = None) -> None:
-        # This runs once per output record: checks inline, and librdkafka's own defaults
-        # (any partition, the current time) left to it.
+        # This runs once per output record: the closed check inline.
         if self._closed:
             self._check_open()
         if topic not in self._known_topics:
             self._check_topic(topic)
+        part = -1 if partition is None else partition
+        stamp = 0 if timestamp is None else timestamp
         try:
-            if partition is None and timestamp is None:
-                self._p.produce(topic, value, key,
-                                headers=headers)  # type: ignore[arg-type]
-            else:
-                self._p.produce(topic, value, key,
-                                -1 if partition is None else partition,
-                                timestamp=0 if timestamp is None else timestamp,
-                                headers=headers)  # type: ignore[arg-type]
+            self._p.produce(topic, value, key, part, timestamp=stamp,
+                            headers=headers)  # type: ignore[arg-type]
         except BufferError:
             # librdkafka's local queue is full (queue.buffering.max.messages/.kbytes).
             # The confluent-kafka rule: serve delivery reports with poll() so that
             # acknowledged records leave the queue, then retry -- never drop the record.
             # This waits at most message.timeout.ms: by then queued records have failed.
-            part = -1 if partition is None else partition
-            stamp = 0 if timestamp is None else timestamp
             while True:
                 self._p.poll(0.05)
                 try:
@@ -208,6 +201,12 @@ class KafkaProducer(Producer):
         return failures
 
     def outstanding(self) -> int:
+        # librdkafka counts a record until its delivery was served by a poll, acknowledged
+        # or not, and a busy stage polls only at its commits: serve them first, or every
+        # record since the last commit would count (Backpressure paused a stage writing
+        # max_in_flight records per commit interval once per interval, and a resumed
+        # partition fetches nothing for up to a second).
+        self.poll(0)
         return len(self._p)
 
     # -- transactions --
