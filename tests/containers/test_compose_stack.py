@@ -40,7 +40,7 @@ DOWN_SECONDS = 30.0
 
 
 class Compose:
-    """`docker compose` on the stack, with the image names of this session."""
+    """`docker compose` on the stack, with the image names this test run built."""
 
     def __init__(self, engine: Engine, images: dict[str, str]) -> None:
         self.env = engine.env()
