@@ -60,19 +60,6 @@ from processor.core.errors import ChecksumMismatch, DecodeError
 
 _sha256: Final = hashlib.sha256
 
-_source: tuple[Artifact, bytes, int, int, int, int, int] | None = None
-"""The artifact `decode` returned last, the bytes it read it from, and where in them its
-runs of fields start: (artifact, data, start, state_at, meta_at, payload_at, optional_at),
-the record from `start` to the end of `data`. A stage decodes a record, and its handler
-mostly returns an artifact that shares most field objects with it (`with_meta`,
-`with_state` copy the others as they are); `encode` copies the bytes of a run whose fields
-are all the very objects (`is`) of this artifact instead of writing them out again. The
-same object holds the same value, which has one encoding, so this is right whichever
-artifact the encoded one came from. The payload's run holds the checksum `decode`
-verified, so an unchanged payload is not hashed again. The memo is one tuple, replaced
-whole, so a reader in another thread never sees one record's offsets with another's
-bytes."""
-
 # What fastavro raises on bytes that are not a valid encoding of the schema.
 READ_ERRORS: Final = (
     EOFError,
@@ -112,6 +99,32 @@ _tuple_new: Final = tuple.__new__
 _EXACT_MAPS: Final = (dict, MappingProxyType)
 _V2_DEFAULTS: Final[tuple[tuple[Approval, ...], None, None]] = ((), None, None)
 """The defaults of version 2's fields: no approvals, no pseudonym hash, no Merkle root."""
+
+
+def _placeholder() -> tuple[Artifact, bytes, int, int, int, int, int]:
+    """`_source` while the module sets it up (see its end): an artifact whose first field
+    in each of `encode`'s runs (id, state, meta, payload, encrypted_payload) is a new
+    object no other artifact holds, so `encode` writes every run out. Strings and bytes of
+    length 2 or more: CPython shares the empty and the one-character ones."""
+    text = "".join(["no ", "record"])
+    blob = bytes(bytearray(2))
+    return (_tuple_new(Artifact, (text, -1, text, text, text, text, text, text,
+                                  MappingProxyType({}), blob, blob, blob, None, None, None,
+                                  (), None, None)), b"", 0, 0, 0, 0, 0)
+
+
+_source: tuple[Artifact, bytes, int, int, int, int, int] = _placeholder()
+"""The artifact `decode` returned last, the bytes it read it from, and where in them its
+runs of fields start: (artifact, data, start, state_at, meta_at, payload_at, optional_at),
+the record from `start` to the end of `data`. A stage decodes a record, and its handler
+mostly returns an artifact that shares most field objects with it (`with_meta`,
+`with_state` copy the others as they are); `encode` copies the bytes of a run whose fields
+are all the very objects (`is`) of this artifact instead of writing them out again. The
+same object holds the same value, which has one encoding, so this is right whichever
+artifact the encoded one came from. The payload's run holds the checksum `decode`
+verified, so an unchanged payload is not hashed again. The memo is one tuple, replaced
+whole, so a reader in another thread never sees one record's offsets with another's
+bytes."""
 
 
 def _varint(value: int) -> bytes:
@@ -262,10 +275,7 @@ def encode(artifact: Artifact, prefix: bytes = b"") -> bytes:
     if type(timestamp) is not int:
         raise TypeError("timestamp is not an int")
     parts: list[bytes] = [prefix]
-    source = _source
-    if source is None:
-        return _encode_all(artifact, parts)
-    (seen, data, start, state_at, meta_at, payload_at, optional_at) = source
+    (seen, data, start, state_at, meta_at, payload_at, optional_at) = _source
     (
         s_id, s_timestamp, s_media_type, s_role, s_scope, s_origin, s_issuer, s_state,
         s_meta, s_payload, _, s_encrypted_payload, s_encrypted_key, s_ephemeral_public_key,
@@ -318,27 +328,6 @@ def _put_payload(parts: list[bytes], payload: bytes) -> None:
     parts.append(payload)
     parts.append(b"\x40")  # 32, the length of a SHA-256 digest
     parts.append(_sha256(payload).digest())
-
-
-def _encode_all(artifact: Artifact, parts: list[bytes]) -> bytes:
-    """Every field of `artifact` written out, after `parts` (the prefix)."""
-    (
-        id_, timestamp, media_type, role, scope, origin, issuer, state,
-        meta, payload, _, encrypted_payload, encrypted_key, ephemeral_public_key, signature,
-        approvals, pseudonym_hash, merkle_root,
-    ) = artifact  # fmt: skip
-    _put_text(parts, id_)
-    parts.append(_SMALL[timestamp] if 0 <= timestamp < 64 else _varint(timestamp))
-    for field in (media_type, role, scope, origin, issuer, state):
-        _put_text(parts, field)
-    _put_meta(parts, meta)
-    _put_payload(parts, payload)
-    _put_optional(parts, encrypted_payload)
-    _put_optional(parts, encrypted_key)
-    _put_optional(parts, ephemeral_public_key)
-    _put_optional(parts, signature)
-    _put_tail(parts, approvals, pseudonym_hash, merkle_root)
-    return b"".join(parts)
 
 
 def _truncated(size: int) -> DecodeError:
@@ -612,3 +601,9 @@ def _optionals_at(data: bytes, pos: int, n: int, optional: list[bytes | None]) -
             pos = end
     return pos
 
+
+# From here on `_source` holds what a decode returned: an empty artifact, written out in
+# full past the placeholder and read back.
+decode(encode(_tuple_new(Artifact, ("", 0, "", "", "", "", "", "", MappingProxyType({}), b"",
+                                    _sha256(b"").digest(), None, None, None, None, (), None,
+                                    None))))

@@ -191,6 +191,28 @@ def test_encode_copies_the_runs_of_fields_it_shares_with_the_last_decoded_artifa
     assert module._source is before
 
 
+@pytest.mark.parametrize("which", ["compiled", "pure"])
+def test_the_memo_holds_a_decoded_record_from_the_start(which: str) -> None:
+    """In a new process, before any decode of its own, the memo is a record the module
+    decoded as it loaded; encoding it, or artifacts of equal values, gives fastavro's
+    bytes."""
+    code = (
+        "from processor.serde import artifact_avro, fast\n"
+        "from processor.core.artifact import Artifact\n"
+        "from tests.unit.test_codec_fast import fastavro_bytes\n"
+        f"module = artifact_avro if {which == 'compiled'} else fast.pure_module()\n"
+        "seen, data = module._source[:2]\n"
+        "assert module.decode(data) == seen\n"
+        "twin = Artifact._make(bytes(bytearray(v)) if type(v) is bytes else v for v in seen)\n"
+        "for artifact in (seen, twin, seen.with_meta('k', 1), seen.with_state('s' * 70)):\n"
+        "    assert module.encode(artifact) == fastavro_bytes(artifact), artifact\n"
+        "print(len(data))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert int(out) > 0
+
+
 @given(artifacts(), artifacts())
 @settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 def test_encode_after_decode_is_what_fastavro_writes(
