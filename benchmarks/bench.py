@@ -572,7 +572,7 @@ def framed_input(stack: contextlib.ExitStack, bootstrap: str, run_id: str,
     say(f"schema registry (Apicurio) ready at {registry.url} in "
         f"{registry.startup_seconds or 0:.1f}s")
     topic = f"bench-in-framed-{run_id}"
-    client = SchemaRegistryClient({"url": registry.url})
+    client = SchemaRegistryClient({"url": registry.url, "timeout": 10})
     schema_id = client.register_schema(f"{topic}-value",
                                        Schema(json.dumps(workload.load_schema_json()), "AVRO"))
     harness.create_topic(bootstrap, topic, args.partitions)

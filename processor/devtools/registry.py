@@ -13,7 +13,7 @@ It needs Java 21 or later (its classes are compiled for 21): `find_java` takes
 `/usr/lib/jvm`, and uses the first of version 21 or later.
 
     with LocalRegistry() as registry:
-        client = SchemaRegistryClient({"url": registry.url})
+        client = SchemaRegistryClient({"url": registry.url, "timeout": 10})
 """
 
 from __future__ import annotations

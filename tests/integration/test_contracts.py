@@ -119,7 +119,9 @@ def test_confluent_serializers_round_trip_through_a_stage(
     src, dst, dlq = (unique_name(n) for n in ("cf-in", "cf-out", "cf-dlq"))
     for topic in (src, dst, dlq):
         broker.admin().create_topic(topic, partitions=2)
-    client = SchemaRegistryClient({"url": schema_registry_url})
+    # A timeout turns a registry that stops answering into an error the client retries
+    # (max.retries, 3 by default), where its default (none) waited for ever.
+    client = SchemaRegistryClient({"url": schema_registry_url, "timeout": 10})
     serializer = AvroSerializer(client, json.dumps(load_schema("artifact.v1.avsc")))
     producer = broker.producer()
     for i in range(COUNT):

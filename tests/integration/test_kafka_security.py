@@ -34,6 +34,7 @@ from confluent_kafka.admin._resource import ResourceType
 
 from processor.backends.abstract import TopicPartition
 from processor.backends.kafka import KafkaBroker
+from processor.core.errors import NotAuthorized
 from processor.devtools.kafka_security import (
     BrokerSecurity,
     create_acls,
@@ -332,10 +333,33 @@ def test_stage_that_may_write_nowhere_is_one_error_line(
     lines = error_lines(output)
     assert code == 1, output[-3000:]
     assert len(lines) == 1, output[-3000:]
-    assert "producer: not authorized (CLUSTER_AUTHORIZATION_FAILED" in lines[0]
-    assert "IDEMPOTENT_WRITE" in lines[0]
+    # "producer: ..." when a poll met the fatal error first, "produce to <topic>: ..." when
+    # a produce() did: the cause is named either way.
+    assert "not authorized (CLUSTER_AUTHORIZATION_FAILED" in lines[0], output[-3000:]
+    assert "IDEMPOTENT_WRITE" in lines[0], output[-3000:]
     assert committed(secured, topics) == {}
     print(f"stopped {seconds:.1f}s after start: {lines[0]}")
+
+
+def test_produce_that_meets_the_fatal_state_first_names_its_cause(
+        secured: Secured, unique_name: Callable[[str], str]) -> None:
+    # The order the stage above meets by chance, made certain: produce() without polling
+    # until librdkafka refuses a record, so the producer turned fatal while the event
+    # naming the cause (raised by confluent-kafka's next poll) was still unserved.
+    topics = make_topics(secured, unique_name)
+    create_acls(secured.bootstrap, secured.security.client_settings(),
+                [describe_acl("stage-read-only", *_topic(topics.output))])
+    broker = KafkaBroker(secured.bootstrap, secured.security.client_settings("stage-read-only"))
+    producer = broker.producer()
+    deadline = time.monotonic() + 30
+    with pytest.raises(NotAuthorized) as refused:
+        while time.monotonic() < deadline:
+            producer.produce(topics.output, b"x")
+            time.sleep(0.01)
+    producer.close(1.0)
+    assert str(refused.value).startswith(f"produce to {topics.output}: not authorized "
+                                         "(CLUSTER_AUTHORIZATION_FAILED"), str(refused.value)
+    assert "IDEMPOTENT_WRITE" in str(refused.value)
 
 
 def test_wrong_password_is_one_error_line(

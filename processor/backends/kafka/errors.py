@@ -158,6 +158,9 @@ class ErrorLog:
     """error_cb of a client: logs librdkafka's error events, remembers the fatal one and
     the first authentication or authorization failure (`denied`).
 
+    confluent-kafka raises librdkafka's fatal error from the poll() that serves it rather
+    than passing it here; the producer stores it in `fatal` then (`KafkaProducer._serve`).
+
     A user's own `error_cb` setting is chained: it is called after the log line.
     """
 

@@ -145,7 +145,7 @@ class KafkaProducer(Producer):
             # acknowledged records leave the queue, then retry -- never drop the record.
             # This waits at most message.timeout.ms: by then queued records have failed.
             while True:
-                self._p.poll(0.05)
+                self._serve(0.05)
                 try:
                     self._p.produce(topic, value, key, part, None, None, stamp,
                                     headers)  # type: ignore[arg-type]
@@ -168,15 +168,16 @@ class KafkaProducer(Producer):
     def _raise(self, exc: KafkaException, what: str) -> NoReturn:
         error = error_of(exc)
         if error is not None and error.code() == KafkaError._FATAL and self._errors.fatal is None:
-            # A call can see the fatal state before the error event naming its cause is
-            # queued and served (callbacks run in poll()): wait a moment for it, so the
-            # message says why (a refused producer id, say), not a bare "Fatal error".
-            # The stage stops on this error anyway; the wait is bounded.
+            # A call can meet the fatal state before the event naming its cause was served:
+            # confluent-kafka raises that event from the next poll() (see `_serve`), so
+            # poll for it a moment, and the message says why (a refused producer id, say),
+            # not a bare "Fatal error". The stage stops on this error anyway; the wait is
+            # bounded.
             until = time.monotonic() + FATAL_CAUSE_WAIT
             while (self._errors.fatal is None and self._errors.denied is None
                    and time.monotonic() < until):
                 with contextlib.suppress(KafkaException):
-                    self._p.poll(0.05)
+                    self._serve(0.05)
         transactional = self._transactional and error is not None and (
             error.code() in (KafkaError._STATE, KafkaError._FATAL) or error.fatal())
         # A refusal by the authorizer may come as an ordinary error event before the
@@ -184,9 +185,28 @@ class KafkaProducer(Producer):
         raise_kafka(exc, what, transactional=transactional,
                     fatal_hint=self._errors.fatal or self._errors.denied)
 
-    def poll(self, timeout: float = 0.0) -> int:
+    def _serve(self, timeout: float) -> int:
+        """`poll(timeout)` of the client, remembering a fatal error it raises.
+
+        confluent-kafka does not pass librdkafka's fatal error event to `error_cb`: the
+        poll() or flush() that serves it raises it instead, as a KafkaException carrying
+        the cause (CLUSTER_AUTHORIZATION_FAILED for a refused producer id, say). It is
+        served once; every later call only sees the bare _FATAL, so the cause is kept in
+        the error log, where `_raise` and the transactional calls look for it."""
         try:
             return self._p.poll(timeout)
+        except KafkaException as exc:
+            self._remember_fatal(exc)
+            raise
+
+    def _remember_fatal(self, exc: KafkaException) -> None:
+        error = error_of(exc)
+        if error is not None and error.fatal() and error.code() != KafkaError._FATAL:
+            self._errors.fatal = error
+
+    def poll(self, timeout: float = 0.0) -> int:
+        try:
+            return self._serve(timeout)
         except KafkaException as exc:  # a fatal producer, as in `flush`
             self._raise(exc, "producer")
 
@@ -197,6 +217,7 @@ class KafkaProducer(Producer):
         except KafkaException as exc:
             # A fatal producer: fenced, or refused its producer id (no WRITE on any topic
             # and no IDEMPOTENT_WRITE on the cluster).
+            self._remember_fatal(exc)
             self._raise(exc, "producer")
 
     def take_delivery_errors(self) -> list[DeliveryError]:
