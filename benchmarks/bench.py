@@ -57,6 +57,8 @@ class Contender:
 
 CONTENDERS = (
     Contender("raw", "raw loop: consume, produce the same bytes, commit; no Avro", 1),
+    Contender("raw-sha256", "raw loop + one SHA-256 per record, of a payload's length (the "
+              "integrity check alone)", 1),
     Contender("ceiling", "ceiling: confluent-kafka + fastavro loop", 1),
     Contender("ceiling-codec", "hand-written loop with the project's codec", 1),
     Contender("ceiling-2p", "ceiling loop, 2 processes (the machine's scaling bound)", 2),
@@ -89,7 +91,9 @@ SECURITY_ROWS = {"project-sign": "sign", "project-seal": "seal"}
 KEYS = tuple(c.key for c in CONTENDERS)
 LATENCY_ROWS = ("ceiling", "project-alo", "quix")
 """The rows measured under load with --latency."""
-UNCHANGED = frozenset(("raw", "project-passthrough"))
+CAPACITY_SECONDS = 8.0
+"""Seconds over which a contender's capacity beside the open loop is counted."""
+UNCHANGED = frozenset(("raw", "raw-sha256", "project-passthrough"))
 """Rows whose outputs are the input artifacts unchanged (not transformed)."""
 PURE_PYTHON = frozenset(("project-alo-pure",))
 """Rows run with the codec's pure-Python source (`processor.serde.fast.PURE_PYTHON_ENV`)."""
@@ -181,8 +185,9 @@ def commands(contender: Contender, run: Run, output: str, group: str,
     common = ["--bootstrap-servers", run.bootstrap, "--input", run.input_topic,
               "--output", output, "--group", group]
     result = [str(run.workdir / f"{contender.key}-{i}.json") for i in range(contender.processes)]
-    if contender.key.startswith("ceiling") or contender.key == "raw":
-        codec = {"ceiling-codec": "project", "raw": "raw"}.get(contender.key, "fastavro")
+    if contender.key.startswith(("ceiling", "raw")):
+        codec = {"ceiling-codec": "project", "raw": "raw",
+                 "raw-sha256": "raw-sha256"}.get(contender.key, "fastavro")
         return [[sys.executable, str(HERE / "contender_ceiling.py"), *common,
                  "--result", result[i], "--codec", codec] for i in range(contender.processes)]
     if contender.key.startswith(("io-", "cpu-batch")):
@@ -608,6 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.results.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
     latency_rows: list[latency.LatencyRow] = []
+    capacities: list[latency.Capacity] = []
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp, kafka(args) as (bootstrap, broker), \
             contextlib.ExitStack() as stack:
@@ -644,8 +650,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              f"{contender.processes} stage subprocesses in one group instead")
             rows.append(row)
         if args.latency:
-            latency_rows = latency_under_load(chosen, rows, run, args.latency_seconds,
-                                              args.loads)
+            capacities, latency_rows = latency_under_load(chosen, rows, run,
+                                                          args.latency_seconds, args.loads)
             if latency_rows:
                 notes.append(
                     "latency under load: the open-loop producer runs in the harness on the "
@@ -675,10 +681,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "bench.py " + (shlex.join(sys.argv[1:] if argv is None else list(argv))
                              or "(defaults)")
     print()
-    print(report.render_text(rows, targets, cond, notes, latency_rows))
-    report.write_json(args.results / "latest.json", rows, targets, cond, notes, latency_rows)
+    print(report.render_text(rows, targets, cond, notes, latency_rows, capacities))
+    report.write_json(args.results / "latest.json", rows, targets, cond, notes, latency_rows,
+                      capacities)
     (args.results / "latest.md").write_text(
-        report.render_markdown(rows, targets, cond, notes, command, latency_rows), "utf-8")
+        report.render_markdown(rows, targets, cond, notes, command, latency_rows, capacities),
+        "utf-8")
     why = report.write_chart(args.results / "latest.png", rows,
                              f"{args.count:,} artifacts, {args.partitions} partitions, "
                              f"{os.cpu_count()} cores")
@@ -690,38 +698,65 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def latency_under_load(chosen: Sequence[Contender], rows: Sequence[Row], run: Run,
-                       seconds: float, loads: Sequence[float]) -> list[latency.LatencyRow]:
-    """Each of `LATENCY_ROWS` that was measured, at each of `loads` of its rate."""
+                       seconds: float, loads: Sequence[float]
+                       ) -> tuple[list[latency.Capacity], list[latency.LatencyRow]]:
+    """Each of `LATENCY_ROWS` that was measured: its capacity beside the open loop, then
+    the latency at each of `loads` of that capacity."""
     measured = {r.key: r for r in rows if r.ok and r.rate > 0}
+    capacities: list[latency.Capacity] = []
     out: list[latency.LatencyRow] = []
     say("latency under load: encoding the open loop's artifacts")
     pool = latency.templates(2000, 300)
+
+    def fresh_topics(contender: Contender, tag: str) -> tuple[str, str, list[list[str]]]:
+        source, sink = f"bench-lat-in-{tag}", f"bench-lat-out-{tag}"
+        harness.create_topic(run.bootstrap, source, run.partitions)
+        harness.create_topic(run.bootstrap, sink, run.partitions,
+                             {"message.timestamp.type": "LogAppendTime"})
+        lat_run = dataclasses.replace(run, input_topic=source)
+        return source, sink, commands(contender, lat_run, sink, f"bench-lat-{tag}", None, True)
+
+    def drop(*topics: str) -> None:
+        for topic in topics:
+            with contextlib.suppress(Exception):
+                harness.delete_topic(run.bootstrap, topic)
+
     for contender in chosen:
         if contender.key not in LATENCY_ROWS or contender.key not in measured:
             continue
+        backlog_rate = measured[contender.key].rate
+        source, sink, cmds = fresh_topics(contender, f"{contender.key}-cap-{run.run_id}")
+        try:
+            cap = latency.capacity(contender.key, contender.label, cmds,
+                                   contender_env(contender), ROOT, run.logs, run.bootstrap,
+                                   source, sink, run.partitions, backlog_rate,
+                                   min(seconds, CAPACITY_SECONDS), pool, say)
+        except Exception as exc:
+            say(f"{contender.label}: capacity failed: {type(exc).__name__}: {exc}")
+            cap = latency.Capacity(contender.key, contender.label, backlog_rate,
+                                   latency.OVERLOAD * backlog_rate,
+                                   note=f"{type(exc).__name__}: {exc}")
+        if cap.rate <= 0:
+            cap.note = f"{cap.note}; loads set from the backlog rate instead".lstrip("; ")
+        drop(source, sink)
+        capacities.append(cap)
+        basis = cap.rate if cap.rate > 0 else backlog_rate
         for load in loads:
             tag = f"{contender.key}-{int(load * 100)}-{run.run_id}"
-            source, sink = f"bench-lat-in-{tag}", f"bench-lat-out-{tag}"
-            harness.create_topic(run.bootstrap, source, run.partitions)
-            harness.create_topic(run.bootstrap, sink, run.partitions,
-                                 {"message.timestamp.type": "LogAppendTime"})
-            lat_run = dataclasses.replace(run, input_topic=source)
-            cmds = commands(contender, lat_run, sink, f"bench-lat-{tag}", None, True)
+            source, sink, cmds = fresh_topics(contender, tag)
             try:
                 row = latency.measure(contender.key, contender.label, cmds,
                                       contender_env(contender), ROOT, run.logs, run.bootstrap,
-                                      source, sink, run.partitions, load,
-                                      measured[contender.key].rate, seconds, pool, say)
+                                      source, sink, run.partitions, load, basis, seconds,
+                                      pool, say)
             except Exception as exc:
                 say(f"{contender.label} at {load:.0%}: failed: {type(exc).__name__}: {exc}")
-                row = latency.LatencyRow(contender.key, contender.label, load,
-                                         load * measured[contender.key].rate,
+                row = latency.LatencyRow(contender.key, contender.label, load, load * basis,
+                                         basis_rate=basis,
                                          note=f"{type(exc).__name__}: {exc}")
             out.append(row)
-            for topic in (source, sink):
-                with contextlib.suppress(Exception):
-                    harness.delete_topic(run.bootstrap, topic)
-    return out
+            drop(source, sink)
+    return capacities, out
 
 
 def guarded(contender: Contender, run: Run, via_runner: bool = True) -> Row:

@@ -1,6 +1,10 @@
 """Latency under load: an open-loop producer at a fixed fraction of a contender's measured
 maximum rate, and the end-to-end latency of every record it produced.
 
+The maximum is measured in the same setup first (`capacity`): the contender's output rate
+while the open loop offers it more than it can take, on the same cores. Its backlog rate
+(the throughput row) is higher, since no producer runs beside it then.
+
 For one contender and one rate: a fresh, empty input topic and output topic (LogAppendTime);
 the contender is started on them with a new consumer group; a trickle of warm-up records
 shows when it is consuming (its first output); then the producer sends `rate` artifacts a
@@ -19,13 +23,14 @@ shares the machine's cores with it and the broker (noted with the results).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -72,6 +77,7 @@ class LatencyRow:
     label: str
     load: float
     target_rate: float
+    basis_rate: float = 0.0
     ok: bool = False
     note: str = ""
     sent: int = 0
@@ -211,45 +217,62 @@ def percentile(ordered: Sequence[int], q: float) -> float:
     return float(ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))])
 
 
-def measure(key: str, label: str, cmds: Sequence[list[str]], env: dict[str, str], cwd: Path,
-            logs: Path, bootstrap: str, input_topic: str, output_topic: str,
-            partitions: int, load: float, max_rate: float, seconds: float,
-            pool: Sequence[tuple[bytes, bytes]], progress: Progress) -> LatencyRow:
-    """Start the contender (`cmds`, already pointed at the two topics), wait for it to
-    consume, run the open loop at `load` x `max_rate`, and read the latencies back."""
-    rate = load * max_rate
-    row = LatencyRow(key, label, load, rate)
+@dataclass
+class Capacity:
+    """A contender's output rate while the open loop runs beside it: the rate the loads are
+    fractions of. Its throughput row is measured on a pre-loaded backlog, with the machine
+    to itself; here the open-loop producer takes its share of the same two cores, so the
+    contender handles fewer records a second, and a load set from the backlog rate would
+    overload it (every record then waits in a growing queue, and p99 measures that queue)."""
+
+    key: str
+    label: str
+    backlog_rate: float
+    offered: float
+    rate: float = 0.0
+    note: str = ""
+
+
+OVERLOAD = 1.25
+"""The open loop's rate while a capacity is measured, as a multiple of the backlog rate: more
+than the contender can take beside it, so that its input queue grows all the while."""
+SETTLE = 3.0
+"""Seconds of that load before the capacity window opens (a queue forms)."""
+
+
+@contextlib.contextmanager
+def _running(key: str, tag: str, cmds: Sequence[list[str]], env: dict[str, str], cwd: Path,
+             logs: Path, bootstrap: str, input_topic: str, output_topic: str,
+             partitions: int, pool: Sequence[tuple[bytes, bytes]]
+             ) -> Iterator[tuple[Producer, harness.Probe, str]]:
+    """The contender started on the two topics and seen consuming: yields the open loop's
+    producer, a watermark probe and "" (or why it did not start); stops it on exit."""
     processes: list[subprocess.Popen[bytes]] = []
     warm = open_loop_producer(bootstrap)
     probe = harness.Probe(bootstrap, f"bench-latency-probe-{uuid.uuid4().hex[:8]}")
     try:
         for i, cmd in enumerate(cmds):
-            with open(logs / f"latency-{key}-{int(load * 100)}-{i}.log", "wb") as fh:
+            with open(logs / f"latency-{key}-{tag}-{i}.log", "wb") as fh:
                 processes.append(subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
                                                   cwd=cwd, env=env))
         deadline = time.monotonic() + 90
         head, tail = pool[0]
+        why = ""
         while _written(probe, output_topic) < partitions:
             if time.monotonic() > deadline:
-                row.note = "the contender produced nothing within 90 s of starting"
-                return row
+                why = "the contender produced nothing within 90 s of starting"
+                break
             if any(p.poll() is not None for p in processes):
-                row.note = "the contender exited before consuming"
-                return row
-            for p in range(partitions):
-                warm.produce(input_topic, head + _varint(workload.now_ms()) + tail, partition=p)
+                why = "the contender exited before consuming"
+                break
+            for part in range(partitions):
+                warm.produce(input_topic, head + _varint(workload.now_ms()) + tail,
+                             partition=part)
             warm.flush(10)
             time.sleep(0.2)
-        time.sleep(1.0)  # the warm-up records drain
-        since = workload.now_ms()
-        progress(f"{label}: open loop at {load:.0%} of {max_rate:,.0f}/s = {rate:,.0f}/s "
-                 f"for {seconds:.0f}s")
-        row.sent, took = open_loop(warm, input_topic, partitions, rate, seconds, pool,
-                                   progress)
-        row.sent_rate = row.sent / took
-        stamps = read_latencies(bootstrap, output_topic, since, row.sent,
-                                timeout=max(30.0, seconds))
-        latencies = sorted(lat for _, lat in stamps)
+        if not why:
+            time.sleep(1.0)  # the warm-up records drain
+        yield warm, probe, why
     finally:
         for p in processes:
             if p.poll() is None:
@@ -261,6 +284,59 @@ def measure(key: str, label: str, cmds: Sequence[list[str]], env: dict[str, str]
                 p.kill()
                 p.wait(10)
         probe.close()
+
+
+def capacity(key: str, label: str, cmds: Sequence[list[str]], env: dict[str, str],
+             cwd: Path, logs: Path, bootstrap: str, input_topic: str, output_topic: str,
+             partitions: int, backlog_rate: float, seconds: float,
+             pool: Sequence[tuple[bytes, bytes]], progress: Progress) -> Capacity:
+    """Start the contender, run the open loop at `OVERLOAD` x `backlog_rate` and count its
+    outputs over `seconds` once a queue has formed."""
+    cap = Capacity(key, label, backlog_rate, OVERLOAD * backlog_rate)
+    with _running(key, "capacity", cmds, env, cwd, logs, bootstrap, input_topic,
+                  output_topic, partitions, pool) as (producer, probe, why):
+        if why:
+            cap.note = why
+            return cap
+        progress(f"{label}: capacity beside the open loop, offered {cap.offered:,.0f}/s")
+        open_loop(producer, input_topic, partitions, cap.offered, SETTLE, pool, progress)
+        began, done_before = time.monotonic(), _written(probe, output_topic)
+        open_loop(producer, input_topic, partitions, cap.offered, seconds, pool, progress)
+        took, done = time.monotonic() - began, _written(probe, output_topic)
+        queued = _written(probe, input_topic) - done
+    cap.rate = (done - done_before) / took
+    if queued < cap.rate * 0.5:
+        # Less than half a second of input waiting: it kept up, and the rate is the
+        # producer's, not the contender's limit.
+        cap.note = (f"kept up with the open loop ({queued:,} records queued at the end): "
+                    "the rate is a lower bound")
+    progress(f"{label}: {cap.rate:,.0f}/s beside the open loop "
+             f"({cap.rate / backlog_rate:.2f}x its backlog rate), {queued:,} queued at the end")
+    return cap
+
+
+def measure(key: str, label: str, cmds: Sequence[list[str]], env: dict[str, str], cwd: Path,
+            logs: Path, bootstrap: str, input_topic: str, output_topic: str,
+            partitions: int, load: float, max_rate: float, seconds: float,
+            pool: Sequence[tuple[bytes, bytes]], progress: Progress) -> LatencyRow:
+    """Start the contender (`cmds`, already pointed at the two topics), wait for it to
+    consume, run the open loop at `load` x `max_rate`, and read the latencies back."""
+    rate = load * max_rate
+    row = LatencyRow(key, label, load, rate, basis_rate=max_rate)
+    with _running(key, str(int(load * 100)), cmds, env, cwd, logs, bootstrap, input_topic,
+                  output_topic, partitions, pool) as (producer, _, why):
+        if why:
+            row.note = why
+            return row
+        since = workload.now_ms()
+        progress(f"{label}: open loop at {load:.0%} of {max_rate:,.0f}/s = {rate:,.0f}/s "
+                 f"for {seconds:.0f}s")
+        row.sent, took = open_loop(producer, input_topic, partitions, rate, seconds, pool,
+                                   progress)
+        row.sent_rate = row.sent / took
+        stamps = read_latencies(bootstrap, output_topic, since, row.sent,
+                                timeout=max(30.0, seconds))
+        latencies = sorted(lat for _, lat in stamps)
     row.received = len(latencies)
     if not latencies:
         row.note = "no output read back"

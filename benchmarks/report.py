@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from latency import LatencyRow
+from latency import Capacity, LatencyRow
 
 MB = 1_000_000
 
@@ -218,6 +218,15 @@ def markdown_table(rows: Sequence[Row]) -> str:
 
 LATENCY_HEADERS = ("contender", "load", "target /s", "sent /s", "records", "p50 ms",
                    "p99 ms", "p99.9 ms", "max ms")
+CAPACITY_HEADERS = ("contender", "backlog /s", "offered /s", "beside the open loop /s",
+                    "x backlog", "note")
+
+
+def capacity_cells(caps: Sequence[Capacity]) -> list[tuple[str, ...]]:
+    return [(c.label, f"{c.backlog_rate:,.0f}", f"{c.offered:,.0f}",
+             f"{c.rate:,.0f}" if c.rate > 0 else "-",
+             f"{c.rate / c.backlog_rate:.2f}" if c.rate > 0 and c.backlog_rate else "-",
+             c.note or "-") for c in caps]
 
 
 def latency_cells(rows: Sequence[LatencyRow]) -> list[tuple[str, ...]]:
@@ -236,10 +245,17 @@ def latency_cells(rows: Sequence[LatencyRow]) -> list[tuple[str, ...]]:
 
 LATENCY_DEFINITION = (
     "latency under load: an open-loop producer sends artifacts at a fixed rate (50% and 80% "
-    "of the contender's throughput measured above in this run) to a fresh input topic, "
+    "of the contender's capacity beside the open loop, above) to a fresh input topic, "
     "each with its `timestamp` field set to the time it is handed to the client; per output "
     "record, latency = broker append time of the output (LogAppendTime) - that timestamp, "
     "queueing included."
+)
+CAPACITY_DEFINITION = (
+    "capacity beside the open loop: the contender's output rate over a few seconds while the "
+    "open-loop producer offers it 1.25x its backlog rate (the throughput row above) on the "
+    "same cores, once a queue has formed. The backlog rate is measured with the machine to "
+    "the contender and the broker; beside a producer the contender gets less CPU, and loads "
+    "set from the backlog rate would overload it, so that p99 would measure a growing queue."
 )
 
 
@@ -253,6 +269,22 @@ def latency_text(rows: Sequence[LatencyRow]) -> list[str]:
     return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                       for i, (c, w) in enumerate(zip(line, widths, strict=True))).rstrip()
             for line in cells]
+
+
+def capacity_text(caps: Sequence[Capacity]) -> list[str]:
+    cells = [CAPACITY_HEADERS, *capacity_cells(caps)]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(CAPACITY_HEADERS))]
+    widths[-1] = 0
+    return ["  ".join(c.ljust(w) if i in (0, len(widths) - 1) else c.rjust(w)
+                      for i, (c, w) in enumerate(zip(line, widths, strict=True))).rstrip()
+            for line in cells]
+
+
+def capacity_markdown(caps: Sequence[Capacity]) -> list[str]:
+    lines = ["| " + " | ".join(CAPACITY_HEADERS) + " |",
+             "|" + "|".join(["---", *["---:"] * (len(CAPACITY_HEADERS) - 2), "---"]) + "|"]
+    lines += ["| " + " | ".join(line) + " |" for line in capacity_cells(caps)]
+    return lines
 
 
 def latency_markdown(rows: Sequence[LatencyRow]) -> list[str]:
@@ -284,8 +316,12 @@ def checks_lines(rows: Sequence[Row]) -> list[str]:
 
 def render_text(rows: Sequence[Row], targets: Sequence[Target],
                 conditions: Mapping[str, Any], notes: Sequence[str],
-                latency_rows: Sequence[LatencyRow] = ()) -> str:
+                latency_rows: Sequence[LatencyRow] = (),
+                capacities: Sequence[Capacity] = ()) -> str:
     out = [text_table(rows)]
+    if capacities:
+        out += ["", "capacity beside the open loop:", *capacity_text(capacities),
+                f"  ({CAPACITY_DEFINITION})"]
     if latency_rows:
         out += ["", "latency under load:", *latency_text(latency_rows),
                 f"  ({LATENCY_DEFINITION})"]
@@ -301,8 +337,12 @@ def render_text(rows: Sequence[Row], targets: Sequence[Target],
 
 def render_markdown(rows: Sequence[Row], targets: Sequence[Target],
                     conditions: Mapping[str, Any], notes: Sequence[str],
-                    command: str, latency_rows: Sequence[LatencyRow] = ()) -> str:
+                    command: str, latency_rows: Sequence[LatencyRow] = (),
+                    capacities: Sequence[Capacity] = ()) -> str:
     out = ["# Benchmark results", "", f"Command: `{command}`", "", markdown_table(rows), ""]
+    if capacities:
+        out += ["## Capacity beside the open loop", "", *capacity_markdown(capacities), "",
+                CAPACITY_DEFINITION, ""]
     if latency_rows:
         out += ["## Latency under load", "", *latency_markdown(latency_rows), "",
                 LATENCY_DEFINITION, ""]
@@ -322,8 +362,10 @@ def render_markdown(rows: Sequence[Row], targets: Sequence[Target],
 
 def write_json(path: Path, rows: Sequence[Row], targets: Sequence[Target],
                conditions: Mapping[str, Any], notes: Sequence[str],
-               latency_rows: Sequence[LatencyRow] = ()) -> None:
+               latency_rows: Sequence[LatencyRow] = (),
+               capacities: Sequence[Capacity] = ()) -> None:
     data = {
+        "capacity_beside_the_open_loop": [asdict(c) for c in capacities],
         "latency_under_load": [asdict(r) for r in latency_rows],
         "conditions": dict(conditions),
         "definitions": list(DEFINITIONS),
@@ -346,7 +388,8 @@ def write_chart(path: Path, rows: Sequence[Row], title: str) -> str | None:
     measured = [r for r in rows if r.ok]
     if not measured:
         return "no chart: no row was measured"
-    short = {"raw": "raw\nbytes", "project-passthrough": "project\npass-through",
+    short = {"raw": "raw\nbytes", "raw-sha256": "raw +\nSHA-256",
+             "project-passthrough": "project\npass-through",
              "ceiling": "ceiling", "ceiling-codec": "loop with\nour codec",
              "ceiling-2p": "ceiling\n2p",
              "project-alo": "project\nALO 1p", "project-alo-pure": "project\nALO pure",
@@ -355,8 +398,8 @@ def write_chart(path: Path, rows: Sequence[Row], title: str) -> str | None:
              "quix": "Quix\nStreams"}
     labels = [short.get(r.key, r.key) for r in measured]
     fig, axes = plt.subplots(1, 3, figsize=(15, 5), gridspec_kw={"width_ratios": [2, 1, 1]})
-    colours = ["#7f7f7f" if r.key in ("ceiling", "raw") else "#e377c2" if r.key == "quix"
-               else "#1f77b4" for r in measured]
+    colours = ["#7f7f7f" if r.key in ("ceiling", "raw", "raw-sha256")
+               else "#e377c2" if r.key == "quix" else "#1f77b4" for r in measured]
     ax = axes[0]
     bars = ax.bar(labels, [r.rate for r in measured], color=colours)
     for bar, row in zip(bars, measured, strict=True):
