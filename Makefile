@@ -25,7 +25,9 @@ $(STAMP): pyproject.toml setup.py processor/serde/artifact_avro.py
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	# setuptools warns on every editable install of a top-level package that a folder of
+	# the same name in the working directory could shadow it: that folder is this package.
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install -q -e '.[test]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 demo: $(STAMP)
