@@ -11,7 +11,9 @@ KAFKA_HOME ?= $(HOME)/.cache/processor/kafka-$(KAFKA_VERSION)
 .PHONY: container-test demo test lint typecheck unit conformance integration faults bench soak kafka-jars registry-app system-deps broker clean
 
 # The install compiles the codec's hot module with mypyc (setup.py): a C compiler and the
-# Python headers are installed when missing.
+# Python headers are installed when missing. setuptools warns on every editable install of
+# a top-level package that a folder of the same name in the working directory could shadow
+# it: that folder is this package, so the warning is filtered out.
 $(STAMP): pyproject.toml setup.py processor/serde/artifact_avro.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
 	  { apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -25,8 +27,6 @@ $(STAMP): pyproject.toml setup.py processor/serde/artifact_avro.py
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 	$(BIN)/python -m pip install -q --upgrade pip
-	# setuptools warns on every editable install of a top-level package that a folder of
-	# the same name in the working directory could shadow it: that folder is this package.
 	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install -q -e '.[test]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
