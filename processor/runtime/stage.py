@@ -416,9 +416,10 @@ class Stage(StageEvents):
                 rewind_to[tp] = offset
             consumed += 1
             value = msg.value() or b""
+            headers = msg.headers()
             bytes_in += len(value)
             try:
-                artifact = decode(value, msg.headers()) if passthrough else wrap(msg)
+                artifact = decode(value, headers) if passthrough else wrap(msg)
             except SchemaError as exc:
                 self._dead_letter(msg, Reason.SCHEMA, exc)
                 pending[tp] = offset + 1
@@ -464,7 +465,7 @@ class Stage(StageEvents):
                     raise StageFailed(
                         f"stage {self.options.name} has no output topic for an artifact"
                     )
-                produce(default_topic, value, key, msg.headers())
+                produce(default_topic, value, key, headers)
                 produced += 1
                 passed += 1
                 bytes_out += len(value)
@@ -479,7 +480,7 @@ class Stage(StageEvents):
                         f"stage {self.options.name} has no output topic for an artifact"
                     )
                 data = encode(result)
-                produce(default_topic, data, key, out_headers(msg.headers()))
+                produce(default_topic, data, key, out_headers(headers))
                 produced += 1
                 passed += 1
                 bytes_out += len(data)
@@ -494,7 +495,6 @@ class Stage(StageEvents):
                     dropped += 1
                     pending[tp] = offset + 1
                     continue
-                headers = msg.headers()
                 for output, out in pairs:
                     out_topic = outputs.get(output)
                     if out_topic is None:
