@@ -194,26 +194,37 @@ def table_cells(rows: Sequence[Row]) -> list[tuple[str, ...]]:
     return cells
 
 
+def _aligned(cells: Sequence[tuple[str, ...]], widths: Sequence[int],
+             last_left: bool) -> list[str]:
+    """Plain-text lines of `cells`: the first column (and with `last_left` the last one)
+    left-aligned, the others right-aligned, each padded to its width."""
+    left = (0, len(widths) - 1) if last_left else (0,)
+    return ["  ".join(c.ljust(w) if i in left else c.rjust(w)
+                      for i, (c, w) in enumerate(zip(line, widths, strict=True))).rstrip()
+            for line in cells]
+
+
+def _markdown(headers: tuple[str, ...], cells: Sequence[tuple[str, ...]],
+              last_left: bool) -> list[str]:
+    """A Markdown table: numbers right-aligned, the first column (and with `last_left` the
+    last one) left-aligned."""
+    right = len(headers) - (2 if last_left else 1)
+    lines = ["| " + " | ".join(headers) + " |",
+             "|" + "|".join(["---", *["---:"] * right, *(["---"] if last_left else [])]) + "|"]
+    lines += ["| " + " | ".join(line) + " |" for line in cells]
+    return lines
+
+
 def text_table(rows: Sequence[Row]) -> str:
     cells = [HEADERS, *table_cells(rows)]
     widths = [max(len(c[i]) for c in cells) for i in range(len(HEADERS))]
-    lines = []
-    for n, line in enumerate(cells):
-        lines.append("  ".join(
-            c.ljust(w) if i in (0, len(HEADERS) - 1) else c.rjust(w)
-            for i, (c, w) in enumerate(zip(line, widths, strict=True))
-        ).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
+    lines = _aligned(cells, widths, last_left=True)
+    lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
 def markdown_table(rows: Sequence[Row]) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |",
-             "|" + "|".join(["---", *["---:"] * (len(HEADERS) - 2), "---"]) + "|"]
-    for line in table_cells(rows):
-        lines.append("| " + " | ".join(line) + " |")
-    return "\n".join(lines)
+    return "\n".join(_markdown(HEADERS, table_cells(rows), last_left=True))
 
 
 LATENCY_HEADERS = ("contender", "load", "target /s", "sent /s", "records", "p50 ms",
@@ -266,32 +277,22 @@ def latency_text(rows: Sequence[LatencyRow]) -> list[str]:
     widths = [max(len(c[i]) for c in measured)
               for i in range(len(LATENCY_HEADERS))]
     widths[-1] = 0  # a row not measured says why in its last cell, unpadded
-    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                      for i, (c, w) in enumerate(zip(line, widths, strict=True))).rstrip()
-            for line in cells]
+    return _aligned(cells, widths, last_left=False)
 
 
 def capacity_text(caps: Sequence[Capacity]) -> list[str]:
     cells = [CAPACITY_HEADERS, *capacity_cells(caps)]
     widths = [max(len(c[i]) for c in cells) for i in range(len(CAPACITY_HEADERS))]
-    widths[-1] = 0
-    return ["  ".join(c.ljust(w) if i in (0, len(widths) - 1) else c.rjust(w)
-                      for i, (c, w) in enumerate(zip(line, widths, strict=True))).rstrip()
-            for line in cells]
+    widths[-1] = 0  # the note, unpadded
+    return _aligned(cells, widths, last_left=True)
 
 
 def capacity_markdown(caps: Sequence[Capacity]) -> list[str]:
-    lines = ["| " + " | ".join(CAPACITY_HEADERS) + " |",
-             "|" + "|".join(["---", *["---:"] * (len(CAPACITY_HEADERS) - 2), "---"]) + "|"]
-    lines += ["| " + " | ".join(line) + " |" for line in capacity_cells(caps)]
-    return lines
+    return _markdown(CAPACITY_HEADERS, capacity_cells(caps), last_left=True)
 
 
 def latency_markdown(rows: Sequence[LatencyRow]) -> list[str]:
-    lines = ["| " + " | ".join(LATENCY_HEADERS) + " |",
-             "|" + "|".join(["---", *["---:"] * (len(LATENCY_HEADERS) - 1)]) + "|"]
-    lines += ["| " + " | ".join(line) + " |" for line in latency_cells(rows)]
-    return lines
+    return _markdown(LATENCY_HEADERS, latency_cells(rows), last_left=False)
 
 
 def conditions_lines(conditions: Mapping[str, Any]) -> list[str]:
