@@ -139,6 +139,10 @@ class StageOptions:
     max_in_flight: Annotated[Count, Field(
         ge=1, description="records produced but not committed before an early commit",
         json_schema_extra={"metavar": "N"})] = 50_000
+    max_in_flight_bytes: Annotated[Count, Field(
+        ge=1, description="bytes produced but not committed before an early commit; "
+        "output unacknowledged past this pauses the input (default 64 MiB, far below "
+        "the producer's own queue)", json_schema_extra={"metavar": "BYTES"})] = 64 * 1024 * 1024
     retry: Annotated[RetryPolicy, Field(description="backoff for RetryableError")] = DEFAULT_RETRY
     error_policy: Annotated[ErrorPolicy, Field(
         description="what an unexpected handler exception does: dead-letter the input, "

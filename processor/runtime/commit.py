@@ -143,8 +143,9 @@ class CommitStrategy(ABC):
     def commit(self, offsets: Mapping[TopicPartition, int], timeout: float) -> CommitResult:
         """Make the outputs durable and commit `offsets` (the next offsets to read)."""
 
-    def abort(self) -> None:  # noqa: B027 - a no-op unless transactional
-        """Give up the uncommitted outputs (exactly-once: abort the transaction)."""
+    def abort(self, timeout: float | None = None) -> None:  # noqa: B027 - a no-op unless transactional
+        """Give up the uncommitted outputs (exactly-once: abort the transaction, within
+        `timeout` seconds, default 30, and `stop_by`)."""
 
 
 class AtLeastOnce(CommitStrategy):
@@ -242,8 +243,9 @@ class ExactlyOnce(CommitStrategy):
         self.metrics.transaction_latency(time.perf_counter() - t0)
         return CommitResult.COMMITTED
 
-    def abort(self) -> None:
+    def abort(self, timeout: float | None = None) -> None:
+        end = time.monotonic() + (30.0 if timeout is None else timeout)
         try:
-            self.producer.abort_transaction(max(MIN_CALL, self._left(time.monotonic() + 30.0)))
+            self.producer.abort_transaction(max(MIN_CALL, self._left(end)))
         finally:
             self._open = False

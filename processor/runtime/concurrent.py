@@ -64,7 +64,7 @@ from processor.core.handlers import (
 )
 from processor.core.options import StageOptions
 from processor.ops.logs import lifecycle
-from processor.ops.metrics import PAUSE_BACKPRESSURE
+from processor.ops.metrics import LATENCY_SAMPLE_EVERY, PAUSE_BACKPRESSURE
 from processor.runtime.dead_letters import Reason
 from processor.runtime.executors import (
     AsyncExecutor,
@@ -298,10 +298,14 @@ class ConcurrentLoop:
                 calls += 1
         self.calls -= calls
         released, moved = self.inflight.release(done)
-        if released:
-            self._emit(released)
-        if moved:
-            self.stage._pending.update(moved)
+        try:
+            if released:
+                self._emit(released)
+        finally:
+            # Also when a record failed in `_emit`: it fenced its partition, so the
+            # watermarks stop before it.
+            if moved:
+                self.stage.ledger.advance_all(moved)
 
     # --- outputs ---------------------------------------------------------------------
 
@@ -321,6 +325,11 @@ class ConcurrentLoop:
         encode = codec.encode
         out_headers = codec.headers
         routed: dict[str, list[int]] = {}
+        # Latency, sampled as on the synchronous path: the call's duration as the
+        # executor measured it, and the time from the artifact's timestamp to its output.
+        sample = stage._sample
+        handler_times: list[float] = []
+        e2e: list[float] = []
         for entry in entries:
             msg = entry.msg
             if entry.attempts > 1:
@@ -330,6 +339,11 @@ class ConcurrentLoop:
                 self._failed(msg, result, entry.attempts)
                 continue
             artifact = entry.artifact
+            if artifact is not None:
+                sample += 1
+                if sample % LATENCY_SAMPLE_EVERY == 0:
+                    handler_times.append(entry.elapsed)
+                    e2e.append(time.time() - artifact.timestamp / 1000.0)
             if result is None:
                 dropped += 1
                 continue
@@ -384,14 +398,22 @@ class ConcurrentLoop:
         if retried:
             stats.retried += retried
             stage.metrics.retried(retried)
-        stage._in_flight += produced
+        stage._sample = sample
+        stage.ledger.wrote(produced, bytes_out)
         report_batch(stage.metrics, 0, 0, produced, bytes_out, dropped, default_topic,
-                     routed, [], [])
-        stage.metrics.in_flight(stage._in_flight)
+                     routed, handler_times, e2e)
+        stage.metrics.in_flight(stage.ledger.produced)
 
     def _failed(self, msg: Message, error: BaseException, attempts: int) -> None:
+        if not isinstance(error, Exception):
+            # CancelledError, SystemExit, KeyboardInterrupt out of a handler: no policy
+            # absorbs it; the stage aborts without committing this record.
+            self.stage._fence(msg)
+            raise StageFailed(
+                f"stage {self.options.name}: handler raised {type(error).__name__} on "
+                f"{msg.topic()}[{msg.partition()}]@{msg.offset()}: {error}") from error
         reason = _reason(error)
-        if reason is None and isinstance(error, Exception):
+        if reason is None:
             self.stage._handler_failed(msg, error)
         else:
             self.stage._dead_letter(msg, reason or Reason.HANDLER_ERROR, error,

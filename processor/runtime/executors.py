@@ -31,6 +31,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
+from time import perf_counter
 from typing import Any, cast
 
 from processor.core.artifact import Artifact
@@ -145,16 +146,18 @@ class AsyncExecutor(Executor):
     async def _one(self, entries: list[Entry]) -> None:
         """One record, no deadline: the common case, with the fewest frames."""
         entry = entries[0]
+        t0 = perf_counter()
         try:
             entry.outcome = await self.handler(entry.artifact)
         except RetryableError as exc:
             if self.policy.max_attempts > 1:
                 await asyncio.sleep(self.policy.backoff(1))
-                await self._call(entries, attempt=2)
+                await self._call(entries, attempt=2, started=t0)
                 return
             entry.outcome = exc
-        except Exception as exc:
+        except BaseException as exc:  # CancelledError too: the stage decides (it aborts)
             entry.outcome = exc
+        entry.elapsed = perf_counter() - t0
         entry.attempts = 1
         if not self._finished:
             self.loop.call_soon(self._report)
@@ -173,11 +176,13 @@ class AsyncExecutor(Executor):
                     result = HandlerTimeout(f"the handler did not return within "
                                             f"{self.timeout}s")
                     return [result] * len(todo)
-        except Exception as exc:
+        except BaseException as exc:  # CancelledError too: the stage decides (it aborts)
             return [exc] * len(todo)
         return _results(result, len(todo), self.batch)
 
-    async def _call(self, entries: list[Entry], attempt: int = 1) -> None:
+    async def _call(self, entries: list[Entry], attempt: int = 1,
+                    started: float | None = None) -> None:
+        t0 = perf_counter() if started is None else started
         todo = entries
         while True:
             todo = _settle(todo, await self._attempt(todo), attempt, self.policy)
@@ -185,6 +190,9 @@ class AsyncExecutor(Executor):
                 break
             await asyncio.sleep(self.policy.backoff(attempt))
             attempt += 1
+        elapsed = perf_counter() - t0
+        for entry in entries:
+            entry.elapsed = elapsed
         # Calls finishing in one turn of the event loop reach the stage as one item.
         if not self._finished:
             self.loop.call_soon(self._report)
@@ -242,7 +250,7 @@ class ThreadExecutor(Executor):
     def _attempt(self, todo: list[Entry]) -> Sequence[BatchOutcome]:
         try:
             result = self.handler(self._argument(todo))
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit too: the stage decides (it aborts)
             return [exc] * len(todo)
         return _results(result, len(todo), self.batch)
 
@@ -251,6 +259,7 @@ class ThreadExecutor(Executor):
         """Attempt `todo` (default: all `entries`) from attempt number `attempt` on,
         with the backoff before each retry, then report `entries`."""
         todo = entries if todo is None else todo
+        t0 = perf_counter()
         while True:
             if attempt > 1:
                 time.sleep(self.policy.backoff(attempt - 1))  # on this call's thread
@@ -258,6 +267,9 @@ class ThreadExecutor(Executor):
             if not todo:
                 break
             attempt += 1
+        elapsed = perf_counter() - t0
+        for entry in entries:
+            entry.elapsed = max(entry.elapsed, elapsed)
         self.completed.put(entries)
 
     def _work(self) -> None:
@@ -310,7 +322,11 @@ class InlineExecutor(ThreadExecutor):
     def submit(self, calls: list[list[Entry]]) -> None:
         finished: list[Entry] = []
         for entries in calls:
+            t0 = perf_counter()
             again = _settle(entries, self._attempt(entries), 1, self.policy)
+            elapsed = perf_counter() - t0
+            for entry in entries:
+                entry.elapsed = elapsed
             if again:
                 self._put(entries, functools.partial(self._call, entries, again, 2))
             else:

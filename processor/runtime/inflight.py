@@ -32,8 +32,8 @@ class Entry:
     """One record in flight: its message, its decoded artifact and, once its call is over,
     the outcome (or the exception it ended with) and the attempts it took."""
 
-    __slots__ = ("artifact", "attempts", "cancelled", "done", "handle", "lane", "msg",
-                 "outcome", "released", "tp")
+    __slots__ = ("artifact", "attempts", "cancelled", "done", "elapsed", "handle", "lane",
+                 "msg", "outcome", "released", "tp")
 
     def __init__(self, msg: Message, tp: TopicPartition, lane: Hashable,
                  artifact: Artifact | None) -> None:
@@ -43,6 +43,8 @@ class Entry:
         self.artifact = artifact
         self.outcome: BatchOutcome = None
         self.attempts = 0
+        self.elapsed = 0.0
+        """Seconds its handler call took (all attempts), measured by the executor."""
         self.done = False
         """Set by the stage thread when the call's result reached it."""
         self.released = False

@@ -51,7 +51,7 @@ class TooLargeRecovery:
         logger.warning("%s; re-reading the uncommitted records to dead-letter their inputs",
                        exc)
         singly = self.singly
-        for tp, offset in stage._pending.items():
+        for tp, offset in stage.ledger.marks.items():
             singly[tp] = max(offset, singly.get(tp, 0))
         self.suspects.update(e.key for e in exc.errors)
         rewind_to = stage.commits.rewind_to
@@ -84,7 +84,7 @@ class TooLargeRecovery:
                 stage._process(rest)
                 rest = []
             # Make what precedes it durable, so that a refusal can only be its own.
-            if (stage._pending or stage.commits.in_transaction) and not self._settle(
+            if (stage.ledger or stage.commits.in_transaction) and not self._settle(
                     messages[i:], timeout):
                 return
             passed = stage.stats.passed
@@ -96,7 +96,7 @@ class TooLargeRecovery:
                     return
             except OutputTooLarge as exc:
                 if any(e.topic == stage.options.dlq_topic for e in exc.errors):
-                    stage._pending.clear()
+                    stage.fail(exc)
                     raise
                 if any(e.key != msg.key() for e in exc.errors):  # not its own alone
                     self._reread(messages[i:])
@@ -107,10 +107,10 @@ class TooLargeRecovery:
                 if stage._eos:  # the transaction was aborted with the outputs
                     stage.commits.rewind_to.clear()
                     stage.commits.rewind_to[tp] = msg.offset()
-                    stage._pending.clear()
+                    stage.ledger.rewound()
                     stage.commits.open()
                 stage._dead_letter(msg, Reason.TOO_LARGE, exc)
-                stage._pending[tp] = msg.offset() + 1
+                stage.ledger.advance(tp, msg.offset() + 1)
             if not self._settle(messages[i + 1:], timeout):
                 return
         if rest:
@@ -129,7 +129,7 @@ class TooLargeRecovery:
                 return True
         except OutputTooLarge as exc:
             if any(e.topic == stage.options.dlq_topic for e in exc.errors):
-                stage._pending.clear()
+                stage.fail(exc)
                 raise
             self._reread(later)
             self.find(exc)
@@ -149,13 +149,13 @@ class TooLargeRecovery:
         Raises `OutputTooLarge` with the pending offsets kept, for the caller to use."""
         stage = self.stage
         while True:
-            offsets = {tp: off for tp, off in stage._pending.items() if tp in stage._assigned}
+            offsets = stage.ledger.committable(stage._assigned)
             try:
                 result = stage.commits.commit(offsets, timeout)
             except OutputTooLarge:
                 raise
-            except DeliveryFailed:
-                stage._pending.clear()  # never committed later, not even at shutdown
+            except DeliveryFailed as exc:
+                stage.fail(exc)  # never committed later, not even at shutdown
                 raise
             if result is CommitResult.ABORTED:
                 return False
@@ -165,6 +165,5 @@ class TooLargeRecovery:
                 return True  # acknowledged, not committed (a rebalance): commit later
         stage._last_commit = stage.clock()
         stage.stats.commits += 1
-        stage._pending.clear()
-        stage._in_flight = 0
+        stage.ledger.committed()
         return True

@@ -43,6 +43,7 @@ from processor.core.errors import (
     BackendError,
     ChecksumMismatch,
     DecodeError,
+    DeliveryFailed,
     InvalidArtifact,
     ProcessorError,
     RetryableError,
@@ -60,6 +61,7 @@ from processor.ops.metrics import (
 )
 from processor.runtime.commit import (
     AtLeastOnce,
+    CommitResult,
     CommitStrategy,
     ExactlyOnce,
 )
@@ -67,15 +69,16 @@ from processor.runtime.concurrent import ConcurrentLoop, runs_concurrently
 from processor.runtime.dead_letters import DeadLetterLimit, DeadLetters, Reason
 from processor.runtime.deadline import DeadlineHandler
 from processor.runtime.flow import Backpressure
+from processor.runtime.ledger import OffsetLedger
 from processor.runtime.oversize import TooLargeRecovery
 from processor.runtime.probe import BrokerProbe
 from processor.runtime.retry import RetryHolder
-from processor.runtime.stage_events import StageEvents, StageFailed
+from processor.runtime.stage_events import PolicyStop, StageEvents, StageFailed
 from processor.runtime.stats import StageStats, report_batch
 from processor.serde.codec import Codec
 from processor.serde.wire import WireCodec
 
-__all__ = ["LATENCY_SAMPLE_EVERY", "Stage", "StageFailed", "StageStats", "tune_gc"]
+__all__ = ["LATENCY_SAMPLE_EVERY", "PolicyStop", "Stage", "StageFailed", "StageStats", "tune_gc"]
 
 logger = logging.getLogger(__name__)
 
@@ -187,9 +190,11 @@ class Stage(StageEvents):
             self.commits = AtLeastOnce(options.name, self.consumer, self.producer,
                                        self.metrics)
 
-        # Offsets (next to read) of fully handled records, not yet committed.
-        self._pending: dict[TopicPartition, int] = {}
-        self._in_flight = 0
+        # The one writer of commit positions (`runtime/ledger.py`).
+        self.ledger = OffsetLedger()
+        self._raise: BaseException | None = None
+        """A fatal error met inside a rebalance callback, raised by the loop next."""
+        self._closing = False
         self._last_commit = clock()
         # At least once only: a transaction's commit given up midway is not simply
         # made again later, so exactly-once keeps the full bound.
@@ -208,7 +213,9 @@ class Stage(StageEvents):
                 self.commits.held = self.concurrent
         self.backpressure = Backpressure(
             options.name, self.consumer, self.producer, options.max_in_flight,
-            extra=None if self.concurrent is None else self.concurrent.inflight.__len__)
+            extra=None if self.concurrent is None else self.concurrent.inflight.__len__,
+            byte_limit=options.max_in_flight_bytes,
+            unacknowledged_bytes=lambda: self.ledger.produced_bytes)
         self.probe = BrokerProbe(options.name, self.consumer, self.health,
                                  lambda: self._assigned)
 
@@ -231,7 +238,10 @@ class Stage(StageEvents):
 
     def run(self, max_records: int | None = None, idle_timeout: float | None = None) -> StageStats:
         """Process until `stop()`, or until `max_records` were consumed, or until no record
-        arrived for `idle_timeout` seconds; then drain, commit and close."""
+        arrived for `idle_timeout` seconds; then drain, commit and close.
+
+        A fatal error (see `fail`) is raised once the stage has aborted and closed its
+        clients: nothing handled since the last commit is committed after it."""
         tune_gc()
         self.start()
         last_record = self.clock()
@@ -259,6 +269,27 @@ class Stage(StageEvents):
         self.probe.stop()
         self._stop.set()
 
+    def fail(self, error: BaseException) -> None:
+        """A fatal error: the close that follows aborts instead of draining.
+
+        A failed output (`DeliveryFailed`: which record it belonged to is unknown) fences
+        every partition at its last commit. Any other error froze the ledger where it
+        stands: the records finished before it may still be committed, at least once,
+        once their outputs are acknowledged; nothing finishing after it counts."""
+        if self.ledger.failure is None:
+            why = f"{type(error).__name__}: {error}"
+            if isinstance(error, DeliveryFailed):
+                self.ledger.fence_all(why)
+            else:
+                self.ledger.freeze(why)
+            logger.debug("stage %s: fatal error, nothing past the fences is committed: %s",
+                         self.options.name, why)
+
+    @property
+    def failed(self) -> bool:
+        """Whether a fatal error stopped the stage."""
+        return self.ledger.failure is not None
+
     def _set_stop_by(self) -> float:
         if self.commits.stop_by is None:
             self.commits.stop_by = time.monotonic() + self.options.shutdown_timeout
@@ -269,10 +300,7 @@ class Stage(StageEvents):
 
     def uncommitted(self) -> str:
         """What a stop now would leave uncommitted (re-read after a restart), in words."""
-        parts = [f"{tp}@{offset}" for tp, offset in sorted(self._pending.items())]
-        text = (f"handled up to (not including) {', '.join(parts)}" if parts
-                else "no handled record")
-        text += f"; {self._in_flight} output(s) since the last commit"
+        text = self.ledger.describe()
         if self.concurrent is not None and self.concurrent.busy:
             text += f"; {len(self.concurrent.inflight)} record(s) in handler calls"
         if self.commits.in_transaction:
@@ -280,24 +308,38 @@ class Stage(StageEvents):
         return text
 
     def close(self) -> None:
-        """Commit what is handled, then close both clients: all of it within
-        `shutdown_timeout` (counted from `stop()`, or from now). Each client still gets
-        a short moment (`CLOSE_FLOOR`) after an earlier step used the time up.
-        `run()` calls it on its way out; a caller driving `run_once()` calls it itself."""
+        """End the stage: all of it within `shutdown_timeout` (counted from `stop()`, or
+        from now); each client still gets a short moment (`CLOSE_FLOOR`) after an earlier
+        step used the time up. `run()` calls it on its way out; a caller driving
+        `run_once()` calls it itself.
+
+        * After a fatal error (`fail`): abort. The open transaction is aborted, the calls
+          in flight are cancelled, nothing is drained and nothing committed.
+        * Otherwise, a graceful stop: the calls in flight drain (up to `drain_timeout`),
+          then what is finished is committed, up to the ledger's fences. An error on the
+          way (a failed output, a record the error policy stops on) makes it an abort,
+          and is raised once the clients are closed."""
         stop_by = self._set_stop_by()
 
         def left() -> float:
             return max(CLOSE_FLOOR, stop_by - time.monotonic())
 
+        error: BaseException | None = None
+        if not self.failed:
+            try:
+                if self.concurrent is not None:
+                    self.concurrent.drain(min(self.options.drain_timeout, left()))
+                if not self.failed:
+                    self.commit(left())
+            except BaseException as exc:  # raised below, once the clients are closed
+                self.fail(exc)
+                error = exc
+        # From here on a revocation (in the consumer's close) commits nothing more: the
+        # final commit is made, or the stage failed.
+        self._closing = True
         try:
-            if self.concurrent is not None:
-                self.concurrent.drain(min(self.options.drain_timeout, left()))
-            self.commit(left())
-        except ProcessorError as exc:
-            # An expected kind of failure (the broker away, a refused write that already
-            # stopped the stage): its message says it; the traceback only at debug level.
-            logger.error("stage %s: final commit failed: %s", self.options.name, exc,
-                         exc_info=logger.isEnabledFor(logging.DEBUG))
+            if self.failed:
+                self._abort(left())
         finally:
             self.probe.close()  # before the consumer's handle goes
             try:
@@ -313,7 +355,7 @@ class Stage(StageEvents):
                 finally:
                     if self.concurrent is not None:
                         self.concurrent.close()  # after the revocation in the close
-                    if self._pending:
+                    if self.ledger or self.failed:
                         logger.warning("stage %s: stopped with %s; those records will be "
                                        "read again", self.options.name, self.uncommitted())
                     self._stopped.set()
@@ -322,11 +364,50 @@ class Stage(StageEvents):
                         consumed=self.stats.consumed, produced=self.stats.produced,
                         dropped=self.stats.dropped, dead_lettered=self.stats.dead_lettered,
                     )
+        if error is not None:
+            raise error
+
+    def _abort(self, timeout: float) -> None:
+        """After a fatal error: cancel the calls in flight and abort the open transaction
+        (bounded by `timeout`). At least once, the records finished before the error
+        (up to the fences) are committed if all outputs so far are acknowledged."""
+        if self.concurrent is not None:
+            self.concurrent.discard()
+        if not self.commits.transactional:
+            offsets = self.ledger.committable(self._assigned)
+            if offsets:
+                try:
+                    if self.commits.commit(offsets, timeout) is CommitResult.COMMITTED:
+                        self.ledger.committed()
+                        self.stats.commits += 1
+                except ProcessorError as exc:
+                    logger.warning("stage %s: nothing committed after the error: %s",
+                                   self.options.name, exc)
+            return
+        if self.commits.in_transaction:
+            try:
+                self.commits.abort(timeout)
+            except ProcessorError as exc:
+                # The broker aborts it anyway once transaction.timeout.ms passes, or when
+                # the next instance with this transactional id starts.
+                logger.warning("stage %s: aborting the transaction: %s",
+                               self.options.name, exc)
 
     # --- the loop --------------------------------------------------------------------
 
     def run_once(self) -> int:
-        """One poll: returns how many records were consumed."""
+        """One poll: returns how many records were consumed. Any exception it raises is
+        fatal (but a `PolicyStop`): the stage is failed (`fail`) before it propagates,
+        so `close()` aborts."""
+        try:
+            return self._turn()
+        except PolicyStop:
+            raise  # a graceful stop: what is finished is committed by `close()`
+        except BaseException as exc:
+            self.fail(exc)
+            raise
+
+    def _turn(self) -> int:
         self.health.beat()
         if self.retries:
             self._retry_due()
@@ -337,6 +418,8 @@ class Stage(StageEvents):
         else:
             messages = self.consumer.consume(self.options.batch_size,
                                              self.options.poll_timeout)
+            if self._raise is not None:
+                raise self._raise
             n = len(messages)
             if n:
                 self.metrics.batch(n)
@@ -344,29 +427,33 @@ class Stage(StageEvents):
                     self.oversize.process(messages)
                 else:
                     self._process(messages)
+        if self._raise is not None:
+            raise self._raise
         if n:
             stats = self.stats
             stop = self.dlq_limit.check(stats.consumed, stats.dead_lettered,
                                         stats.dead_letter_reasons)
             if stop is not None:
-                raise StageFailed(stop)
+                raise PolicyStop(stop)
         else:
             # Idle: serve the producer's events (delivery reports, errors, librdkafka
             # statistics), which a busy stage serves when it flushes at each commit.
             self.producer.poll(0)
         now = self.clock()
-        if self._pending and (
+        ledger = self.ledger
+        if ledger.marks and (
             now - self._last_commit >= self.options.commit_interval
-            or self._in_flight >= self.options.max_in_flight
+            or ledger.produced >= self.options.max_in_flight
+            or ledger.produced_bytes >= self.options.max_in_flight_bytes
         ):
             self.commit(self._loop_commit_bound)
-        elif not self._pending:
+        elif not ledger.marks:
             self._last_commit = now
         if now - self._last_lag >= LAG_REPORT_INTERVAL:
             self._last_lag = now
             self._report_lag()
         if self._deadline is not None and self._deadline.hung:
-            raise StageFailed(f"stage {self.options.name}: {self._deadline.hung}")
+            raise PolicyStop(f"stage {self.options.name}: {self._deadline.hung}")
         return n
 
     def _process(self, messages: Sequence[Message], previous_attempts: int = 0) -> None:
@@ -385,7 +472,9 @@ class Stage(StageEvents):
         produce = self.producer.produce
         outputs = self._outputs
         default_topic = outputs[DEFAULT_OUTPUT]
-        pending = self._pending
+        # Partition -> offset after its last finished record in this batch; handed to
+        # the ledger once, at the end (a batch cut short by a fatal error hands nothing).
+        pending: dict[TopicPartition, int] = {}
         held = self.retries.held
         eos = self._eos
         rewind_to = self.commits.rewind_to
@@ -404,138 +493,146 @@ class Stage(StageEvents):
 
         # A batch comes mostly in runs of one partition: build its key once per run.
         tp = _NO_PARTITION
-        for msg in messages:
-            partition = msg.partition()
-            offset = msg.offset()
-            if partition != tp.partition or msg.topic() != tp.topic:
-                tp = TopicPartition(msg.topic(), partition)
-            if held and tp in held:
-                held[tp].records.append(msg)  # behind a record waiting for its retry
-                continue
-            if eos and tp not in rewind_to:
-                rewind_to[tp] = offset
-            consumed += 1
-            value = msg.value() or b""
-            headers = msg.headers()
-            bytes_in += len(value)
-            try:
-                artifact = decode(value, headers) if passthrough else wrap(msg)
-            except SchemaError as exc:
-                self._dead_letter(msg, Reason.SCHEMA, exc)
-                pending[tp] = offset + 1
-                continue
-            except ChecksumMismatch as exc:
-                self._dead_letter(msg, Reason.CHECKSUM, exc)
-                pending[tp] = offset + 1
-                continue
-            except DecodeError as exc:
-                self._dead_letter(msg, Reason.DECODE, exc)
-                pending[tp] = offset + 1
-                continue
-
-            sample += 1
-            timed = sample % LATENCY_SAMPLE_EVERY == 0
-            try:
-                if timed:
-                    t0 = perf()
-                    result = handler(artifact)
-                    handler_times.append(perf() - t0)
-                else:
-                    result = handler(artifact)
-            except RetryableError as exc:
-                self._hold(tp, msg, exc, previous_attempts + 1)
-                continue
-            except InvalidArtifact as exc:
-                self._dead_letter(msg, Reason.INVALID, exc)
-                pending[tp] = offset + 1
-                continue
-            except SecurityError as exc:  # a security policy refused it (docs/security.md)
-                self._dead_letter(msg, Reason.of_security(exc), exc)
-                pending[tp] = offset + 1
-                continue
-            except Exception as exc:
-                self._handler_failed(msg, exc)
-                pending[tp] = offset + 1
-                continue
-
-            key = msg.key()
-            if result is artifact and passthrough:
-                # Unchanged: pass the original bytes through, no re-encoding.
-                if default_topic is None:
-                    raise StageFailed(
-                        f"stage {self.options.name} has no output topic for an artifact"
-                    )
-                produce(default_topic, value, key, headers)
-                produced += 1
-                passed += 1
-                bytes_out += len(value)
-            elif result is None:
-                dropped += 1
-                pending[tp] = offset + 1
-                continue
-            elif type(result) is artifact_type:
-                # One new artifact for the default output: the common transform.
-                if default_topic is None:
-                    raise StageFailed(
-                        f"stage {self.options.name} has no output topic for an artifact"
-                    )
-                data = encode(result)
-                produce(default_topic, data, key, out_headers(headers))
-                produced += 1
-                passed += 1
-                bytes_out += len(data)
-            else:
+        try:
+            for msg in messages:
+                partition = msg.partition()
+                offset = msg.offset()
+                if partition != tp.partition or msg.topic() != tp.topic:
+                    tp = TopicPartition(msg.topic(), partition)
+                if held and tp in held:
+                    held[tp].records.append(msg)  # behind a record waiting for its retry
+                    continue
+                if eos and tp not in rewind_to:
+                    rewind_to[tp] = offset
+                consumed += 1
+                value = msg.value() or b""
+                headers = msg.headers()
+                bytes_in += len(value)
                 try:
-                    pairs = outcomes(result)
-                except TypeError as exc:
+                    artifact = decode(value, headers) if passthrough else wrap(msg)
+                except SchemaError as exc:
+                    self._dead_letter(msg, Reason.SCHEMA, exc)
+                    pending[tp] = offset + 1
+                    continue
+                except ChecksumMismatch as exc:
+                    self._dead_letter(msg, Reason.CHECKSUM, exc)
+                    pending[tp] = offset + 1
+                    continue
+                except DecodeError as exc:
+                    self._dead_letter(msg, Reason.DECODE, exc)
+                    pending[tp] = offset + 1
+                    continue
+
+                sample += 1
+                timed = sample % LATENCY_SAMPLE_EVERY == 0
+                try:
+                    if timed:
+                        t0 = perf()
+                        result = handler(artifact)
+                        handler_times.append(perf() - t0)
+                    else:
+                        result = handler(artifact)
+                except RetryableError as exc:
+                    if self._hold(tp, msg, exc, previous_attempts + 1):
+                        pending[tp] = offset + 1  # dead-lettered: retries exhausted
+                    continue
+                except InvalidArtifact as exc:
+                    self._dead_letter(msg, Reason.INVALID, exc)
+                    pending[tp] = offset + 1
+                    continue
+                except SecurityError as exc:  # a security policy refused it (docs/security.md)
+                    self._dead_letter(msg, Reason.of_security(exc), exc)
+                    pending[tp] = offset + 1
+                    continue
+                except Exception as exc:
                     self._handler_failed(msg, exc)
                     pending[tp] = offset + 1
                     continue
-                if not pairs:
+
+                key = msg.key()
+                if result is artifact and passthrough:
+                    # Unchanged: pass the original bytes through, no re-encoding.
+                    if default_topic is None:
+                        raise StageFailed(
+                            f"stage {self.options.name} has no output topic for an artifact"
+                        )
+                    produce(default_topic, value, key, headers)
+                    produced += 1
+                    passed += 1
+                    bytes_out += len(value)
+                elif result is None:
                     dropped += 1
                     pending[tp] = offset + 1
                     continue
-                for output, out in pairs:
-                    out_topic = outputs.get(output)
-                    if out_topic is None:
+                elif type(result) is artifact_type:
+                    # One new artifact for the default output: the common transform.
+                    if default_topic is None:
                         raise StageFailed(
-                            f"stage {self.options.name}: a handler routed to output "
-                            f"{output!r}, which is not configured (known: "
-                            f"{', '.join(k or '<default>' for k in outputs)})"
+                            f"stage {self.options.name} has no output topic for an artifact"
                         )
-                    if out is artifact and passthrough:
-                        data = value
-                        produce(out_topic, data, key, headers)
-                    else:
-                        data = encode(out)
-                        produce(out_topic, data, key, out_headers(headers))
-                    size = len(data)
-                    bytes_out += size
-                    if out_topic != default_topic:
-                        counts = routed.get(out_topic)
-                        if counts is None:
-                            routed[out_topic] = [1, size]
+                    data = encode(result)
+                    produce(default_topic, data, key, out_headers(headers))
+                    produced += 1
+                    passed += 1
+                    bytes_out += len(data)
+                else:
+                    try:
+                        pairs = outcomes(result)
+                    except TypeError as exc:
+                        self._handler_failed(msg, exc)
+                        pending[tp] = offset + 1
+                        continue
+                    if not pairs:
+                        dropped += 1
+                        pending[tp] = offset + 1
+                        continue
+                    for output, out in pairs:
+                        out_topic = outputs.get(output)
+                        if out_topic is None:
+                            raise StageFailed(
+                                f"stage {self.options.name}: a handler routed to output "
+                                f"{output!r}, which is not configured (known: "
+                                f"{', '.join(k or '<default>' for k in outputs)})"
+                            )
+                        if out is artifact and passthrough:
+                            data = value
+                            produce(out_topic, data, key, headers)
                         else:
-                            counts[0] += 1
-                            counts[1] += size
-                produced += len(pairs)
-                passed += 1
-            if timed:
-                e2e.append(wall() - artifact.timestamp / 1000.0)
-            pending[tp] = offset + 1
+                            data = encode(out)
+                            produce(out_topic, data, key, out_headers(headers))
+                        size = len(data)
+                        bytes_out += size
+                        if out_topic != default_topic:
+                            counts = routed.get(out_topic)
+                            if counts is None:
+                                routed[out_topic] = [1, size]
+                            else:
+                                counts[0] += 1
+                                counts[1] += size
+                    produced += len(pairs)
+                    passed += 1
+                if timed:
+                    e2e.append(wall() - artifact.timestamp / 1000.0)
+                pending[tp] = offset + 1
 
-        if previous_attempts:
-            # The retried record was counted when it was first consumed.
-            consumed -= 1
-            bytes_in -= len(messages[0].value() or b"")
-        self._sample = sample
-        stats.consumed += consumed
-        stats.produced += produced
-        stats.passed += passed
-        stats.dropped += dropped
-        stats.bytes_in += bytes_in
-        stats.bytes_out += bytes_out
-        self._in_flight += produced
-        report_batch(self.metrics, consumed, bytes_in, produced, bytes_out, dropped,
-                     default_topic, routed, handler_times, e2e)
-        self.metrics.in_flight(self._in_flight)
+        finally:
+            # Also when a fatal error cut the batch short: the records before it are
+            # finished (the ledger, once failed, takes no more).
+            if previous_attempts:
+                # The retried record was counted when it was first consumed.
+                consumed -= 1
+                bytes_in -= len(messages[0].value() or b"")
+            self._sample = sample
+            stats.consumed += consumed
+            stats.produced += produced
+            stats.passed += passed
+            stats.dropped += dropped
+            stats.bytes_in += bytes_in
+            stats.bytes_out += bytes_out
+            ledger = self.ledger
+            if pending:
+                ledger.advance_all(pending)
+            ledger.wrote(produced, bytes_out)
+            report_batch(self.metrics, consumed, bytes_in, produced, bytes_out, dropped,
+                         default_topic, routed, handler_times, e2e)
+            self.metrics.in_flight(ledger.produced)

@@ -27,6 +27,7 @@ from processor.ops.metrics import PAUSE_BACKPRESSURE, PAUSE_RETRY, Metrics
 from processor.runtime.commit import CommitResult, CommitStrategy, OutputTooLarge
 from processor.runtime.dead_letters import DeadLetters, Reason
 from processor.runtime.flow import Backpressure
+from processor.runtime.ledger import OffsetLedger
 from processor.runtime.retry import RetryHolder
 from processor.runtime.stats import StageStats
 
@@ -39,6 +40,12 @@ logger = logging.getLogger(__name__)
 
 class StageFailed(ProcessorError):
     """The stage stopped on an error its policy does not absorb; nothing was committed past it."""
+
+
+class PolicyStop(StageFailed):
+    """The stage stops because a policy says so (too large a share of dead letters,
+    too many stuck handler calls), not because a record failed: every record it finished
+    is sound, so it stops gracefully (drains and commits) and then raises this."""
 
 
 class StageEvents:
@@ -57,11 +64,15 @@ class StageEvents:
     metrics: Metrics
     health: HealthState
     clock: Callable[[], float]
+    ledger: OffsetLedger
     _eos: bool
-    _pending: dict[TopicPartition, int]
-    _in_flight: int
     _last_commit: float
     _assigned: set[TopicPartition]
+    _raise: BaseException | None
+    _closing: bool
+
+    def fail(self, error: BaseException) -> None:
+        raise NotImplementedError  # in `Stage`
 
     def _process(self, messages: Sequence[Message], previous_attempts: int = 0) -> None:
         raise NotImplementedError  # the loop's hot path, in `Stage`
@@ -72,32 +83,37 @@ class StageEvents:
         self, msg: Message, reason: str, error: BaseException, attempts: int = 1
     ) -> None:
         if not self.dead_letters.send(msg, reason, error, attempts):
+            self._fence(msg)
             raise StageFailed(
                 f"stage {self.options.name}: record {msg.topic()}[{msg.partition()}]@"
                 f"{msg.offset()} must be dead-lettered ({reason}: {error}) but no "
                 "dead-letter topic is configured; stopping without committing it"
             ) from error
-        self._in_flight += 1
+        self.ledger.wrote(1, 0)
 
     def _handler_failed(self, msg: Message, error: Exception) -> None:
         self.stats.failed += 1
         self.metrics.failed(1)
         if self.options.error_policy == "fail":
+            self._fence(msg)
             raise StageFailed(
                 f"stage {self.options.name}: handler failed on {msg.topic()}[{msg.partition()}]"
                 f"@{msg.offset()}: {type(error).__name__}: {error}"
             ) from error
         self._dead_letter(msg, Reason.HANDLER_ERROR, error)
 
-    def _hold(self, tp: TopicPartition, msg: Message, error: Exception, attempt: int) -> None:
+    def _fence(self, msg: Message) -> None:
+        """`msg` failed: no commit of its partition may pass it."""
+        self.ledger.fence(TopicPartition(msg.topic(), msg.partition()), msg.offset())
+
+    def _hold(self, tp: TopicPartition, msg: Message, error: Exception, attempt: int) -> bool:
         """Attempt number `attempt` at `msg` raised `RetryableError`: hold it (and what
-        follows it in its partition) back for a retry, or dead-letter it when that was
-        the last attempt the policy allows."""
+        follows it in its partition) back for a retry (False), or dead-letter it when
+        that was the last attempt the policy allows (True: the record is finished)."""
         retries = self.retries
         if retries.exhausted(attempt):
             self._dead_letter(msg, Reason.RETRIES_EXHAUSTED, error, attempts=attempt)
-            self._pending[tp] = msg.offset() + 1
-            return
+            return True
         delay = retries.hold(tp, msg, attempt)
         self.stats.retried += 1
         self.metrics.retried(1)
@@ -109,6 +125,7 @@ class StageEvents:
             self.options.name, tp, msg.offset(), delay, attempt + 1,
             retries.policy.max_attempts, error,
         )
+        return False
 
     def _retry_due(self) -> None:
         """Handle again the held records whose retry is due, then the records behind them."""
@@ -145,30 +162,34 @@ class StageEvents:
     def commit(self, timeout: float | None = None) -> None:
         """Make everything handled so far durable, then commit its input offsets.
 
-        An output that failed raises `DeliveryFailed`; the offsets handled since the last
-        commit are then forgotten, so that no later commit (not even the one at shutdown)
-        marks the records of the failed outputs done.
+        The offsets are the ledger's (`runtime/ledger.py`): watermarks of finished
+        records, never past a fence. An output that failed raises `DeliveryFailed` and
+        fences the stage (`fail`), so that no later commit (not a revocation's, not the
+        one at shutdown) marks the records of the failed outputs done.
 
         `timeout` defaults to `shutdown_timeout`: a commit under way when a stop is asked
         for then ends by the shutdown deadline too."""
         if timeout is None or timeout <= 0:
             timeout = self.options.shutdown_timeout
-        offsets = {tp: off for tp, off in self._pending.items() if tp in self._assigned}
+        if self.ledger.failure is not None:
+            return  # fenced: nothing may be committed any more
+        offsets = self.ledger.committable(self._assigned)
         try:
             result = self.commits.commit(offsets, timeout)
         except OutputTooLarge as exc:
             if any(e.topic == self.options.dlq_topic for e in exc.errors):
-                self._pending.clear()
+                self.fail(exc)
                 raise  # a dead letter too large for its topic: nowhere to put it
             if self.concurrent is not None:
-                self._pending.clear()
-                raise StageFailed(f"{exc}; a stage with a concurrent handler does not "
-                                  "re-read to dead-letter them: nothing was committed past "
-                                  "them") from exc
+                failure = StageFailed(f"{exc}; a stage with a concurrent handler does not "
+                                      "re-read to dead-letter them: nothing was committed "
+                                      "past them")
+                self.fail(exc)  # the failed outputs' records are unknown: fence all
+                raise failure from exc
             self.oversize.find(exc)
             return
-        except DeliveryFailed:
-            self._pending.clear()
+        except DeliveryFailed as exc:
+            self.fail(exc)
             raise
         if result is CommitResult.ABORTED:
             self._rewind()
@@ -177,8 +198,7 @@ class StageEvents:
         if result is CommitResult.POSTPONED:
             return
         self.stats.commits += 1
-        self._pending.clear()
-        self._in_flight = 0
+        self.ledger.committed()
         self.metrics.in_flight(0)
 
     def _abort_and_rewind(self) -> None:
@@ -196,13 +216,12 @@ class StageEvents:
             if tp in self._assigned:
                 self.consumer.seek(tp, offset)
         rewind_to.clear()
-        self._pending.clear()
+        self.ledger.rewound()
         if self.concurrent is not None:
             self.concurrent.discard()
         for tp in self.retries.clear():
             if tp in self._assigned:
                 self._release(tp)
-        self._in_flight = 0
         self.metrics.in_flight(0)
         self._report_paused()
 
@@ -219,17 +238,28 @@ class StageEvents:
         lifecycle(logger, "assignment", partitions=partitions, stage=self.options.name)
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
+        """Partitions taken away (eager: all of them; cooperative-sticky: some, the
+        others carry on): drain their calls in flight (bounded), commit up to the fence,
+        forget them. A failed output or a record the error policy stops on, met here,
+        fails the stage (the loop raises it as soon as the consumer returns): it must
+        not be swallowed while the kept partitions carry on."""
         lifecycle(logger, "revocation", partitions=partitions, stage=self.options.name)
-        try:
-            if self.concurrent is not None:
-                self.concurrent.drain(self.options.drain_timeout, partitions)
-            self.commit()
-        except ProducerFenced:
-            raise
-        except ProcessorError as exc:
-            logger.warning("stage %s: commit on revocation failed: %s", self.options.name, exc)
-            if self.commits.in_transaction:
-                self._abort_and_rewind()
+        if self.ledger.failure is None and not self._closing:
+            try:
+                if self.concurrent is not None:
+                    self.concurrent.drain(self.options.drain_timeout, partitions)
+                self.commit()
+            except ProducerFenced as exc:
+                self.fail(exc)
+                self._raise = exc
+            except (DeliveryFailed, StageFailed) as exc:
+                self.fail(exc)
+                self._raise = exc
+            except ProcessorError as exc:
+                logger.warning("stage %s: commit on revocation failed: %s",
+                               self.options.name, exc)
+                if self.commits.in_transaction:
+                    self._abort_and_rewind()
         self._forget(partitions)
         self.metrics.rebalance("revoke", 1)
 
@@ -244,9 +274,9 @@ class StageEvents:
         rewind_to = self.commits.rewind_to
         for tp in partitions:
             self._assigned.discard(tp)
-            self._pending.pop(tp, None)
             self.oversize.singly.pop(tp, None)
             rewind_to.pop(tp, None)
+        self.ledger.forget(partitions)
         self.retries.forget(partitions)
         if self.concurrent is not None:
             self.concurrent.discard(partitions)

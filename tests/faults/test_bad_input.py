@@ -185,7 +185,7 @@ class Run:
         while time.monotonic() < deadline:
             stage.run_once()
             assigned = stage.consumer.assignment()
-            if (len(assigned) == len(end) and not stage._pending and not stage.oversize.singly
+            if (len(assigned) == len(end) and not stage.ledger and not stage.oversize.singly
                     and all((stage.consumer.position(tp) or 0) >= end[tp]
                             for tp in assigned)):
                 return

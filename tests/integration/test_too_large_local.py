@@ -61,7 +61,7 @@ def test_outputs_over_the_producers_limit_are_dead_lettered(
     try:
         while time.monotonic() < deadline:  # until everything is read and committed
             stage.run_once()
-            if (set(stage.consumer.assignment()) == set(end) and not stage._pending
+            if (set(stage.consumer.assignment()) == set(end) and not stage.ledger
                     and all(stage.consumer.position(tp) == off for tp, off in end.items())):
                 break
     finally:
