@@ -6,9 +6,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from processor.cli.common import Subcommands, command_parser
 from processor.core.errors import HandlerNotFound
+
+if TYPE_CHECKING:
+    from processor.ops.settings import StageConfig
 
 RUN_EPILOG = """\
 examples:
@@ -74,16 +78,28 @@ def add_parsers(sub: Subcommands) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from processor.runtime.runner import run_from_args
+    from processor.runtime.runner import catch_stop_signals, run_service
 
     _import_from_cwd()
+    catch_stop_signals()  # a signal while the settings load stops cleanly too
     try:
-        return run_from_args(args)
+        return run_service(settings_from_args(args))
     except HandlerNotFound as exc:
         missing = exc.__cause__
         if isinstance(missing, ModuleNotFoundError) and missing.name:
             raise HandlerNotFound(f"{exc} (searched, in order: {search_path()})") from None
         raise
+
+
+def settings_from_args(args: argparse.Namespace) -> StageConfig:
+    """The stage's settings from the parsed `processor run` flags (a flag not given is
+    None), the `PROCESSOR_*` environment and the YAML file of `--config` (or
+    `PROCESSOR_CONFIG`). Raises `ConfigError` listing every problem."""
+    from processor.ops.settings import load_config
+
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
+    config_path = flags.pop("config", None)
+    return load_config(Path(config_path) if config_path else None, os.environ, flags)
 
 
 def _import_from_cwd() -> None:

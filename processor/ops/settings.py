@@ -197,6 +197,12 @@ class StageConfig:
     processes: Annotated[Count, Field(
         ge=1, description="worker processes, each a member of the consumer group",
         json_schema_extra={"group": "operations", "metavar": "N"})] = 1
+    replica_id: Annotated[Name | None, Field(
+        description="exactly-once: this replica's stable identity in its transactional ids, "
+                    "in place of the host name, so that a restarted replica fences what it "
+                    "left open; ordinal takes N from a StatefulSet pod's host name NAME-N",
+        json_schema_extra={"group": "operations", "metavar": "ID", "none": "the host name"})] = (
+        None)
     create_topics: Annotated[bool, Field(
         description="create the input, output and dead-letter topics that do not exist; "
                     "off by default, so that a mistyped topic name stops the stage with an "

@@ -290,29 +290,3 @@ def inspect(broker: Broker, topic: str, *, samples: int = 3, batch_size: int = 2
     ordered = sorted(summaries.values(), key=lambda s: (-s.count, s.reason))
     return Inspection(topic, total, ordered)
 
-
-def _when(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _top(counter: Counter[str]) -> str:
-    return ", ".join(f"{name} ({n})" for name, n in counter.most_common(3))
-
-
-def format_inspection(found: Inspection) -> str:
-    """The report `processor dlq inspect` prints: a table by reason, then samples."""
-    header = ("reason", "count", "first (UTC)", "last (UTC)")
-    rows = [(s.reason, str(s.count), _when(s.first_ms), _when(s.last_ms))
-            for s in found.reasons]
-    table = [header, *rows, ("total", str(found.total), "", "")]
-    widths = [max(len(r[i]) for r in table) for i in range(4)]
-    lines = [f"{found.topic}: {found.total} dead letters"]
-    for row in table:
-        lines.append("  ".join([row[0].ljust(widths[0]), row[1].rjust(widths[1]),
-                                row[2].ljust(widths[2]), row[3]]).rstrip())
-    for s in found.reasons:
-        lines.append(f"{s.reason}: stages {_top(s.stages)}; from {_top(s.topics)}")
-        lines.extend(f"  {sample}" for sample in s.samples)
-    return "\n".join(lines) + "\n"

@@ -9,22 +9,25 @@ a new one in its place.
 
 A stop signal gives the stage `shutdown_timeout` seconds to commit and close; a second
 one exits at once, logging what was left uncommitted.
+
+The entry is `run_service(cfg)`: it takes the settings `processor.ops.settings.load_config`
+built, never the command line, which `processor.cli.run` reads.
 """
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import logging
 import multiprocessing
 import os
+import re
 import signal
 import socket
 import sys
 import tempfile
 from pathlib import Path
 from types import FrameType
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Final
 
 from processor.core.errors import ConfigError, ProcessorError
 
@@ -65,27 +68,31 @@ def _force_exit(name: str, code: int) -> None:
     os._exit(code)
 
 
-def _catch_stop_signals() -> None:
+def catch_stop_signals() -> None:
     """SIGTERM/SIGINT stop the stage, or keep it from starting: a clean exit either way,
-    within `shutdown_timeout`. A second one exits at once (`_force_exit`)."""
+    within `shutdown_timeout`. A second one exits at once (`_force_exit`). `run_service`
+    calls it; a caller that reads the settings first calls it before, so that a signal
+    while they load is not lost either."""
     signal.signal(signal.SIGTERM, _on_stop_signal)
     signal.signal(signal.SIGINT, _on_stop_signal)
 
 
-def run_from_args(args: argparse.Namespace) -> int:
-    _catch_stop_signals()
+def run_service(cfg: StageConfig) -> int:
+    """Run the stage `cfg` describes until SIGTERM/SIGINT, in one process or, with
+    `processes` above 1 or a `memory_limit`, in worker processes under this one; returns
+    the process exit code. A `ProcessorError` (a `ConfigError` included) is the caller's
+    to report."""
+    catch_stop_signals()
     from processor.ops.logs import configure_logging
-    from processor.ops.settings import load_config
 
-    flags = {k: v for k, v in vars(args).items() if k not in ("command",)}
-    config_path = flags.pop("config", None)
-    cfg = load_config(Path(config_path) if config_path else None, os.environ, flags)
     configure_logging(cfg.log_format, cfg.log_level)
     _scrub_secrets(cfg)
-    # Resolve handlers in the parent too, so a wrong reference fails before any fork.
+    # Resolve handlers and the replica's identity in the parent too, so a wrong reference
+    # or a replica_id that does not fit the host fails once, before any fork.
     from processor.core.handlers import registry
 
     registry.resolve_all(cfg.handlers)
+    replica_identity(cfg.replica_id)
     if cfg.processes <= 1 and cfg.memory_limit is None:
         return run_worker(cfg, index=0, serve_metrics=True)
     # A memory limit needs a parent to restart the worker it stops.
@@ -101,22 +108,65 @@ def _scrub_secrets(cfg: StageConfig) -> None:
         register_secret(value)
 
 
-def claim_transactional_id(base: str, lock_dir: Path | None = None,
-                           slots: int = 1024) -> tuple[str, IO[bytes]]:
-    """A transactional id for this process: `<base>-<host>-<slot>`, with the lowest slot
-    no other live process on this host holds.
+ORDINAL: Final = "ordinal"
+"""The `replica_id` that stands for the ordinal N of a StatefulSet pod's host name NAME-N."""
+
+_STATEFULSET_POD = re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?-(?P<ordinal>0|[1-9][0-9]*)")
+
+
+def statefulset_ordinal(hostname: str) -> int | None:
+    """The ordinal N of a Kubernetes StatefulSet pod, whose host name is
+    `<statefulset name>-N` (`processor-validate-2` -> 2), or None for a host name of
+    another form. A fully qualified name is read by its first label.
+
+    A Deployment's pod (`processor-validate-5d8f7c9b4-x2x7k`) may end in digits too, which
+    is why the ordinal is taken only when `replica_id` asks for it (`ORDINAL`)."""
+    match = _STATEFULSET_POD.fullmatch(hostname.partition(".")[0])
+    return int(match["ordinal"]) if match else None
+
+
+def replica_identity(replica_id: str | None, hostname: str | None = None) -> str:
+    """This replica's identity in its transactional ids: `replica_id` when set, the
+    ordinal of a StatefulSet pod for `ordinal`, else the host name (`hostname`, by
+    default `socket.gethostname()`).
+
+    It must stay the same when the replica restarts, and differ between live replicas
+    of a stage on different hosts: a Kubernetes Deployment's pod gets a new host name
+    at every restart, a StatefulSet's keeps its name and ordinal."""
+    host = socket.gethostname() if hostname is None else hostname
+    if replica_id is None:
+        return host
+    if replica_id == ORDINAL:
+        ordinal = statefulset_ordinal(host)
+        if ordinal is None:
+            raise ConfigError(
+                f"replica_id {ORDINAL}: the host name {host!r} is not a StatefulSet pod's "
+                "(NAME-N); set replica_id (PROCESSOR_REPLICA_ID, --replica-id) to this "
+                "replica's own stable identity, or leave it unset for the host name")
+        return str(ordinal)
+    return replica_id
+
+
+def claim_transactional_id(base: str, lock_dir: Path | None = None, slots: int = 1024,
+                           identity: str | None = None) -> tuple[str, IO[bytes]]:
+    """A transactional id for this process: `<base>-<identity>-<slot>` (`identity` from
+    `replica_identity`, by default the host name), with the lowest slot no other live
+    process of this host holds for that base and identity.
 
     The slot is held by an advisory lock on a file, released by the kernel when the
-    process dies, however it dies. So two replicas on one host never share an id (they
-    would fence each other), while a replica restarted after a crash gets its old slot
-    back and with it the old id: its `init_transactions` then aborts what the dead one
-    left open at once, instead of after `transaction.timeout.ms`. Keep the returned file
-    open for the life of the process.
+    process dies, however it dies. So two processes of one replica (`--processes N`) or
+    two replicas on one host never share an id (they would fence each other), while a
+    process restarted after a crash gets its old slot back and with it the old id: its
+    `init_transactions` then aborts what the dead one left open at once, instead of after
+    `transaction.timeout.ms`. Across a restart in a new pod or on another host (a fresh
+    lock directory), the replica's processes take the slots from 0 up again: the same ids
+    as before, as long as the identity is the same. Keep the returned file open for the
+    life of the process.
     """
     directory = lock_dir or Path(tempfile.gettempdir()) / "processor-txn-slots"
     directory.mkdir(parents=True, exist_ok=True)
-    host = socket.gethostname()
-    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in base)
+    prefix = f"{base}-{socket.gethostname() if identity is None else identity}"
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in prefix)
     for slot in range(slots):
         handle = (directory / f"{safe}-{slot}.lock").open("ab")
         try:
@@ -124,8 +174,8 @@ def claim_transactional_id(base: str, lock_dir: Path | None = None,
         except OSError:
             handle.close()
             continue
-        return f"{base}-{host}-{slot}", handle
-    raise ProcessorError(f"no free transactional id slot for {base!r} ({slots} in use)")
+        return f"{prefix}-{slot}", handle
+    raise ProcessorError(f"no free transactional id slot for {prefix!r} ({slots} in use)")
 
 
 def prepare_topics(cfg: StageConfig, broker: Broker | None = None) -> None:
@@ -163,9 +213,10 @@ def run_worker(cfg: StageConfig, index: int, serve_metrics: bool) -> int:
     from processor.runtime.build import build_stage
     from processor.runtime.memory_guard import MEMORY_EXIT, MemoryGuard
 
-    _catch_stop_signals()
+    catch_stop_signals()
     base = cfg.options.transactional_id or f"{cfg.options.name}-{cfg.options.group}"
-    txn_id, _slot_lock = claim_transactional_id(base)
+    txn_id, _slot_lock = claim_transactional_id(base,
+                                                identity=replica_identity(cfg.replica_id))
     broker = KafkaBroker(cfg.bootstrap_servers, cfg.kafka)
     prepare_topics(cfg, broker)
     health = HealthState()

@@ -28,6 +28,7 @@ from processor.ops.settings import (
     is_known_env_var,
     load_config,
 )
+from processor.runtime.runner import replica_identity
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -267,19 +268,20 @@ def test_k8s_has_every_object_per_stage() -> None:
     for _, doc in k8s_docs():
         kinds.setdefault(doc["kind"], set()).add(doc["metadata"]["name"])
     expected = {f"processor-{name}" for name in STAGES}
-    for kind in ("Deployment", "Service", "PodDisruptionBudget", "ScaledObject"):
+    for kind in ("StatefulSet", "Service", "PodDisruptionBudget", "ScaledObject"):
         assert kinds.get(kind) == expected, kind
+    assert "Deployment" not in kinds
 
 
-def test_k8s_deployments_are_valid_stages() -> None:
-    for _, deployment in by_kind("Deployment"):
-        pod = deployment["spec"]["template"]
-        assert pod["metadata"]["labels"] == deployment["spec"]["selector"]["matchLabels"]
+def test_k8s_statefulsets_are_valid_stages() -> None:
+    for _, workload in by_kind("StatefulSet"):
+        pod = workload["spec"]["template"]
+        assert pod["metadata"]["labels"] == workload["spec"]["selector"]["matchLabels"]
         (container,) = pod["spec"]["containers"]
         env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
         config = stage_config(env)
         check_handlers(config)
-        assert deployment["metadata"]["name"] == f"processor-{config.name}"
+        assert workload["metadata"]["name"] == f"processor-{config.name}"
         port = config.metrics_port
         assert port == CONTAINER_METRICS_PORT
         (declared,) = container["ports"]
@@ -297,26 +299,50 @@ def test_k8s_deployments_are_valid_stages() -> None:
         assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
 
 
-def test_k8s_services_and_budgets_select_their_deployment() -> None:
-    deployments = {d["metadata"]["name"]: d for _, d in by_kind("Deployment")}
+def test_k8s_transactional_ids_survive_a_pod_restart() -> None:
+    """Each pod's transactional ids come from its StatefulSet ordinal: the same after a
+    restart (the pod keeps its name), distinct between the replicas."""
+    for _, workload in by_kind("StatefulSet"):
+        (container,) = workload["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        config = stage_config(env)
+        assert config.replica_id == "ordinal"
+        name = workload["metadata"]["name"]
+        pods = [f"{name}-{n}" for n in range(workload["spec"]["replicas"])]
+        assert [replica_identity(config.replica_id, pod) for pod in pods] == [
+            str(n) for n in range(len(pods))]
+        # Members of one group, not a chain of pods that wait for each other to be ready.
+        assert workload["spec"]["podManagementPolicy"] == "Parallel"
+        assert workload["spec"]["updateStrategy"]["type"] == "RollingUpdate"
+
+
+def test_k8s_services_and_budgets_select_their_statefulset() -> None:
+    workloads = {d["metadata"]["name"]: d for _, d in by_kind("StatefulSet")}
+    services = {d["metadata"]["name"]: d for _, d in by_kind("Service")}
+    for name, workload in workloads.items():
+        service = services[workload["spec"]["serviceName"]]
+        assert service["metadata"]["name"] == name
+        assert service["spec"]["clusterIP"] == "None"  # headless: the pods' own DNS names
     for _, service in by_kind("Service"):
-        deployment = deployments[service["metadata"]["name"]]
-        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        workload = workloads[service["metadata"]["name"]]
+        labels = workload["spec"]["template"]["metadata"]["labels"]
         assert service["spec"]["selector"] == labels
         (port,) = service["spec"]["ports"]
         assert port["port"] == CONTAINER_METRICS_PORT and port["targetPort"] == "metrics"
     for _, budget in by_kind("PodDisruptionBudget"):
-        deployment = deployments[budget["metadata"]["name"]]
+        workload = workloads[budget["metadata"]["name"]]
         assert budget["spec"]["selector"]["matchLabels"] == \
-            deployment["spec"]["selector"]["matchLabels"]
-        assert budget["spec"]["minAvailable"] < deployment["spec"]["replicas"] + 1
+            workload["spec"]["selector"]["matchLabels"]
+        assert budget["spec"]["minAvailable"] < workload["spec"]["replicas"] + 1
 
 
 def test_k8s_autoscaling_follows_the_stage_group_and_topic() -> None:
-    deployments = {d["metadata"]["name"]: d for _, d in by_kind("Deployment")}
+    workloads = {d["metadata"]["name"]: d for _, d in by_kind("StatefulSet")}
     for _, scaled in by_kind("ScaledObject"):
-        deployment = deployments[scaled["spec"]["scaleTargetRef"]["name"]]
-        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        target = scaled["spec"]["scaleTargetRef"]
+        assert (target["apiVersion"], target["kind"]) == ("apps/v1", "StatefulSet")
+        workload = workloads[target["name"]]
+        (container,) = workload["spec"]["template"]["spec"]["containers"]
         env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
         (trigger,) = scaled["spec"]["triggers"]
         assert trigger["type"] == "kafka"

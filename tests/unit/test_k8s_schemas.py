@@ -1,6 +1,6 @@
 """The Kubernetes manifests (deploy/k8s) validate offline against the published schemas.
 
-Built-in kinds (Deployment, Service, PodDisruptionBudget, HorizontalPodAutoscaler, ...) are
+Built-in kinds (StatefulSet, Service, PodDisruptionBudget, HorizontalPodAutoscaler, ...) are
 checked with `kubernetes-validate`, which ships the Kubernetes JSON schemas, in strict mode
 (unknown fields are errors). KEDA's ScaledObject is a custom resource, absent from those
 schemas: it is checked against the models generated from KEDA's CRD openAPI schema
@@ -52,7 +52,7 @@ def test_every_manifest_is_checked() -> None:
     kinds = {(doc["apiVersion"], doc["kind"]) for _, doc in DOCS}
     unchecked = kinds - CUSTOM_KINDS - {(d["apiVersion"], d["kind"]) for _, d in BUILTIN}
     assert not unchecked
-    assert {"Deployment", "Service", "PodDisruptionBudget"} <= {k for _, k in kinds}
+    assert {"StatefulSet", "Service", "PodDisruptionBudget"} <= {k for _, k in kinds}
     assert SCALED or any(k == "HorizontalPodAutoscaler" for _, k in kinds), "an autoscaler"
 
 
@@ -66,20 +66,26 @@ def test_builtin_kinds_match_the_kubernetes_schema(name: str, doc: dict[str, Any
 @pytest.mark.parametrize(("name", "doc"), SCALED, ids=[n for n, _ in SCALED])
 def test_keda_scaled_objects_match_the_crd_schema(name: str, doc: dict[str, Any]) -> None:
     validate_scaled_object(doc)
-    assert doc["spec"]["scaleTargetRef"]["name"] in {
-        d["metadata"]["name"] for _, d in DOCS if d["kind"] == "Deployment"}
+    target = doc["spec"]["scaleTargetRef"]
+    assert (target["apiVersion"], target["kind"]) == ("apps/v1", "StatefulSet")
+    assert target["name"] in {
+        d["metadata"]["name"] for _, d in DOCS if d["kind"] == "StatefulSet"}
 
 
 def test_the_validators_reject_broken_manifests() -> None:
     """The checks above can fail: a wrong type, an unknown field, a bad ScaledObject."""
-    deployment = copy.deepcopy(next(d for _, d in DOCS if d["kind"] == "Deployment"))
-    deployment["spec"]["replicas"] = "two"
+    workload = copy.deepcopy(next(d for _, d in DOCS if d["kind"] == "StatefulSet"))
+    workload["spec"]["replicas"] = "two"
     with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(deployment, VERSIONS[-1], strict=True)
-    deployment = copy.deepcopy(next(d for _, d in DOCS if d["kind"] == "Deployment"))
-    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy_"] = "Always"
+        kubernetes_validate.validate(workload, VERSIONS[-1], strict=True)
+    workload = copy.deepcopy(next(d for _, d in DOCS if d["kind"] == "StatefulSet"))
+    workload["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy_"] = "Always"
     with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(deployment, VERSIONS[-1], strict=True)
+        kubernetes_validate.validate(workload, VERSIONS[-1], strict=True)
+    workload = copy.deepcopy(next(d for _, d in DOCS if d["kind"] == "StatefulSet"))
+    workload["spec"]["strategy"] = workload["spec"].pop("updateStrategy")  # a Deployment's
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(workload, VERSIONS[-1], strict=True)
     if SCALED:
         scaled = copy.deepcopy(SCALED[0][1])
         scaled["spec"]["minReplicaCount"] = "one"

@@ -1,14 +1,14 @@
 """`processor dlq replay` and `inspect` logic on the in-memory broker (the Kafka test is
-tests/integration/test_dlq_replay.py); `--since` parsing."""
+tests/integration/test_dlq_replay.py), and the report `inspect` prints; `--since` parsing."""
 
 from __future__ import annotations
 
 import pytest
 
 from processor.backends.memory import MemoryBroker
+from processor.cli.dlq import format_inspection
 from processor.runtime.replay import (
     ReplayError,
-    format_inspection,
     inspect,
     parse_since,
     replay,

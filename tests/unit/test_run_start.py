@@ -1,6 +1,7 @@
 """What `processor run` checks before a stage starts: a handler module is found in the
 current directory (or the error names where it looked), and a metrics port that cannot be
-bound is one error line naming the port and the setting to change."""
+bound is one error line naming the port and the setting to change. The command line
+becomes settings in the CLI; the runtime takes those."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from processor.cli.main import build_parser
+from processor.cli.run import settings_from_args
 from processor.core.errors import ConfigError
 from processor.ops.health import HealthState, MetricsPortError, MetricsServer
 from processor.ops.settings import StageConfig, load_config
@@ -46,6 +49,27 @@ def test_a_missing_module_names_the_search_path(tmp_path: Path) -> None:
                                "cannot import 'not_here_handlers'")
     assert f"(searched, in order: {tmp_path} (the current directory), " in lines[0]
     assert str(Path(SCRIPT).parent) in lines[0]
+
+
+def test_the_cli_turns_its_flags_into_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Flags over the environment over the file, as `load_config` ranks them."""
+    (tmp_path / "stage.yaml").write_text("batch_size: 5\nmax_in_flight: 900\n")
+    monkeypatch.setenv("PROCESSOR_BATCH_SIZE", "7")
+    monkeypatch.setenv("PROCESSOR_COMMIT_INTERVAL", "2.5")
+    args = build_parser().parse_args([*RUN[1:], "--handler", "validate", "--replica-id",
+                                      "ordinal", "--commit-interval", "0.5", "--config",
+                                      str(tmp_path / "stage.yaml")])
+    cfg = settings_from_args(args)
+    assert isinstance(cfg, StageConfig)
+    assert (cfg.options.input_topic, cfg.options.group, cfg.handlers) == ("in", "g",
+                                                                         ("validate",))
+    assert cfg.metrics_port is None and cfg.replica_id == "ordinal"
+    o = cfg.options
+    assert (o.commit_interval, o.batch_size, o.max_in_flight) == (0.5, 7, 900)
+    assert cfg.sources["replica_id"] == "flag --replica-id"
+    assert cfg.sources["batch_size"] == "environment PROCESSOR_BATCH_SIZE"
 
 
 def config(port: int | None) -> StageConfig:
