@@ -10,6 +10,9 @@ its own output topic, and runs in its own subprocess(es). It is done when every 
 offset is committed by its group; then the harness stops it (SIGTERM), reads its output
 back (checking every record) and computes the row. See `report.DEFINITIONS` for what
 each figure means; they are printed with the table.
+
+The baseline-* rows are the project's stage at a fixed commit (`--baseline`, today's code;
+`baseline.py`), run beside the working tree's rows in the same run.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ ROOT = HERE.parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))  # the sibling modules, from any working directory
 
+import baseline  # noqa: E402
 import harness  # noqa: E402
 import latency  # noqa: E402
 import report  # noqa: E402
@@ -62,9 +66,15 @@ CONTENDERS = (
     Contender("ceiling", "ceiling: confluent-kafka + fastavro loop", 1),
     Contender("ceiling-codec", "hand-written loop with the project's codec", 1),
     Contender("ceiling-2p", "ceiling loop, 2 processes (the machine's scaling bound)", 2),
+    # Each baseline row right after the working tree's row it is compared with, so that
+    # the two see the same conditions as nearly as one run allows.
     Contender("project-passthrough", "project, at-least-once, 1 process, handler returns "
               "the artifact unchanged", 1),
+    Contender("baseline-passthrough", "baseline (today's code at --baseline), pass-through, "
+              "at-least-once, 1 process", 1),
     Contender("project-alo", "project, at-least-once, 1 process", 1),
+    Contender("baseline-alo", "baseline (today's code at --baseline), at-least-once, "
+              "1 process", 1),
     Contender("project-alo-pure", "project, at-least-once, 1 process, pure-Python codec "
               "(the compiled one switched off)", 1),
     Contender("project-alo-registry", "project, at-least-once, 1 process, schema registry "
@@ -93,10 +103,14 @@ LATENCY_ROWS = ("ceiling", "project-alo", "quix")
 """The rows measured under load with --latency."""
 CAPACITY_SECONDS = 8.0
 """Seconds over which a contender's capacity beside the open loop is counted."""
-UNCHANGED = frozenset(("raw", "raw-sha256", "project-passthrough"))
+UNCHANGED = frozenset(("raw", "raw-sha256", "project-passthrough", "baseline-passthrough"))
 """Rows whose outputs are the input artifacts unchanged (not transformed)."""
 PURE_PYTHON = frozenset(("project-alo-pure",))
 """Rows run with the codec's pure-Python source (`processor.serde.fast.PURE_PYTHON_ENV`)."""
+BASELINE_ROWS = frozenset(("baseline-passthrough", "baseline-alo"))
+"""Rows of the project's stage at the baseline commit (`baseline.py`)."""
+CONCURRENT_ROWS = ("io-threads-100", "io-async-100", "io-async-1000")
+"""The rows whose handlers run concurrently (threads or asyncio)."""
 
 
 def say(text: str) -> None:
@@ -178,6 +192,9 @@ class Run:
     logs: Path
     registry_url: str | None = None
     framed_topic: str | None = None
+    baseline: baseline.Baseline | None = None
+    baseline_note: str = "not requested"
+    """Why there is no baseline, when there is none."""
 
 
 def commands(contender: Contender, run: Run, output: str, group: str,
@@ -199,6 +216,15 @@ def commands(contender: Contender, run: Run, output: str, group: str,
     if contender.key == "quix":
         assert run.quix is not None
         return [[str(run.quix), str(HERE / "contender_quix.py"), *common, "--result", result[0]]]
+    if contender.key in BASELINE_ROWS:
+        # The commit's own contender script, in the commit's own environment.
+        base = run.baseline
+        assert base is not None
+        cmd = [str(base.python), str(base.bench_dir / "contender_project.py"), *common,
+               "--result", result[0], "--guarantee", "at-least-once", "--instance", "0"]
+        if contender.key == "baseline-passthrough":
+            cmd += ["--handler", "project_handler:passthrough"]
+        return [cmd]
     if contender.key in SECURITY_ROWS:
         return [[sys.executable, str(HERE / "contender_security.py"), *common,
                  "--result", result[0], "--security", SECURITY_ROWS[contender.key]]]
@@ -233,9 +259,12 @@ def commands(contender: Contender, run: Run, output: str, group: str,
     return cmds
 
 
-def contender_env(contender: Contender) -> dict[str, str]:
+def contender_env(contender: Contender, run: Run | None = None) -> dict[str, str]:
     """The environment of a contender's processes."""
     pythonpath = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
+    if contender.key in BASELINE_ROWS and run is not None and run.baseline is not None:
+        # Only the baseline's own scripts: its `processor` is the one its environment has.
+        pythonpath = str(run.baseline.bench_dir)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath}
     env.pop("PROCESSOR_PURE_PYTHON", None)
     if contender.key in PURE_PYTHON:
@@ -292,9 +321,9 @@ def io_input(run: Run, sync: bool) -> Run:
 
 
 def concurrency_ratios(rows: dict[str, Row]) -> None:
-    """The concurrent rows against their sync counterpart (target: async at 100 in
-    flight >= 50x the sync I/O-bound rate), written into the rows' target column."""
-    pairs = [("io-threads-100", "io-sync", None), ("io-async-100", "io-sync", 50.0),
+    """The concurrent rows against their sync counterpart (target: threads and async at
+    100 in flight >= 50x the sync I/O-bound rate), written into the rows' target column."""
+    pairs = [("io-threads-100", "io-sync", 50.0), ("io-async-100", "io-sync", 50.0),
              ("io-async-1000", "io-sync", None), ("cpu-batch", "project-alo", None)]
     for key, base, goal in pairs:
         row, ref = rows.get(key), rows.get(base)
@@ -307,11 +336,45 @@ def concurrency_ratios(rows: dict[str, Row]) -> None:
         row.targets.append(text)
 
 
+def latency_metrics(rows: dict[str, Row]) -> None:
+    """Whether the concurrent rows' stages reported handler and end-to-end latency in their
+    metrics (read by the contender from the stage's Prometheus registry after the run),
+    written into their target column; information, not a target."""
+    for key in ("io-sync", *CONCURRENT_ROWS):
+        row = rows.get(key)
+        if row is None or not row.ok:
+            continue
+        seen: dict[str, int] = {}
+        unread = ""
+        for rep in row.details.get("reports", []):
+            metrics = rep.get("latency_metrics")
+            if not isinstance(metrics, dict):
+                unread = "not read (no report)"
+                continue
+            if "error" in metrics:
+                unread = f"not read ({metrics['error']})"
+                continue
+            for name, n in metrics.items():
+                seen[name] = seen.get(name, 0) + int(n)
+        if unread and not seen:
+            row.targets.append(f"latency metrics {unread}")
+            continue
+        parts = []
+        for name, what in (("handler", "handler latency"), ("end_to_end", "end-to-end latency")):
+            n = seen.get(name, 0)
+            parts.append(f"{what}: {n:,} observations" if n else f"{what}: none reported")
+        row.targets.append("metrics: " + ", ".join(parts))
+        row.details["latency_metrics"] = seen
+
+
 def run_contender(contender: Contender, run: Run, profile: Path | None = None,
                   via_runner: bool = True) -> Row:
     import json
 
     row = Row(contender.key, contender.label, contender.processes)
+    if contender.key in BASELINE_ROWS and run.baseline is None:
+        row.note = f"no baseline: {run.baseline_note}"
+        return row
     if contender.key == "project-alo-registry" and run.framed_topic is not None:
         # The same artifacts, in the Confluent wire format.
         run = dataclasses.replace(run, input_topic=run.framed_topic)
@@ -328,7 +391,7 @@ def run_contender(contender: Contender, run: Run, profile: Path | None = None,
     probe = harness.Probe(run.bootstrap, group)
     processes: list[subprocess.Popen[bytes]] = []
     peaks: dict[int, int] = {}
-    env = contender_env(contender)
+    env = contender_env(contender, run)
     began = time.monotonic()
     committed_at: float | None = None
     try:
@@ -464,6 +527,9 @@ def conditions(args: argparse.Namespace, run: Run, broker: str, rows: Sequence[R
         "python": platform.python_version(),
         "project confluent-kafka / librdkafka": " / ".join(workload.client_versions().values()),
         "fastavro": fastavro.__version__,
+        "baseline": ("-" if run.baseline is None else
+                     f"commit {run.baseline.commit} (--baseline {run.baseline.rev}), installed "
+                     f"in {run.baseline.python.parent.parent}, codec {run.baseline.codec}"),
         "project codec": ", ".join(sorted({
             f"{row.key}: {rep['versions']['codec']}" for row in rows
             for rep in row.details.get("reports", []) if "codec" in rep.get("versions", {})})),
@@ -503,14 +569,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "(ROW: project-alo, or project-alo-pure with --only)")
     parser.add_argument("--latency", action="store_true",
                         help="after the throughput rows, measure latency under load: an "
-                        "open-loop producer at 50%% and 80%% of the measured rate of each of "
-                        f"{', '.join(LATENCY_ROWS)} (those selected and measured)")
+                        "open-loop producer at --latency-loads of the capacity beside the "
+                        "open loop of each of "
+                        f"{', '.join(LATENCY_ROWS)} (those selected and measured), and at "
+                        "the one rate --latency-rate for each of them (those selected)")
     parser.add_argument("--latency-seconds", type=float, default=15.0,
                         help="seconds of open-loop load per contender and load "
                         "(default: %(default)s)")
     parser.add_argument("--latency-loads", default="0.5,0.8", metavar="F[,F]",
-                        help="fractions of each row's measured rate to load it at "
-                        "(default: %(default)s)")
+                        help="fractions of each row's capacity beside the open loop to load "
+                        "it at (default: %(default)s; an empty string: none, and no capacity "
+                        "is measured)")
+    parser.add_argument("--latency-rate", type=float, default=10_000.0, metavar="PER_S",
+                        help="with --latency, also offer each of "
+                        f"{', '.join(LATENCY_ROWS)} this one open-loop rate, the same for "
+                        "all (default: %(default)s; 0: no such rows)")
+    parser.add_argument("--baseline", default=baseline.DEFAULT_REV, metavar="REV",
+                        help="the git commit whose stage the baseline-* rows measure "
+                        "(today's code; default: %(default)s)")
+    parser.add_argument("--skip-baseline", action="store_true",
+                        help="leave the baseline-* rows out")
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help="where to write latest.json/.md/.png (default: %(default)s)")
     given = list(sys.argv[1:] if argv is None else argv)
@@ -521,8 +599,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.loads = [float(x) for x in args.latency_loads.split(",") if x.strip()]
     except ValueError:
         parser.error(f"--latency-loads: not a list of numbers: {args.latency_loads!r}")
-    if not args.loads or not all(0 < x <= 1 for x in args.loads):
+    if not all(0 < x <= 1 for x in args.loads):
         parser.error("--latency-loads: fractions between 0 and 1, e.g. 0.5,0.8")
+    if args.latency_rate < 0:
+        parser.error("--latency-rate: a rate per second, or 0 for none")
     IO_COUNT[0] = args.io_count
     if args.count < 1 or args.partitions < 1 or args.size < 100:
         parser.error("--count and --partitions must be positive, --size at least 100")
@@ -543,6 +623,8 @@ def selected(args: argparse.Namespace) -> list[Contender]:
             raise SystemExit(f"bench: unknown row(s) {', '.join(unknown)}; rows: {', '.join(KEYS)}")
     if args.skip_quix and "quix" in keys:
         keys.remove("quix")
+    if args.skip_baseline:
+        keys = [k for k in keys if k not in BASELINE_ROWS]
     return [c for c in CONTENDERS if c.key in keys]
 
 
@@ -633,6 +715,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if any(c.key == "project-alo-registry" for c in chosen):
             registry_url, framed_topic = framed_input(stack, bootstrap, run_id, args)
             run = dataclasses.replace(run, registry_url=registry_url, framed_topic=framed_topic)
+        if any(c.key in BASELINE_ROWS for c in chosen):
+            base, why = prepare_baseline(stack, args.baseline)
+            run = dataclasses.replace(run, baseline=base, baseline_note=why)
+            if base is None:
+                notes.append(f"baseline rows not measured: {why}")
         if args.profile:
             return profile_run(chosen[0], run)
         for contender in chosen:
@@ -651,7 +738,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append(row)
         if args.latency:
             capacities, latency_rows = latency_under_load(chosen, rows, run,
-                                                          args.latency_seconds, args.loads)
+                                                          args.latency_seconds, args.loads,
+                                                          args.latency_rate)
             if latency_rows:
                 notes.append(
                     "latency under load: the open-loop producer runs in the harness on the "
@@ -671,13 +759,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     by_key = {r.key: r for r in rows}
     ceiling = by_key.get("ceiling")
     raw = by_key.get("raw")
+    sha = by_key.get("raw-sha256")
     for row in rows:
         if ceiling is not None and ceiling.ok and row.ok:
             row.ratio = row.rate / ceiling.rate
         if raw is not None and raw.ok and row.ok:
             row.raw_ratio = row.rate / raw.rate
+        if sha is not None and sha.ok and row.ok:
+            row.sha_ratio = row.rate / sha.rate
     targets = report.compute_targets(by_key, args.count, latency_rows)
     concurrency_ratios(by_key)
+    latency_metrics(by_key)
     command = "bench.py " + (shlex.join(sys.argv[1:] if argv is None else list(argv))
                              or "(defaults)")
     print()
@@ -697,11 +789,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if all(r.ok for r in rows) else 1
 
 
+def current_codec_compiled() -> bool:
+    """Whether the working tree's codec is the compiled one (in this environment)."""
+    try:
+        from processor.serde import fast
+    except Exception:
+        return False
+    return bool(fast.COMPILED)
+
+
+def prepare_baseline(stack: contextlib.ExitStack, rev: str
+                     ) -> tuple[baseline.Baseline | None, str]:
+    """The baseline of commit `rev` (its worktree removed when `stack` closes), or None
+    and why not."""
+    try:
+        base = stack.enter_context(baseline.prepared(rev, current_codec_compiled(), HERE, say))
+    except (baseline.BaselineError, OSError, subprocess.SubprocessError) as exc:
+        say(f"baseline {rev}: not measured: {exc}")
+        return None, str(exc)
+    say(f"baseline: commit {base.short} in {base.python.parent.parent} (codec: {base.codec}); "
+        f"contender scripts from {base.bench_dir}")
+    return base, ""
+
+
 def latency_under_load(chosen: Sequence[Contender], rows: Sequence[Row], run: Run,
-                       seconds: float, loads: Sequence[float]
+                       seconds: float, loads: Sequence[float], fixed_rate: float = 0.0
                        ) -> tuple[list[latency.Capacity], list[latency.LatencyRow]]:
     """Each of `LATENCY_ROWS` that was measured: its capacity beside the open loop, then
-    the latency at each of `loads` of that capacity."""
+    the latency at each of `loads` of that capacity; then each of `LATENCY_ROWS` selected
+    at the one rate `fixed_rate` (when positive), the same for all of them."""
     measured = {r.key: r for r in rows if r.ok and r.rate > 0}
     capacities: list[latency.Capacity] = []
     out: list[latency.LatencyRow] = []
@@ -722,7 +838,7 @@ def latency_under_load(chosen: Sequence[Contender], rows: Sequence[Row], run: Ru
                 harness.delete_topic(run.bootstrap, topic)
 
     for contender in chosen:
-        if contender.key not in LATENCY_ROWS or contender.key not in measured:
+        if contender.key not in LATENCY_ROWS or contender.key not in measured or not loads:
             continue
         backlog_rate = measured[contender.key].rate
         source, sink, cmds = fresh_topics(contender, f"{contender.key}-cap-{run.run_id}")
@@ -753,6 +869,26 @@ def latency_under_load(chosen: Sequence[Contender], rows: Sequence[Row], run: Ru
                 say(f"{contender.label} at {load:.0%}: failed: {type(exc).__name__}: {exc}")
                 row = latency.LatencyRow(contender.key, contender.label, load, load * basis,
                                          basis_rate=basis,
+                                         note=f"{type(exc).__name__}: {exc}")
+            out.append(row)
+            drop(source, sink)
+    if fixed_rate > 0:
+        for contender in chosen:
+            if contender.key not in LATENCY_ROWS:
+                continue
+            basis = measured[contender.key].rate if contender.key in measured else 0.0
+            tag = f"{contender.key}-fixed-{run.run_id}"
+            source, sink, cmds = fresh_topics(contender, tag)
+            try:
+                row = latency.measure(contender.key, contender.label, cmds,
+                                      contender_env(contender), ROOT, run.logs, run.bootstrap,
+                                      source, sink, run.partitions, 0.0, basis, seconds,
+                                      pool, say, fixed_rate=fixed_rate)
+            except Exception as exc:
+                say(f"{contender.label} at {fixed_rate:,.0f}/s: failed: "
+                    f"{type(exc).__name__}: {exc}")
+                row = latency.LatencyRow(contender.key, contender.label, 0.0, fixed_rate,
+                                         basis_rate=basis, fixed=True,
                                          note=f"{type(exc).__name__}: {exc}")
             out.append(row)
             drop(source, sink)

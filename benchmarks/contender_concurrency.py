@@ -10,7 +10,9 @@ synchronous handler with async, threaded and batch ones, in one process, at-leas
 
 Each handler ends with the shared transform, so that the harness checks the output as
 for every row. Runs until SIGTERM (the stage drains, commits and closes), then writes
-its report.
+its report, which includes how many handler and end-to-end latency observations the
+stage's Prometheus metrics hold (`latency_metrics`): whether the stage reports those
+latencies at all in this handler mode.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType, SimpleNamespace
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -61,6 +64,30 @@ MODES: dict[str, tuple[AnyHandler, HandlerMode]] = {
     "io-async": (io_async, "async"),
     "cpu-batch": (cpu_batch, "auto"),
 }
+
+
+LATENCY_METRICS = {"handler": "processor_handler_latency_seconds",
+                   "end_to_end": "processor_end_to_end_latency_seconds"}
+"""The stage's latency histograms, by the name the report gives them."""
+
+
+def latency_metrics(stage_name: str) -> dict[str, Any]:
+    """Observations of each of `LATENCY_METRICS` for `stage_name` in the process's
+    Prometheus registry, or {"error": why} where it cannot be read."""
+    try:
+        from processor.ops.metrics import REGISTRY
+    except ImportError as exc:
+        return {"error": f"no metrics registry: {exc}"}
+    families = {family.name: family for family in REGISTRY.collect()}
+    out: dict[str, Any] = {}
+    for key, name in LATENCY_METRICS.items():
+        family = families.get(name)
+        if family is None:
+            return {"error": f"no metric {name}"}
+        out[key] = int(sum(sample.value for sample in family.samples
+                           if sample.name == f"{name}_count"
+                           and sample.labels.get("stage") == stage_name))
+    return out
 
 
 def main() -> int:
@@ -104,6 +131,7 @@ def main() -> int:
         consumed=stage.stats.consumed, produced=stage.stats.produced,
         bad=stage.stats.dead_lettered + stage.stats.failed, commits=stage.stats.commits,
         restarts=[], versions=workload.client_versions(),
+        latency_metrics=latency_metrics(options.name),
     )
     return 0
 

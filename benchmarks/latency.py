@@ -1,5 +1,6 @@
 """Latency under load: an open-loop producer at a fixed fraction of a contender's measured
-maximum rate, and the end-to-end latency of every record it produced.
+maximum rate, or at one absolute rate offered to every contender alike (`measure(...,
+fixed_rate=R)`), and the end-to-end latency of every record it produced.
 
 The maximum is measured in the same setup first (`capacity`): the contender's output rate
 while the open loop offers it more than it can take, on the same cores. Its backlog rate
@@ -15,6 +16,10 @@ Each artifact's `timestamp` field is set to the wall-clock time (ms) at which th
 hands it to the client; every contender leaves that field as it is. Latency of a record =
 its output's broker append time (LogAppendTime) - that timestamp: produce -> consume ->
 handle -> produce -> stored by the broker, queueing included.
+
+Whether latency rose through the run is told by the p99 of the records sent in the first
+and in the last third of the open loop (`thirds`, `rose`): a contender that keeps up has
+about the same in both, one that falls behind builds a queue that the last third waits in.
 
 The records are encoded once (fastavro, by the harness) and only their timestamp bytes are
 replaced per record, so the producer costs little CPU beside the contender; it still
@@ -87,7 +92,20 @@ class LatencyRow:
     p99_ms: float | None = None
     p999_ms: float | None = None
     max_ms: float | None = None
+    fixed: bool = False
+    """Offered one absolute rate (the same for every contender), not a fraction of its own
+    capacity; `load` is then 0."""
+    p99_first_ms: float | None = None
+    """p99 of the records sent in the first third of the open loop."""
+    p99_last_ms: float | None = None
+    """p99 of the records sent in the last third (None: none of them was read back)."""
+    rising: bool | None = None
+    """Whether p99 rose through the run (`rose`): a queue that grows."""
     details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def load_text(self) -> str:
+        return "fixed" if self.fixed else f"{self.load:.0%}"
 
 
 def templates(count: int, size: int) -> list[tuple[bytes, bytes]]:
@@ -97,9 +115,10 @@ def templates(count: int, size: int) -> list[tuple[bytes, bytes]]:
     plen = harness.payload_size_for(schema, size)
     out: list[tuple[bytes, bytes]] = []
     for seq in range(count):
+        stamp = workload.now_ms()
         payload = os.urandom(plen)
         record = {
-            "id": str(uuid.uuid4()), "timestamp": workload.now_ms(),
+            "id": str(uuid.uuid4()), "timestamp": stamp,
             "media_type": "application/octet-stream", "role": "data", "scope": "generic",
             "origin": "bench", "issuer": "", "state": workload.CREATED_STATE,
             "meta": {"seq": seq}, "payload": payload,
@@ -109,7 +128,7 @@ def templates(count: int, size: int) -> list[tuple[bytes, bytes]]:
         sink = BytesIO()
         schemaless_writer(sink, schema, record)
         data = sink.getvalue()
-        assert data[_TS_AT:_TS_AT + _TS_LEN] == _varint(record["timestamp"])
+        assert data[_TS_AT:_TS_AT + _TS_LEN] == _varint(stamp)
         out.append((data[:_TS_AT], data[_TS_AT + _TS_LEN:]))
     return out
 
@@ -217,6 +236,36 @@ def percentile(ordered: Sequence[int], q: float) -> float:
     return float(ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))])
 
 
+RISE_FACTOR = 1.5
+RISE_SLACK_MS = 5.0
+"""p99 rose through a run when the p99 of the records sent in its last third exceeds
+`RISE_FACTOR` x that of its first third plus `RISE_SLACK_MS` (milliseconds are whole, and
+a p99 of a few ms moves by a few ms between thirds without any queue forming). A
+contender that falls behind builds a queue that grows for the rest of the run: its last
+third waits far longer than its first."""
+
+
+def thirds(stamps: Sequence[tuple[int, int]], began_ms: int, ended_ms: int
+           ) -> tuple[float | None, float | None]:
+    """p99 of the records sent in the first and in the last third of the open loop's
+    window [`began_ms`, `ended_ms`] (stamp, latency pairs); None where none was read."""
+    span = max(1, ended_ms - began_ms)
+    first = sorted(lat for stamp, lat in stamps if stamp < began_ms + span / 3)
+    last = sorted(lat for stamp, lat in stamps if stamp >= began_ms + 2 * span / 3)
+    return (percentile(first, 0.99) if first else None,
+            percentile(last, 0.99) if last else None)
+
+
+def rose(first: float | None, last: float | None) -> bool | None:
+    """Whether p99 rose from the first to the last third (see `RISE_FACTOR`); a last third
+    with nothing read back rose (its records are still queued)."""
+    if first is None:
+        return None
+    if last is None:
+        return True
+    return last > RISE_FACTOR * first + RISE_SLACK_MS
+
+
 @dataclass
 class Capacity:
     """A contender's output rate while the open loop runs beside it: the rate the loads are
@@ -318,21 +367,29 @@ def capacity(key: str, label: str, cmds: Sequence[list[str]], env: dict[str, str
 def measure(key: str, label: str, cmds: Sequence[list[str]], env: dict[str, str], cwd: Path,
             logs: Path, bootstrap: str, input_topic: str, output_topic: str,
             partitions: int, load: float, max_rate: float, seconds: float,
-            pool: Sequence[tuple[bytes, bytes]], progress: Progress) -> LatencyRow:
+            pool: Sequence[tuple[bytes, bytes]], progress: Progress,
+            fixed_rate: float | None = None) -> LatencyRow:
     """Start the contender (`cmds`, already pointed at the two topics), wait for it to
-    consume, run the open loop at `load` x `max_rate`, and read the latencies back."""
-    rate = load * max_rate
-    row = LatencyRow(key, label, load, rate, basis_rate=max_rate)
-    with _running(key, str(int(load * 100)), cmds, env, cwd, logs, bootstrap, input_topic,
+    consume, run the open loop at `load` x `max_rate` (or at `fixed_rate`, the same for
+    every contender), and read the latencies back."""
+    if fixed_rate is not None:
+        rate, load, tag = fixed_rate, 0.0, "fixed"
+        row = LatencyRow(key, label, load, rate, basis_rate=max_rate, fixed=True)
+        what = f"{rate:,.0f}/s (one rate for every contender)"
+    else:
+        rate, tag = load * max_rate, str(int(load * 100))
+        row = LatencyRow(key, label, load, rate, basis_rate=max_rate)
+        what = f"{load:.0%} of {max_rate:,.0f}/s = {rate:,.0f}/s"
+    with _running(key, tag, cmds, env, cwd, logs, bootstrap, input_topic,
                   output_topic, partitions, pool) as (producer, _, why):
         if why:
             row.note = why
             return row
         since = workload.now_ms()
-        progress(f"{label}: open loop at {load:.0%} of {max_rate:,.0f}/s = {rate:,.0f}/s "
-                 f"for {seconds:.0f}s")
+        progress(f"{label}: open loop at {what} for {seconds:.0f}s")
         row.sent, took = open_loop(producer, input_topic, partitions, rate, seconds, pool,
                                    progress)
+        ended = since + int(took * 1000)
         row.sent_rate = row.sent / took
         stamps = read_latencies(bootstrap, output_topic, since, row.sent,
                                 timeout=max(30.0, seconds))
@@ -342,6 +399,8 @@ def measure(key: str, label: str, cmds: Sequence[list[str]], env: dict[str, str]
         row.note = "no output read back"
         return row
     row.details["latency_ms_by_second"] = _by_second(stamps)
+    row.p99_first_ms, row.p99_last_ms = thirds(stamps, since, ended)
+    row.rising = rose(row.p99_first_ms, row.p99_last_ms)
     row.p50_ms = percentile(latencies, 0.50)
     row.p99_ms = percentile(latencies, 0.99)
     row.p999_ms = percentile(latencies, 0.999)
@@ -349,6 +408,10 @@ def measure(key: str, label: str, cmds: Sequence[list[str]], env: dict[str, str]
     row.ok = row.received >= row.sent
     if not row.ok:
         row.note = f"{row.sent - row.received} of {row.sent} records not read back in time"
-    progress(f"{label} at {load:.0%}: sent {row.sent:,} at {row.sent_rate:,.0f}/s; "
-             f"p50 {row.p50_ms:.0f} ms, p99 {row.p99_ms:.0f} ms, p99.9 {row.p999_ms:.0f} ms")
+    trend = ("-" if row.p99_first_ms is None else
+             f"{row.p99_first_ms:.0f} -> "
+             f"{'-' if row.p99_last_ms is None else f'{row.p99_last_ms:.0f}'} ms")
+    progress(f"{label} at {row.load_text}: sent {row.sent:,} at {row.sent_rate:,.0f}/s; "
+             f"p50 {row.p50_ms:.0f} ms, p99 {row.p99_ms:.0f} ms, p99.9 {row.p999_ms:.0f} ms; "
+             f"p99 first -> last third {trend}{' (rising)' if row.rising else ''}")
     return row

@@ -8,14 +8,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from latency import Capacity, LatencyRow
+from latency import RISE_FACTOR, RISE_SLACK_MS, Capacity, LatencyRow
 
 MB = 1_000_000
 
 DEFINITIONS = (
-    "x raw: the row's throughput as a fraction of the raw loop's (consume, produce the same "
-    "bytes, commit; no Avro), the physical limit of a Python stage on this client; x ceiling: "
-    "as a fraction of the hand-written confluent-kafka + fastavro loop's.",
+    "x raw-sha256: the row's throughput as a fraction of the raw-sha256 loop's (consume, one "
+    "SHA-256 over a payload's length, produce the same bytes, commit), the bound of a stage "
+    "that verifies the checksum of what it passes on: the throughput targets are set "
+    "against it. x raw: as a fraction of the raw loop's (no hash, no Avro), the physical "
+    "limit of a Python stage on this client, shown for information. x ceiling: as a fraction "
+    "of the hand-written confluent-kafka + fastavro loop's.",
+    "baseline rows: the project's stage at a fixed commit (today's code, `--baseline`), "
+    "installed from a temporary git worktree into an environment of its own (codec compiled "
+    "as the project builds it), run by that commit's own contender script over the same "
+    "input in the same run; new/baseline is the working tree's row over its baseline row.",
     "throughput: N input artifacts / (last output's broker append time - the contender's "
     "first consumed record); MB/s counts the input bytes.",
     "latency (p50/p99): not measured for the rows that pass the input through unchanged "
@@ -57,6 +64,9 @@ class Row:
     """Rate as a fraction of the ceiling's."""
     raw_ratio: float | None = None
     """Rate as a fraction of the raw loop's (consume, produce the same bytes, commit)."""
+    sha_ratio: float | None = None
+    """Rate as a fraction of the raw-sha256 loop's (the raw loop plus one SHA-256 per
+    record): what the throughput targets are set against."""
     targets: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -71,9 +81,20 @@ class Target:
     higher_is_better: bool = True
     note: str = ""
     short: str = ""
+    holds: bool | None = None
+    """For a check rather than a ratio: whether it holds (then `shown` says what was seen
+    and `expected` what is required)."""
+    shown: str = ""
+    expected: str = ""
+
+    @property
+    def is_check(self) -> bool:
+        return bool(self.expected)
 
     @property
     def verdict(self) -> str:
+        if self.is_check:
+            return "n/a" if self.holds is None else "PASS" if self.holds else "FAIL"
         if self.measured is None:
             return "n/a"
         ok = (self.measured >= self.required if self.higher_is_better
@@ -81,7 +102,22 @@ class Target:
               else self.measured < self.required)
         return "PASS" if ok else "FAIL"
 
+    def measured_text(self) -> str:
+        if self.is_check:
+            return self.shown or "-"
+        return "-" if self.measured is None else f"{self.measured:.2f}{self.unit}"
+
+    def required_text(self) -> str:
+        if self.is_check:
+            return self.expected
+        sign = ">=" if self.higher_is_better else "<=" if self.unit == "x" else "<"
+        return f"{sign} {self.required:g}{self.unit}"
+
     def text(self) -> str:
+        if self.is_check:
+            extra = f" ({self.note})" if self.note else ""
+            return (f"{self.name}: {self.shown or 'n/a'} (required: {self.expected}) "
+                    f"{self.verdict}{extra}")
         if self.measured is None:
             return f"{self.name}: n/a{f' ({self.note})' if self.note else ''}"
         sign = ">=" if self.higher_is_better else "<=" if self.unit == "x" else "<"
@@ -99,17 +135,61 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def _p99_at(latency_rows: Sequence[LatencyRow], key: str, load: float) -> float | None:
+def _latency_row(latency_rows: Sequence[LatencyRow], key: str, load: float | None
+                 ) -> LatencyRow | None:
+    """The row of `key` at fraction `load` of its capacity, or at the fixed rate (None)."""
     for row in latency_rows:
-        if row.key == key and row.load == load and row.ok and row.p99_ms is not None:
-            return row.p99_ms
+        if row.key == key and (row.fixed if load is None else
+                               (not row.fixed and row.load == load)):
+            return row
     return None
+
+
+def _p99_at(latency_rows: Sequence[LatencyRow], key: str, load: float | None
+            ) -> float | None:
+    row = _latency_row(latency_rows, key, load)
+    return row.p99_ms if row is not None and row.ok and row.p99_ms is not None else None
+
+
+NO_SLOWER = 0.95
+"""New/baseline throughput required of the working tree's rows: no slower than the baseline
+measured in the same run, with a 5% allowance for run-to-run noise on the shared 2-core
+machine."""
+
+
+def trend_text(row: LatencyRow) -> str:
+    """p99 of the first and the last third of a latency row, and whether it rose."""
+    if row.p99_first_ms is None:
+        return "-"
+    last = "none read back" if row.p99_last_ms is None else f"{row.p99_last_ms:,.0f}"
+    return (f"{row.p99_first_ms:,.0f} -> {last} ms, "
+            f"{'rising' if row.rising else 'not rising'}")
+
+
+def baseline_targets(rows: Mapping[str, Row]) -> list[Target]:
+    """The working tree's stage against the same stage at the baseline commit."""
+    out = []
+    for new, old, what in (("project-passthrough", "baseline-passthrough", "pass-through"),
+                           ("project-alo", "baseline-alo", "one metadata change")):
+        if new not in rows and old not in rows:
+            continue
+        ratio = _ratio(_rate(rows, new), _rate(rows, old))
+        missing = [k for k in (new, old) if k not in rows]
+        note = "no slower, within 5% noise" + (f"; {' and '.join(missing)} not run"
+                                               if missing else "")
+        target = Target(f"{what}: new vs baseline (today's code, same run)", new, ratio,
+                        NO_SLOWER, "x", short=f"new/baseline>={NO_SLOWER:g}x", note=note)
+        if ratio is not None:
+            rows[old].targets.append(f"new/baseline {ratio:.2f}x")
+        out.append(target)
+    return out
 
 
 def compute_targets(rows: Mapping[str, Row], count: int,
                     latency_rows: Sequence[LatencyRow] = ()) -> list[Target]:
     ceiling = _rate(rows, "ceiling")
     raw = _rate(rows, "raw")
+    sha = _rate(rows, "raw-sha256")
     passthrough = _rate(rows, "project-passthrough")
     alo = _rate(rows, "project-alo")
     eos = _rate(rows, "project-eos")
@@ -119,11 +199,17 @@ def compute_targets(rows: Mapping[str, Row], count: int,
     ceiling_two = _ratio(_rate(rows, "ceiling-2p"), ceiling)
     if ceiling_two is not None and "ceiling-2p" in rows:
         rows["ceiling-2p"].targets.append(f"{ceiling_two:.2f}x ceiling 1 process")
+    def raw_info(rate: float | None) -> str:
+        ratio = _ratio(rate, raw)
+        return "" if ratio is None else f"{ratio:.2f}x raw, for information"
+
     targets = [
-        Target("pass-through stage vs raw loop", "project-passthrough",
-               _ratio(passthrough, raw), 0.8, "x", short=">=0.8x raw"),
-        Target("ALO 1 process (one metadata change) vs raw loop", "project-alo",
-               _ratio(alo, raw), 0.5, "x", short=">=0.5x raw"),
+        Target("pass-through stage vs raw-sha256 loop", "project-passthrough",
+               _ratio(passthrough, sha), 0.8, "x", short=">=0.8x raw-sha256",
+               note=raw_info(passthrough)),
+        Target("ALO 1 process (one metadata change) vs raw-sha256 loop", "project-alo",
+               _ratio(alo, sha), 0.5, "x", short=">=0.5x raw-sha256", note=raw_info(alo)),
+        *baseline_targets(rows),
         Target("ALO 1 process vs ceiling", "project-alo", _ratio(alo, ceiling), 0.8, "x",
                short=">=0.8x ceiling"),
         Target("ALO 1 process vs Quix Streams", "project-alo", _ratio(alo, quix), 3.0, "x",
@@ -135,15 +221,7 @@ def compute_targets(rows: Mapping[str, Row], count: int,
         Target("registry-framed vs plain ALO", "project-alo-registry", _ratio(framed, alo),
                0.9, "x", short=">=0.9x plain"),
     ]
-    if latency_rows:
-        project_p99 = _p99_at(latency_rows, "project-alo", 0.8)
-        ceiling_p99 = _p99_at(latency_rows, "ceiling", 0.8)
-        # Milliseconds are whole: a 0 ms ceiling p99 is counted as 1 ms.
-        targets.append(Target(
-            "p99 at 80% load vs the ceiling's p99 at 80% load", "project-alo",
-            _ratio(project_p99, max(ceiling_p99, 1.0) if ceiling_p99 is not None else None),
-            1.5, "x", higher_is_better=False, note="latency under load",
-            short="p99@80%<=1.5x ceiling"))
+    targets += latency_targets(latency_rows)
     stage_rss = [rows[k].peak_rss_bytes / MB for k in ("project-alo", "project-eos")
                  if k in rows and rows[k].ok and rows[k].peak_rss_bytes]
     note = "" if count >= 1_000_000 else f"backlog of {count:,}, target is set for 1,000,000"
@@ -154,6 +232,55 @@ def compute_targets(rows: Mapping[str, Row], count: int,
         if t.row in rows:
             rows[t.row].targets.append(f"{t.short} {t.verdict}")
     return targets
+
+
+def latency_targets(latency_rows: Sequence[LatencyRow]) -> list[Target]:
+    """At 80% of its capacity the project's p99 does not rise through the run; at the one
+    rate offered to every contender its p99 is at most the lower of Quix Streams' and the
+    ceiling's."""
+    out: list[Target] = []
+    at80 = _latency_row(latency_rows, "project-alo", 0.8)
+    if at80 is not None:
+        project_p99 = _p99_at(latency_rows, "project-alo", 0.8)
+        ceiling_p99 = _p99_at(latency_rows, "ceiling", 0.8)
+        # Milliseconds are whole: a 0 ms ceiling p99 is counted as 1 ms.
+        ratio = _ratio(project_p99,
+                       max(ceiling_p99, 1.0) if ceiling_p99 is not None else None)
+        info = "" if ratio is None else f"p99 {ratio:.2f}x the ceiling's at 80%, for information"
+        holds = None if at80.rising is None else at80.ok and not at80.rising
+        shown = trend_text(at80) + ("" if at80.ok or at80.rising is None
+                                    else f"; {at80.note}")
+        out.append(Target("p99 at 80% load not rising through the run (first vs last third)",
+                          "project-alo", None, 0.0, "", note=info, short="p99@80% steady",
+                          holds=holds, shown=shown,
+                          expected=f"last third <= {RISE_FACTOR:g}x first + "
+                                   f"{RISE_SLACK_MS:g} ms"))
+    fixed = _latency_row(latency_rows, "project-alo", None)
+    if fixed is not None:
+        # A comparator that fell so far behind that not all of its records were read back
+        # in time counts with the p99 of those that were: a lower bound of its own.
+        others: dict[str, float | None] = {}
+        behind = []
+        for key in ("quix", "ceiling"):
+            row = _latency_row(latency_rows, key, None)
+            others[key] = None if row is None else row.p99_ms
+            if row is not None and row.p99_ms is not None and not row.ok:
+                behind.append(key)
+        measured = {k: v for k, v in others.items() if v is not None}
+        project_p99 = _p99_at(latency_rows, "project-alo", None)
+        best = min(measured.values()) if measured else None
+        ratio = _ratio(project_p99, max(best, 1.0) if best is not None else None)
+        parts = [f"project {_fmt_ms(project_p99)} ms"] + [
+            f"{k} {_fmt_ms(v)} ms" for k, v in measured.items()]
+        missing = [k for k, v in others.items() if v is None]
+        note = (f"p99 at {fixed.target_rate:,.0f}/s: " + ", ".join(parts)
+                + (f"; {' and '.join(missing)} not measured" if missing else "")
+                + (f"; {' and '.join(behind)}: not all records read back, a lower bound"
+                   if behind else ""))
+        out.append(Target(f"p99 at {fixed.target_rate:,.0f}/s vs min(Quix, ceiling) p99 at "
+                          "the same rate", "project-alo", ratio, 1.0, "x",
+                          higher_is_better=False, note=note, short="p99@rate<=min"))
+    return out
 
 
 def _fmt_ms(value: float | None) -> str:
@@ -170,14 +297,14 @@ def _fmt_rss(row: Row) -> str:
 
 
 HEADERS = ("contender", "artifacts/s", "MB/s", "p50 ms", "p99 ms", "peak RSS MB",
-           "x raw", "x ceiling", "targets")
+           "x raw-sha256", "x raw", "x ceiling", "targets")
 
 
 def table_cells(rows: Sequence[Row]) -> list[tuple[str, ...]]:
     cells: list[tuple[str, ...]] = []
     for row in rows:
         if not row.ok:
-            cells.append((row.label, "-", "-", "-", "-", _fmt_rss(row), "-", "-",
+            cells.append((row.label, "-", "-", "-", "-", _fmt_rss(row), "-", "-", "-",
                           f"not measured: {row.note}"))
             continue
         cells.append((
@@ -187,6 +314,7 @@ def table_cells(rows: Sequence[Row]) -> list[tuple[str, ...]]:
             _fmt_ms(row.p50_ms),
             _fmt_ms(row.p99_ms),
             _fmt_rss(row),
+            "-" if row.sha_ratio is None else f"{row.sha_ratio:.2f}",
             "-" if row.raw_ratio is None else f"{row.raw_ratio:.2f}",
             "-" if row.ratio is None else f"{row.ratio:.2f}",
             "; ".join(row.targets) or "-",
@@ -228,7 +356,8 @@ def markdown_table(rows: Sequence[Row]) -> str:
 
 
 LATENCY_HEADERS = ("contender", "load", "target /s", "sent /s", "records", "p50 ms",
-                   "p99 ms", "p99.9 ms", "max ms")
+                   "p99 ms", "p99.9 ms", "max ms", "p99 1st third", "p99 last third",
+                   "p99 rising")
 CAPACITY_HEADERS = ("contender", "backlog /s", "offered /s", "beside the open loop /s",
                     "x backlog", "note")
 
@@ -244,13 +373,17 @@ def latency_cells(rows: Sequence[LatencyRow]) -> list[tuple[str, ...]]:
     cells: list[tuple[str, ...]] = []
     for row in rows:
         if row.p50_ms is None:
-            cells.append((row.label, f"{row.load:.0%}", f"{row.target_rate:,.0f}", "-", "-",
-                          "-", "-", "-", f"not measured: {row.note}"))
+            cells.append((row.label, row.load_text, f"{row.target_rate:,.0f}", "-", "-",
+                          "-", "-", "-", "-", "-", "-", f"not measured: {row.note}"))
             continue
         received = f"{row.received:,}" + ("" if row.ok else f" of {row.sent:,}")
-        cells.append((row.label, f"{row.load:.0%}", f"{row.target_rate:,.0f}",
+        rising = "-" if row.rising is None else "yes" if row.rising else "no"
+        last = ("none read" if row.p99_last_ms is None and row.p99_first_ms is not None
+                else _fmt_ms(row.p99_last_ms))
+        cells.append((row.label, row.load_text, f"{row.target_rate:,.0f}",
                       f"{row.sent_rate:,.0f}", received, _fmt_ms(row.p50_ms),
-                      _fmt_ms(row.p99_ms), _fmt_ms(row.p999_ms), _fmt_ms(row.max_ms)))
+                      _fmt_ms(row.p99_ms), _fmt_ms(row.p999_ms), _fmt_ms(row.max_ms),
+                      _fmt_ms(row.p99_first_ms), last, rising))
     return cells
 
 
@@ -259,7 +392,13 @@ LATENCY_DEFINITION = (
     "of the contender's capacity beside the open loop, above) to a fresh input topic, "
     "each with its `timestamp` field set to the time it is handed to the client; per output "
     "record, latency = broker append time of the output (LogAppendTime) - that timestamp, "
-    "queueing included."
+    "queueing included. p99 1st/last third: p99 of the records sent in the first and in "
+    f"the last third of the open loop; rising: the last exceeds {RISE_FACTOR:g}x the first "
+    f"plus {RISE_SLACK_MS:g} ms (a queue that grows through the run)."
+)
+FIXED_DEFINITION = (
+    "latency at one rate: every contender is offered the same absolute rate (`--latency-rate`) "
+    "by the same open loop, one after the other in the same run; figures as above."
 )
 CAPACITY_DEFINITION = (
     "capacity beside the open loop: the contender's output rate over a few seconds while the "
@@ -323,9 +462,13 @@ def render_text(rows: Sequence[Row], targets: Sequence[Target],
     if capacities:
         out += ["", "capacity beside the open loop:", *capacity_text(capacities),
                 f"  ({CAPACITY_DEFINITION})"]
-    if latency_rows:
-        out += ["", "latency under load:", *latency_text(latency_rows),
-                f"  ({LATENCY_DEFINITION})"]
+    loaded = [r for r in latency_rows if not r.fixed]
+    fixed = [r for r in latency_rows if r.fixed]
+    if loaded:
+        out += ["", "latency under load:", *latency_text(loaded), f"  ({LATENCY_DEFINITION})"]
+    if fixed:
+        out += ["", f"latency at one rate ({fixed[0].target_rate:,.0f}/s):",
+                *latency_text(fixed), f"  ({FIXED_DEFINITION})"]
     out += ["", "targets:"]
     out += [f"  {t.text()}" for t in targets]
     out += ["", "checks:"] + [f"  {c}" for c in checks_lines(rows)]
@@ -344,15 +487,18 @@ def render_markdown(rows: Sequence[Row], targets: Sequence[Target],
     if capacities:
         out += ["## Capacity beside the open loop", "", *capacity_markdown(capacities), "",
                 CAPACITY_DEFINITION, ""]
-    if latency_rows:
-        out += ["## Latency under load", "", *latency_markdown(latency_rows), "",
+    loaded = [r for r in latency_rows if not r.fixed]
+    fixed = [r for r in latency_rows if r.fixed]
+    if loaded:
+        out += ["## Latency under load", "", *latency_markdown(loaded), "",
                 LATENCY_DEFINITION, ""]
+    if fixed:
+        out += [f"## Latency at one rate ({fixed[0].target_rate:,.0f}/s)", "",
+                *latency_markdown(fixed), "", FIXED_DEFINITION, ""]
     out += ["## Targets", "", "| target | measured | required | verdict |", "|---|---:|---:|---|"]
     for t in targets:
-        sign = ">=" if t.higher_is_better else "<=" if t.unit == "x" else "<"
-        measured = "-" if t.measured is None else f"{t.measured:.2f}{t.unit}"
         verdict = t.verdict + (f" ({t.note})" if t.note else "")
-        out.append(f"| {t.name} | {measured} | {sign} {t.required:g}{t.unit} | {verdict} |")
+        out.append(f"| {t.name} | {t.measured_text()} | {t.required_text()} | {verdict} |")
     out += ["", "## Checks", ""] + [f"- {c}" for c in checks_lines(rows)]
     out += ["", "## Definitions", ""] + [f"- {d}" for d in DEFINITIONS]
     out += ["", "## Conditions", ""] + [f"- {c}" for c in conditions_lines(conditions)]
@@ -391,6 +537,8 @@ def write_chart(path: Path, rows: Sequence[Row], title: str) -> str | None:
         return "no chart: no row was measured"
     short = {"raw": "raw\nbytes", "raw-sha256": "raw +\nSHA-256",
              "project-passthrough": "project\npass-through",
+             "baseline-passthrough": "baseline\npass-through",
+             "baseline-alo": "baseline\nALO 1p",
              "ceiling": "ceiling", "ceiling-codec": "loop with\nour codec",
              "ceiling-2p": "ceiling\n2p",
              "project-alo": "project\nALO 1p", "project-alo-pure": "project\nALO pure",
@@ -400,16 +548,18 @@ def write_chart(path: Path, rows: Sequence[Row], title: str) -> str | None:
     labels = [short.get(r.key, r.key) for r in measured]
     fig, axes = plt.subplots(1, 3, figsize=(15, 5), gridspec_kw={"width_ratios": [2, 1, 1]})
     colours = ["#7f7f7f" if r.key in ("ceiling", "raw", "raw-sha256")
-               else "#e377c2" if r.key == "quix" else "#1f77b4" for r in measured]
+               else "#e377c2" if r.key == "quix"
+               else "#aec7e8" if r.key.startswith("baseline-") else "#1f77b4"
+               for r in measured]
     ax = axes[0]
     bars = ax.bar(labels, [r.rate for r in measured], color=colours)
     for bar, row in zip(bars, measured, strict=True):
-        text = f"{row.rate:,.0f}" + ("" if row.raw_ratio is None
-                                     else f"\n{row.raw_ratio:.2f}x raw")
+        text = f"{row.rate:,.0f}" + ("" if row.sha_ratio is None
+                                     else f"\n{row.sha_ratio:.2f}x sha")
         ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                     ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("artifacts/s")
-    ax.set_title("throughput (x raw loop)")
+    ax.set_title("throughput (x raw-sha256 loop)")
     ax.tick_params(axis="x", labelsize=7)
     ax = axes[1]
     ax.bar(labels, [r.p99_ms or 0 for r in measured], color=colours, alpha=0.5, label="p99")
