@@ -66,6 +66,7 @@ from processor.core.options import StageOptions
 from processor.ops.logs import lifecycle
 from processor.ops.metrics import LATENCY_SAMPLE_EVERY, PAUSE_BACKPRESSURE
 from processor.runtime.dead_letters import Reason
+from processor.runtime.deadline import ThreadDeadlines
 from processor.runtime.executors import (
     AsyncExecutor,
     Completed,
@@ -146,6 +147,13 @@ class ConcurrentLoop:
         calls = options.max_concurrency
         self.executor: Executor
         fn: Callable[..., Any] = handler
+        self.deadlines: ThreadDeadlines | None = None
+        if options.handler_timeout is not None and not is_async:
+            # Threads and batch handlers: each calling thread waits for its call at most
+            # `handler_timeout` (an async handler's deadline is the event loop's own).
+            self.deadlines = ThreadDeadlines(handler, options.handler_timeout, stage.health,
+                                             options.name)
+            fn = self.deadlines
         if is_async:
             self.executor = AsyncExecutor(fn, self.batch, options.retry, self.completed,
                                           options.handler_timeout, options.name)
@@ -330,74 +338,84 @@ class ConcurrentLoop:
         sample = stage._sample
         handler_times: list[float] = []
         e2e: list[float] = []
-        for entry in entries:
-            msg = entry.msg
-            if entry.attempts > 1:
-                retried += entry.attempts - 1
-            result: BatchOutcome = entry.outcome
-            if isinstance(result, BaseException):
-                self._failed(msg, result, entry.attempts)
-                continue
-            artifact = entry.artifact
-            if artifact is not None:
-                sample += 1
-                if sample % LATENCY_SAMPLE_EVERY == 0:
-                    handler_times.append(entry.elapsed)
-                    e2e.append(time.time() - artifact.timestamp / 1000.0)
-            if result is None:
-                dropped += 1
-                continue
-            if type(result) is artifact_type and default_topic is not None:
-                # One artifact for the default output: the common enrich (or, unchanged,
-                # the original bytes).
-                if result is artifact and passthrough:
-                    data = msg.value() or b""
-                    produce(default_topic, data, msg.key(), msg.headers())
-                else:
-                    data = encode(result)
-                    produce(default_topic, data, msg.key(), out_headers(msg.headers()))
-                bytes_out += len(data)
-                produced += 1
+        index = 0
+        try:
+            for index, entry in enumerate(entries):  # noqa: B007 - read by the except
+                msg = entry.msg
+                if entry.attempts > 1:
+                    retried += entry.attempts - 1
+                result: BatchOutcome = entry.outcome
+                if isinstance(result, BaseException):
+                    self._failed(msg, result, entry.attempts)
+                    continue
+                artifact = entry.artifact
+                if artifact is not None:
+                    sample += 1
+                    if sample % LATENCY_SAMPLE_EVERY == 0:
+                        handler_times.append(entry.elapsed)
+                        e2e.append(time.time() - artifact.timestamp / 1000.0)
+                if result is None:
+                    dropped += 1
+                    continue
+                if type(result) is artifact_type and default_topic is not None:
+                    # One artifact for the default output: the common enrich (or, unchanged,
+                    # the original bytes).
+                    if result is artifact and passthrough:
+                        data = msg.value() or b""
+                        produce(default_topic, data, msg.key(), msg.headers())
+                    else:
+                        data = encode(result)
+                        produce(default_topic, data, msg.key(), out_headers(msg.headers()))
+                    bytes_out += len(data)
+                    produced += 1
+                    passed += 1
+                    continue
+                try:
+                    pairs = outcomes(result)
+                except TypeError as exc:
+                    self._failed(msg, exc, entry.attempts)
+                    continue
+                if not pairs:
+                    dropped += 1
+                    continue
+                key = msg.key()
+                headers = msg.headers()
+                for output, out in pairs:
+                    topic = outputs.get(output)
+                    if topic is None:
+                        raise StageFailed(
+                            f"stage {self.options.name}: a handler routed to output "
+                            f"{output or '<default>'!r}, which is not configured (known: "
+                            f"{', '.join(k or '<default>' for k in outputs if outputs[k])})")
+                    if out is artifact and passthrough:
+                        data = msg.value() or b""
+                        produce(topic, data, key, headers)
+                    else:
+                        data = codec.encode(out)
+                        produce(topic, data, key, codec.headers(headers))
+                    bytes_out += len(data)
+                    if topic != default_topic:
+                        counts = routed.setdefault(topic, [0, 0])
+                        counts[0] += 1
+                        counts[1] += len(data)
+                produced += len(pairs)
                 passed += 1
-                continue
-            try:
-                pairs = outcomes(result)
-            except TypeError as exc:
-                self._failed(msg, exc, entry.attempts)
-                continue
-            if not pairs:
-                dropped += 1
-                continue
-            key = msg.key()
-            headers = msg.headers()
-            for output, out in pairs:
-                topic = outputs.get(output)
-                if topic is None:
-                    raise StageFailed(
-                        f"stage {self.options.name}: a handler routed to output "
-                        f"{output or '<default>'!r}, which is not configured (known: "
-                        f"{', '.join(k or '<default>' for k in outputs if outputs[k])})")
-                if out is artifact and passthrough:
-                    data = msg.value() or b""
-                    produce(topic, data, key, headers)
-                else:
-                    data = codec.encode(out)
-                    produce(topic, data, key, codec.headers(headers))
-                bytes_out += len(data)
-                if topic != default_topic:
-                    counts = routed.setdefault(topic, [0, 0])
-                    counts[0] += 1
-                    counts[1] += len(data)
-            produced += len(pairs)
-            passed += 1
-        stats = stage.stats
-        stats.produced += produced
-        stats.passed += passed
-        stats.dropped += dropped
-        stats.bytes_out += bytes_out
-        if retried:
-            stats.retried += retried
-            stage.metrics.retried(retried)
+            stats = stage.stats
+            stats.produced += produced
+            stats.passed += passed
+            stats.dropped += dropped
+            stats.bytes_out += bytes_out
+            if retried:
+                stats.retried += retried
+                stage.metrics.retried(retried)
+        except BaseException:
+            # A record failed (or an output was misrouted) partway: it and the records
+            # after it in this list have not left, whatever their partitions' order
+            # (records of other keys may follow it here): fence each at its offset.
+            fence = stage.ledger.fence
+            for entry in entries[index:]:
+                fence(entry.tp, entry.msg.offset())
+            raise
         stage._sample = sample
         stage.ledger.wrote(produced, bytes_out)
         report_batch(stage.metrics, 0, 0, produced, bytes_out, dropped, default_topic,
@@ -443,6 +461,11 @@ class ConcurrentLoop:
                       reason=PAUSE_BACKPRESSURE)
 
     # --- revocation, abort, shutdown -------------------------------------------------
+
+    @property
+    def hung(self) -> str | None:
+        """Why the stage must stop: too many handler calls stuck past `handler_timeout`."""
+        return None if self.deadlines is None else self.deadlines.hung
 
     @property
     def busy(self) -> bool:

@@ -25,6 +25,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from typing import cast
 
 from processor.core.artifact import Artifact
 from processor.core.errors import RetryableError
@@ -97,7 +98,12 @@ class DeadlineHandler:
     def _abandon(self, call: _Call) -> None:
         """The worker thread is stuck in `call`: leave it, start another one."""
         self.abandoned += 1
-        what = f"artifact {call.artifact.id}"
+        argument: object = call.artifact
+        if isinstance(argument, list):  # a batch handler's call (`ThreadDeadlines`)
+            what = (f"a batch of {len(argument)} artifacts from {argument[0].id}" if argument
+                    else "an empty batch")
+        else:
+            what = f"artifact {call.artifact.id}"
         logger.error("stage %s: handler stuck on %s for more than %gs; its thread is "
                      "abandoned (%d so far) and the record retried or dead-lettered",
                      self.stage, what, self.timeout, self.abandoned)
@@ -123,3 +129,40 @@ def with_deadline(handler: Handler, timeout: float | None, health: HealthState,
     if timeout is None:
         return handler
     return DeadlineHandler(handler, timeout, health, stage)
+
+
+class ThreadDeadlines:
+    """`handler_timeout` for handlers called from several threads (`handler_mode:
+    threads`, and a synchronous batch handler with its retry threads): each calling
+    thread gets a `DeadlineHandler` of its own, so that the deadline never makes calls
+    wait for each other. `hung` is set once `MAX_ABANDONED` calls are stuck in all."""
+
+    def __init__(self, handler: Callable[..., object], timeout: float,
+                 health: HealthState, stage: str) -> None:
+        self.handler = handler
+        self.timeout = timeout
+        self.health = health
+        self.stage = stage
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all: list[DeadlineHandler] = []
+
+    def __call__(self, argument: object) -> object:
+        deadline: DeadlineHandler | None = getattr(self._local, "deadline", None)
+        if deadline is None:
+            # A batch handler takes a list of artifacts: the deadline passes it on as is.
+            deadline = DeadlineHandler(cast(Handler, self.handler), self.timeout,
+                                       self.health, self.stage)
+            self._local.deadline = deadline
+            with self._lock:
+                self._all.append(deadline)
+        return deadline(cast(Artifact, argument))
+
+    @property
+    def hung(self) -> str | None:
+        with self._lock:
+            stuck = sum(d.abandoned for d in self._all)
+        if stuck >= MAX_ABANDONED:
+            return (f"{stuck} handler calls stuck past the {self.timeout:g}s deadline "
+                    "(handler_timeout); restart the process")
+        return None

@@ -13,8 +13,11 @@ which the stage thread reads. The stage thread alone decides what the outcomes m
 * `InlineExecutor`: a synchronous batch handler, in the stage's thread; the records
   that asked for a retry wait out their backoff on a thread.
 * `ThreadExecutor`: blocking handlers (`handler_mode: threads`) on threads of its
-  own. A running thread cannot be stopped, so `handler_timeout` does not apply;
-  `drain_timeout` bounds how long a revocation or a shutdown waits for one. The threads
+  own. A running thread cannot be stopped: with `handler_timeout` each thread hands its
+  call to a helper thread of its own and waits at most that long
+  (`runtime/deadline.py`, `ThreadDeadlines`; the stuck helper is abandoned, the record
+  retried or dead-lettered); `drain_timeout` bounds how long a revocation or a
+  shutdown waits for a call. The threads
   are daemon threads, hand-written rather than a `ThreadPoolExecutor`, whose threads the
   interpreter joins at exit: one handler stuck in a blocking call would then keep the
   process from ever exiting (`runtime/deadline.py` makes the same choice).

@@ -452,8 +452,10 @@ class Stage(StageEvents):
         if now - self._last_lag >= LAG_REPORT_INTERVAL:
             self._last_lag = now
             self._report_lag()
-        if self._deadline is not None and self._deadline.hung:
-            raise PolicyStop(f"stage {self.options.name}: {self._deadline.hung}")
+        hung = (self._deadline.hung if self._deadline is not None
+                else self.concurrent.hung if self.concurrent is not None else None)
+        if hung:
+            raise PolicyStop(f"stage {self.options.name}: {hung}")
         return n
 
     def _process(self, messages: Sequence[Message], previous_attempts: int = 0) -> None:
