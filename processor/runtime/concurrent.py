@@ -1,12 +1,12 @@
 """A stage with a concurrent handler: async, threaded or batch calls, outputs in order.
 
-A synchronous per-record handler runs in the stage's loop (`Stage._process`), one record
+A synchronous per-record handler runs in the stage's loop (`Stage.process`), one record
 at a time. Any other handler runs through `ConcurrentLoop`, which takes the place of
-`_process` in each turn of the loop:
+`process` in each turn of the loop:
 
 1. the results of finished calls are collected, and the outputs of every record that may
    leave now (`processor.runtime.inflight`: in order per key, or per partition) are
-   produced, or the record dead-lettered or dropped, as `_process` would;
+   produced, or the record dead-lettered or dropped, as `process` would;
 2. records are consumed, no more than there is room for (`max_concurrency` calls in
    flight, a batch handler's being batches; and, counting the records done but waiting
    for an earlier one to leave, `HELD_FACTOR` times that), decoded in the loop (handed
@@ -41,7 +41,7 @@ import logging
 import queue
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from processor.backends.abstract import Message, TopicPartition
 from processor.core.artifact import Artifact
@@ -74,12 +74,10 @@ from processor.runtime.executors import (
     InlineExecutor,
     ThreadExecutor,
 )
+from processor.runtime.failures import StageFailed
+from processor.runtime.host import StageHost
 from processor.runtime.inflight import Entry, InFlight
-from processor.runtime.stage_events import StageFailed
 from processor.runtime.stats import report_batch
-
-if TYPE_CHECKING:
-    from processor.runtime.stage import Stage
 
 logger = logging.getLogger(__name__)
 
@@ -136,13 +134,13 @@ def _reason(error: BaseException) -> str | None:
 class ConcurrentLoop:
     """The concurrent part of one stage (see the module documentation)."""
 
-    def __init__(self, stage: Stage, handler: AnyHandler) -> None:
+    def __init__(self, stage: StageHost, handler: AnyHandler) -> None:
         self.stage = stage
         options = stage.options
         self.options = options
         self.batch = is_batch_handler(handler)
         is_async = is_async_handler(handler)
-        self.inflight = InFlight(by_key=options.order == "key" and not stage._eos)
+        self.inflight = InFlight(by_key=options.order == "key" and not stage.eos)
         self.completed: Completed = queue.SimpleQueue()
         calls = options.max_concurrency
         self.executor: Executor
@@ -218,7 +216,7 @@ class ConcurrentLoop:
         stage = self.stage
         codec = stage.codec
         passthrough = codec.passthrough
-        eos = stage._eos
+        eos = stage.eos
         rewind_to = stage.commits.rewind_to
         inflight = self.inflight
         batch = self.batch
@@ -321,12 +319,12 @@ class ConcurrentLoop:
         """Produce the outputs of `entries` (in order), or dead-letter or drop them, as
         the loop's own path does for a synchronous handler."""
         stage = self.stage
-        if stage._eos:
+        if stage.eos:
             stage.commits.open()
         codec = stage.codec
         passthrough = codec.passthrough
         produce = stage.producer.produce
-        outputs = stage._outputs
+        outputs = stage.outputs
         default_topic = outputs[DEFAULT_OUTPUT]
         produced = passed = dropped = bytes_out = retried = 0
         artifact_type = Artifact
@@ -335,7 +333,7 @@ class ConcurrentLoop:
         routed: dict[str, list[int]] = {}
         # Latency, sampled as on the synchronous path: the call's duration as the
         # executor measured it, and the time from the artifact's timestamp to its output.
-        sample = stage._sample
+        sample = stage.sample
         handler_times: list[float] = []
         e2e: list[float] = []
         index = 0
@@ -416,7 +414,7 @@ class ConcurrentLoop:
             for entry in entries[index:]:
                 fence(entry.tp, entry.msg.offset())
             raise
-        stage._sample = sample
+        stage.sample = sample
         stage.ledger.wrote(produced, bytes_out)
         report_batch(stage.metrics, 0, 0, produced, bytes_out, dropped, default_topic,
                      routed, handler_times, e2e)
@@ -426,15 +424,15 @@ class ConcurrentLoop:
         if not isinstance(error, Exception):
             # CancelledError, SystemExit, KeyboardInterrupt out of a handler: no policy
             # absorbs it; the stage aborts without committing this record.
-            self.stage._fence(msg)
+            self.stage.fence(msg)
             raise StageFailed(
                 f"stage {self.options.name}: handler raised {type(error).__name__} on "
                 f"{msg.topic()}[{msg.partition()}]@{msg.offset()}: {error}") from error
         reason = _reason(error)
         if reason is None:
-            self.stage._handler_failed(msg, error)
+            self.stage.handler_failed(msg, error)
         else:
-            self.stage._dead_letter(msg, reason or Reason.HANDLER_ERROR, error,
+            self.stage.dead_letter(msg, reason or Reason.HANDLER_ERROR, error,
                                     attempts=max(1, attempts))
 
     # --- pausing when every slot is taken ---------------------------------------------
@@ -442,7 +440,7 @@ class ConcurrentLoop:
     def _pause(self) -> None:
         stage = self.stage
         paused_elsewhere = stage.backpressure.paused
-        new = sorted(tp for tp in stage._assigned
+        new = sorted(tp for tp in stage.assigned
                      if tp not in self.paused and tp not in paused_elsewhere)
         if new:
             stage.consumer.pause(new)
@@ -453,7 +451,7 @@ class ConcurrentLoop:
     def _resume(self) -> None:
         stage = self.stage
         resume = [tp for tp in sorted(self.paused)
-                  if tp in stage._assigned and not stage.backpressure.keep_paused(tp)]
+                  if tp in stage.assigned and not stage.backpressure.keep_paused(tp)]
         self.paused.clear()
         if resume:
             stage.consumer.resume(resume)

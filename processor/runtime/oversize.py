@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from processor.backends.abstract import Message, TopicPartition
 from processor.core.errors import DeliveryFailed
 from processor.runtime.commit import CommitResult, OutputTooLarge
 from processor.runtime.dead_letters import Reason
-
-if TYPE_CHECKING:
-    from processor.runtime.stage import Stage
+from processor.runtime.host import StageHost
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +32,7 @@ logger = logging.getLogger(__name__)
 class TooLargeRecovery:
     """The stage's handling of too-large outputs (see the module documentation)."""
 
-    def __init__(self, stage: Stage) -> None:
+    def __init__(self, stage: StageHost) -> None:
         self.stage = stage
         # Partitions being re-read one suspect record at a time -> the offset (next to
         # read) up to which; and the keys of the refused outputs.
@@ -55,12 +52,12 @@ class TooLargeRecovery:
             singly[tp] = max(offset, singly.get(tp, 0))
         self.suspects.update(e.key for e in exc.errors)
         rewind_to = stage.commits.rewind_to
-        if not stage._eos:  # exactly-once knows where its aborted transaction began
-            assigned = sorted(stage._assigned)
+        if not stage.eos:  # exactly-once knows where its aborted transaction began
+            assigned = sorted(stage.assigned)
             for tp, committed in stage.consumer.committed(assigned).items():
                 rewind_to[tp] = (committed if committed is not None
                                  else stage.consumer.watermarks(tp)[0])
-        stage._rewind()
+        stage.rewind()
 
     def process(self, messages: Sequence[Message]) -> None:
         """After too-large outputs: handle the re-read records, each with the key of a
@@ -81,18 +78,18 @@ class TooLargeRecovery:
                 rest.append(msg)
                 continue
             if rest:
-                stage._process(rest)
+                stage.process(rest)
                 rest = []
             # Make what precedes it durable, so that a refusal can only be its own.
             if (stage.ledger or stage.commits.in_transaction) and not self._settle(
                     messages[i:], timeout):
                 return
             passed = stage.stats.passed
-            stage._process([msg])
+            stage.process([msg])
             try:
                 if not self._commit_one(timeout):  # exactly-once aborted: read it again
                     self._reread(messages[i:])
-                    stage._rewind()
+                    stage.rewind()
                     return
             except OutputTooLarge as exc:
                 if any(e.topic == stage.options.dlq_topic for e in exc.errors):
@@ -104,17 +101,17 @@ class TooLargeRecovery:
                     return
                 if stage.stats.passed > passed:
                     stage.stats.passed -= 1  # it is counted as dead-lettered instead
-                if stage._eos:  # the transaction was aborted with the outputs
+                if stage.eos:  # the transaction was aborted with the outputs
                     stage.commits.rewind_to.clear()
                     stage.commits.rewind_to[tp] = msg.offset()
                     stage.ledger.rewound()
                     stage.commits.open()
-                stage._dead_letter(msg, Reason.TOO_LARGE, exc)
+                stage.dead_letter(msg, Reason.TOO_LARGE, exc)
                 stage.ledger.advance(tp, msg.offset() + 1)
             if not self._settle(messages[i + 1:], timeout):
                 return
         if rest:
-            stage._process(rest)
+            stage.process(rest)
         if not singly:
             self.suspects.clear()
             logger.info("stage %s: past the records of the too-large outputs",
@@ -135,7 +132,7 @@ class TooLargeRecovery:
             self.find(exc)
             return False
         self._reread(later)
-        stage._rewind()
+        stage.rewind()
         return False
 
     def _reread(self, later: Sequence[Message]) -> None:
@@ -149,7 +146,7 @@ class TooLargeRecovery:
         Raises `OutputTooLarge` with the pending offsets kept, for the caller to use."""
         stage = self.stage
         while True:
-            offsets = stage.ledger.committable(stage._assigned)
+            offsets = stage.ledger.committable(stage.assigned)
             try:
                 result = stage.commits.commit(offsets, timeout)
             except OutputTooLarge:
@@ -161,9 +158,9 @@ class TooLargeRecovery:
                 return False
             if result is CommitResult.COMMITTED:
                 break
-            if stage._stop.is_set() or not stage.producer.outstanding():
+            if stage.stopping or not stage.producer.outstanding():
                 return True  # acknowledged, not committed (a rebalance): commit later
-        stage._last_commit = stage.clock()
+        stage.last_commit = stage.clock()
         stage.stats.commits += 1
         stage.ledger.committed()
         return True

@@ -19,10 +19,10 @@ This module is the loop and its lifecycle. Its parts live beside it:
 * `processor.runtime.stage_events`: the base class `StageEvents`, what happens besides
   handling records: dead letters and failed handlers, retries, commits, rebalances.
 * `processor.runtime.concurrent`: async, threaded and batch handlers, which take the
-  place of `_process` (calls in flight, outputs in order per key or per partition).
+  place of `process` (calls in flight, outputs in order per key or per partition).
 * `processor.runtime.build.build_stage`: the one way to assemble a stage from settings.
 
-The hot path (`_process`) runs once per record. It is one method with locals bound up
+The hot path (`process`) runs once per record. It is one method with locals bound up
 front; counters are plain ints, pushed to the metrics once per batch (`Metrics`, a no-op
 unless given); an artifact a handler returned unchanged is passed through as its
 original bytes.
@@ -68,12 +68,13 @@ from processor.runtime.commit import (
 from processor.runtime.concurrent import ConcurrentLoop, runs_concurrently
 from processor.runtime.dead_letters import DeadLetterLimit, DeadLetters, Reason
 from processor.runtime.deadline import DeadlineHandler
+from processor.runtime.failures import PolicyStop, StageFailed
 from processor.runtime.flow import Backpressure
 from processor.runtime.ledger import OffsetLedger
 from processor.runtime.oversize import TooLargeRecovery
 from processor.runtime.probe import BrokerProbe
 from processor.runtime.retry import RetryHolder
-from processor.runtime.stage_events import PolicyStop, StageEvents, StageFailed
+from processor.runtime.stage_events import StageEvents
 from processor.runtime.stats import StageStats, report_batch
 from processor.serde.codec import Codec
 from processor.serde.wire import WireCodec
@@ -155,18 +156,18 @@ class Stage(StageEvents):
         self.handler = cast(Handler, handler)
         self.clock = clock
         self.stats = StageStats(started=clock())
-        self._eos = options.guarantee == EXACTLY_ONCE
+        self.eos = options.guarantee == EXACTLY_ONCE
         self._stop = threading.Event()
         self._stopped = threading.Event()
-        self._outputs: dict[str, str | None] = {DEFAULT_OUTPUT: options.output_topic}
-        self._outputs.update(options.outputs)
+        self.outputs: dict[str, str | None] = {DEFAULT_OUTPUT: options.output_topic}
+        self.outputs.update(options.outputs)
 
         txn_id = None
-        if self._eos:
+        if self.eos:
             txn_id = options.transactional_id or f"{options.name}-{options.group}"
         self.consumer: Consumer = broker.consumer(
             options.group,
-            read_committed=self._eos,
+            read_committed=self.eos,
             client_id=options.name,
             settings=consumer_settings,
         )
@@ -182,7 +183,7 @@ class Stage(StageEvents):
         # records are handled one at a time (`runtime/oversize.py`).
         self.oversize = TooLargeRecovery(self)
         self.commits: CommitStrategy
-        if self._eos:
+        if self.eos:
             self.producer.init_transactions()
             self.commits = ExactlyOnce(options.name, self.consumer, self.producer,
                                        self.metrics, self.retries)
@@ -195,17 +196,17 @@ class Stage(StageEvents):
         self._raise: BaseException | None = None
         """A fatal error met inside a rebalance callback, raised by the loop next."""
         self._closing = False
-        self._last_commit = clock()
+        self.last_commit = clock()
         # At least once only: a transaction's commit given up midway is not simply
         # made again later, so exactly-once keeps the full bound.
         self._loop_commit_bound = options.shutdown_timeout if self.commits.transactional \
             else min(options.shutdown_timeout,
                      max(LOOP_COMMIT_FLOOR, 2 * options.commit_interval))
-        self._assigned: set[TopicPartition] = set()
-        self._sample = 0
+        self.assigned: set[TopicPartition] = set()
+        self.sample = 0
         self._last_lag = clock()
         # An async, threaded or batch handler (`runtime/concurrent.py`); None: the loop's
-        # own path (`_process`) runs the handler.
+        # own path (`process`) runs the handler.
         self.concurrent: ConcurrentLoop | None = None
         if concurrent:
             self.concurrent = ConcurrentLoop(self, handler)
@@ -217,7 +218,7 @@ class Stage(StageEvents):
             byte_limit=options.max_in_flight_bytes,
             unacknowledged_bytes=lambda: self.ledger.produced_bytes)
         self.probe = BrokerProbe(options.name, self.consumer, self.health,
-                                 lambda: self._assigned)
+                                 lambda: self.assigned)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -284,6 +285,11 @@ class Stage(StageEvents):
                 self.ledger.freeze(why)
             logger.debug("stage %s: fatal error, nothing past the fences is committed: %s",
                          self.options.name, why)
+
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop was asked for."""
+        return self._stop.is_set()
 
     @property
     def failed(self) -> bool:
@@ -374,7 +380,7 @@ class Stage(StageEvents):
         if self.concurrent is not None:
             self.concurrent.discard()
         if not self.commits.transactional:
-            offsets = self.ledger.committable(self._assigned)
+            offsets = self.ledger.committable(self.assigned)
             if offsets:
                 try:
                     if self.commits.commit(offsets, timeout) is CommitResult.COMMITTED:
@@ -411,7 +417,7 @@ class Stage(StageEvents):
         self.health.beat()
         if self.retries:
             self._retry_due()
-        if self.backpressure.check(self._assigned, self.retries.held):
+        if self.backpressure.check(self.assigned, self.retries.held):
             self._report_paused()
         if self.concurrent is not None:
             n = self.concurrent.turn()
@@ -426,7 +432,7 @@ class Stage(StageEvents):
                 if self.oversize.singly:
                     self.oversize.process(messages)
                 else:
-                    self._process(messages)
+                    self.process(messages)
         if self._raise is not None:
             raise self._raise
         if n:
@@ -442,13 +448,13 @@ class Stage(StageEvents):
         now = self.clock()
         ledger = self.ledger
         if ledger.marks and (
-            now - self._last_commit >= self.options.commit_interval
+            now - self.last_commit >= self.options.commit_interval
             or ledger.produced >= self.options.max_in_flight
             or ledger.produced_bytes >= self.options.max_in_flight_bytes
         ):
             self.commit(self._loop_commit_bound)
         elif not ledger.marks:
-            self._last_commit = now
+            self.last_commit = now
         if now - self._last_lag >= LAG_REPORT_INTERVAL:
             self._last_lag = now
             self._report_lag()
@@ -458,7 +464,7 @@ class Stage(StageEvents):
             raise PolicyStop(f"stage {self.options.name}: {hung}")
         return n
 
-    def _process(self, messages: Sequence[Message], previous_attempts: int = 0) -> None:
+    def process(self, messages: Sequence[Message], previous_attempts: int = 0) -> None:
         """The hot path: every record of one batch.
 
         `previous_attempts` > 0 means `messages` is one record handled again after that
@@ -472,19 +478,19 @@ class Stage(StageEvents):
         wrap = self.codec.wrap
         handler = self.handler
         produce = self.producer.produce
-        outputs = self._outputs
+        outputs = self.outputs
         default_topic = outputs[DEFAULT_OUTPUT]
         # Partition -> offset after its last finished record in this batch; handed to
         # the ledger once, at the end (a batch cut short by a fatal error hands nothing).
         pending: dict[TopicPartition, int] = {}
         held = self.retries.held
-        eos = self._eos
+        eos = self.eos
         rewind_to = self.commits.rewind_to
         artifact_type = Artifact
         consumed = produced = passed = dropped = bytes_in = bytes_out = 0
         # Outputs to topics other than the default one: topic -> [records, bytes].
         routed: dict[str, list[int]] = {}
-        sample = self._sample
+        sample = self.sample
         handler_times: list[float] = []
         e2e: list[float] = []
         perf = time.perf_counter
@@ -513,15 +519,15 @@ class Stage(StageEvents):
                 try:
                     artifact = decode(value, headers) if passthrough else wrap(msg)
                 except SchemaError as exc:
-                    self._dead_letter(msg, Reason.SCHEMA, exc)
+                    self.dead_letter(msg, Reason.SCHEMA, exc)
                     pending[tp] = offset + 1
                     continue
                 except ChecksumMismatch as exc:
-                    self._dead_letter(msg, Reason.CHECKSUM, exc)
+                    self.dead_letter(msg, Reason.CHECKSUM, exc)
                     pending[tp] = offset + 1
                     continue
                 except DecodeError as exc:
-                    self._dead_letter(msg, Reason.DECODE, exc)
+                    self.dead_letter(msg, Reason.DECODE, exc)
                     pending[tp] = offset + 1
                     continue
 
@@ -539,15 +545,15 @@ class Stage(StageEvents):
                         pending[tp] = offset + 1  # dead-lettered: retries exhausted
                     continue
                 except InvalidArtifact as exc:
-                    self._dead_letter(msg, Reason.INVALID, exc)
+                    self.dead_letter(msg, Reason.INVALID, exc)
                     pending[tp] = offset + 1
                     continue
                 except SecurityError as exc:  # a security policy refused it (docs/security.md)
-                    self._dead_letter(msg, Reason.of_security(exc), exc)
+                    self.dead_letter(msg, Reason.of_security(exc), exc)
                     pending[tp] = offset + 1
                     continue
                 except Exception as exc:
-                    self._handler_failed(msg, exc)
+                    self.handler_failed(msg, exc)
                     pending[tp] = offset + 1
                     continue
 
@@ -581,7 +587,7 @@ class Stage(StageEvents):
                     try:
                         pairs = outcomes(result)
                     except TypeError as exc:
-                        self._handler_failed(msg, exc)
+                        self.handler_failed(msg, exc)
                         pending[tp] = offset + 1
                         continue
                     if not pairs:
@@ -624,7 +630,7 @@ class Stage(StageEvents):
                 # The retried record was counted when it was first consumed.
                 consumed -= 1
                 bytes_in -= len(messages[0].value() or b"")
-            self._sample = sample
+            self.sample = sample
             stats.consumed += consumed
             stats.produced += produced
             stats.passed += passed

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from processor.backends.abstract import Consumer, Message, Producer, TopicPartition
 from processor.core.errors import DeliveryFailed, ProcessorError, ProducerFenced
@@ -25,27 +24,18 @@ from processor.ops.health import HealthState
 from processor.ops.logs import lifecycle
 from processor.ops.metrics import PAUSE_BACKPRESSURE, PAUSE_RETRY, Metrics
 from processor.runtime.commit import CommitResult, CommitStrategy, OutputTooLarge
+from processor.runtime.concurrent import ConcurrentLoop
 from processor.runtime.dead_letters import DeadLetters, Reason
+from processor.runtime.failures import PolicyStop, StageFailed
 from processor.runtime.flow import Backpressure
 from processor.runtime.ledger import OffsetLedger
+from processor.runtime.oversize import TooLargeRecovery
 from processor.runtime.retry import RetryHolder
 from processor.runtime.stats import StageStats
 
-if TYPE_CHECKING:
-    from processor.runtime.concurrent import ConcurrentLoop
-    from processor.runtime.oversize import TooLargeRecovery
+__all__ = ["PolicyStop", "StageEvents", "StageFailed"]
 
 logger = logging.getLogger(__name__)
-
-
-class StageFailed(ProcessorError):
-    """The stage stopped on an error its policy does not absorb; nothing was committed past it."""
-
-
-class PolicyStop(StageFailed):
-    """The stage stops because a policy says so (too large a share of dead letters,
-    too many stuck handler calls), not because a record failed: every record it finished
-    is sound, so it stops gracefully (drains and commits) and then raises this."""
 
 
 class StageEvents:
@@ -65,25 +55,25 @@ class StageEvents:
     health: HealthState
     clock: Callable[[], float]
     ledger: OffsetLedger
-    _eos: bool
-    _last_commit: float
-    _assigned: set[TopicPartition]
+    eos: bool
+    last_commit: float
+    assigned: set[TopicPartition]
     _raise: BaseException | None
     _closing: bool
 
     def fail(self, error: BaseException) -> None:
         raise NotImplementedError  # in `Stage`
 
-    def _process(self, messages: Sequence[Message], previous_attempts: int = 0) -> None:
+    def process(self, messages: Sequence[Message], previous_attempts: int = 0) -> None:
         raise NotImplementedError  # the loop's hot path, in `Stage`
 
     # --- errors, retries, dead letters -----------------------------------------------
 
-    def _dead_letter(
+    def dead_letter(
         self, msg: Message, reason: str, error: BaseException, attempts: int = 1
     ) -> None:
         if not self.dead_letters.send(msg, reason, error, attempts):
-            self._fence(msg)
+            self.fence(msg)
             raise StageFailed(
                 f"stage {self.options.name}: record {msg.topic()}[{msg.partition()}]@"
                 f"{msg.offset()} must be dead-lettered ({reason}: {error}) but no "
@@ -91,18 +81,18 @@ class StageEvents:
             ) from error
         self.ledger.wrote(1, 0)
 
-    def _handler_failed(self, msg: Message, error: Exception) -> None:
+    def handler_failed(self, msg: Message, error: Exception) -> None:
         self.stats.failed += 1
         self.metrics.failed(1)
         if self.options.error_policy == "fail":
-            self._fence(msg)
+            self.fence(msg)
             raise StageFailed(
                 f"stage {self.options.name}: handler failed on {msg.topic()}[{msg.partition()}]"
                 f"@{msg.offset()}: {type(error).__name__}: {error}"
             ) from error
-        self._dead_letter(msg, Reason.HANDLER_ERROR, error)
+        self.dead_letter(msg, Reason.HANDLER_ERROR, error)
 
-    def _fence(self, msg: Message) -> None:
+    def fence(self, msg: Message) -> None:
         """`msg` failed: no commit of its partition may pass it."""
         self.ledger.fence(TopicPartition(msg.topic(), msg.partition()), msg.offset())
 
@@ -112,7 +102,7 @@ class StageEvents:
         that was the last attempt the policy allows (True: the record is finished)."""
         retries = self.retries
         if retries.exhausted(attempt):
-            self._dead_letter(msg, Reason.RETRIES_EXHAUSTED, error, attempts=attempt)
+            self.dead_letter(msg, Reason.RETRIES_EXHAUSTED, error, attempts=attempt)
             return True
         delay = retries.hold(tp, msg, attempt)
         self.stats.retried += 1
@@ -133,14 +123,14 @@ class StageEvents:
             records = held.records
             first = records.popleft()
             try:
-                self._process([first], previous_attempts=held.attempt)
+                self.process([first], previous_attempts=held.attempt)
                 again = self.retries.held.get(tp)
                 if again is not None:
                     again.records.extend(records)  # it failed again: the rest waits on
                 elif records:
-                    self._process(list(records))
+                    self.process(list(records))
             finally:
-                if tp not in self.retries and tp in self._assigned:
+                if tp not in self.retries and tp in self.assigned:
                     self._release(tp)
                 self._report_paused()
 
@@ -154,7 +144,7 @@ class StageEvents:
                   reason=PAUSE_RETRY)
 
     def _report_paused(self) -> None:
-        self.metrics.paused(PAUSE_BACKPRESSURE, self.backpressure.count(self._assigned))
+        self.metrics.paused(PAUSE_BACKPRESSURE, self.backpressure.count(self.assigned))
         self.metrics.paused(PAUSE_RETRY, len(self.retries))
 
     # --- commits ---------------------------------------------------------------------
@@ -173,7 +163,7 @@ class StageEvents:
             timeout = self.options.shutdown_timeout
         if self.ledger.failure is not None:
             return  # fenced: nothing may be committed any more
-        offsets = self.ledger.committable(self._assigned)
+        offsets = self.ledger.committable(self.assigned)
         try:
             result = self.commits.commit(offsets, timeout)
         except OutputTooLarge as exc:
@@ -192,9 +182,9 @@ class StageEvents:
             self.fail(exc)
             raise
         if result is CommitResult.ABORTED:
-            self._rewind()
+            self.rewind()
             return
-        self._last_commit = self.clock()
+        self.last_commit = self.clock()
         if result is CommitResult.POSTPONED:
             return
         self.stats.commits += 1
@@ -206,21 +196,21 @@ class StageEvents:
         try:
             self.commits.abort()
         finally:
-            self._rewind()
+            self.rewind()
 
-    def _rewind(self) -> None:
+    def rewind(self) -> None:
         """Exactly-once, after an abort: seek every partition back to where the aborted
         transaction's work began; what was held for a retry is read again too."""
         rewind_to = self.commits.rewind_to
         for tp, offset in rewind_to.items():
-            if tp in self._assigned:
+            if tp in self.assigned:
                 self.consumer.seek(tp, offset)
         rewind_to.clear()
         self.ledger.rewound()
         if self.concurrent is not None:
             self.concurrent.discard()
         for tp in self.retries.clear():
-            if tp in self._assigned:
+            if tp in self.assigned:
                 self._release(tp)
         self.metrics.in_flight(0)
         self._report_paused()
@@ -228,13 +218,13 @@ class StageEvents:
     # --- rebalances ------------------------------------------------------------------
 
     def _on_assign(self, partitions: list[TopicPartition]) -> None:
-        self._assigned.update(partitions)
+        self.assigned.update(partitions)
         if self.backpressure.active:
             self.backpressure.assigned(partitions)
             self._report_paused()
-        self.health.set_assigned(len(self._assigned))
+        self.health.set_assigned(len(self.assigned))
         self.metrics.rebalance("assign", 1)
-        self.metrics.assigned(len(self._assigned))
+        self.metrics.assigned(len(self.assigned))
         lifecycle(logger, "assignment", partitions=partitions, stage=self.options.name)
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
@@ -273,7 +263,7 @@ class StageEvents:
     def _forget(self, partitions: list[TopicPartition]) -> None:
         rewind_to = self.commits.rewind_to
         for tp in partitions:
-            self._assigned.discard(tp)
+            self.assigned.discard(tp)
             self.oversize.singly.pop(tp, None)
             rewind_to.pop(tp, None)
         self.ledger.forget(partitions)
@@ -281,16 +271,16 @@ class StageEvents:
         if self.concurrent is not None:
             self.concurrent.discard(partitions)
         self.backpressure.forget(partitions)
-        self.health.set_assigned(len(self._assigned))
+        self.health.set_assigned(len(self.assigned))
         self.metrics.forget_partitions([tp.partition for tp in partitions])
-        self.metrics.assigned(len(self._assigned))
+        self.metrics.assigned(len(self.assigned))
         self._report_paused()
 
     def _report_lag(self) -> None:
         """The lag of every assigned partition, including one not read yet (no position:
         nothing committed, nothing fetched), whose lag is its whole retained range, and
         one whose end the client has not learnt yet (asked of the broker, briefly)."""
-        for tp in list(self._assigned):
+        for tp in list(self.assigned):
             try:
                 position = self.consumer.position(tp)
                 low, high = self.consumer.watermarks(tp, cached=True)
