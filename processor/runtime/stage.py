@@ -556,6 +556,14 @@ class Stage(StageEvents):
                     self.handler_failed(msg, exc)
                     pending[tp] = offset + 1
                     continue
+                except BaseException as exc:
+                    # CancelledError, SystemExit, KeyboardInterrupt out of a handler: no
+                    # policy absorbs it; the stage aborts without committing this record
+                    # (the same on every path: `runtime/concurrent.py`).
+                    self.fence(msg)
+                    raise StageFailed(
+                        f"stage {self.options.name}: handler raised {type(exc).__name__} "
+                        f"on {msg.topic()}[{msg.partition()}]@{offset}: {exc}") from exc
 
                 key = msg.key()
                 if result is artifact and passthrough:
