@@ -491,6 +491,15 @@ class ConcurrentLoop:
             self.collect(min(left, 0.1))
         return True
 
+    def handle_now(self, messages: Sequence[Message]) -> None:
+        """Hand `messages` over and wait for every one to leave (the re-read after
+        outputs refused as too large handles its suspects one at a time this way)."""
+        self.submit(messages)
+        if not self.drain(self.options.shutdown_timeout):
+            raise StageFailed(f"stage {self.options.name}: handler calls did not finish "
+                              f"within {self.options.shutdown_timeout:g}s while records "
+                              "were re-read one at a time after too-large outputs")
+
     def discard(self, partitions: Iterable[TopicPartition] | None = None) -> None:
         """Drop the records in flight (of `partitions`, default all): they were revoked,
         or their transaction aborted; their calls are cancelled where possible."""
@@ -498,7 +507,10 @@ class ConcurrentLoop:
         dropped = self.inflight.discard(tps)
         if tps is None:
             self.forming = []
-            self.paused.clear()
+            # Every slot is free again: what this loop paused reads again (a transaction
+            # aborted, or outputs refused as too large, with every slot taken, left the
+            # partitions paused for good before).
+            self._resume()
         else:
             gone = set(tps)
             self.forming = [e for e in self.forming if e.tp not in gone]

@@ -48,6 +48,16 @@ class StageHost(Protocol):
     last_commit: float
 
     @property
+    def concurrent_calls(self) -> bool:
+        """Whether the handler runs through the concurrent path."""
+        ...
+
+    def handle_now(self, messages: Sequence[Message]) -> None:
+        """Handle `messages` to the end before returning, on the stage's record path
+        (the calls of a concurrent handler waited for)."""
+        ...
+
+    @property
     def stopping(self) -> bool:
         """Whether a stop was asked for."""
         ...

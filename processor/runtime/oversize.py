@@ -50,6 +50,13 @@ class TooLargeRecovery:
         singly = self.singly
         for tp, offset in stage.ledger.marks.items():
             singly[tp] = max(offset, singly.get(tp, 0))
+        if stage.concurrent_calls:
+            # A concurrent handler's outputs leave in order per key: a failed one may
+            # belong to any record consumed, past the watermark too.
+            for tp in stage.assigned:
+                position = stage.consumer.position(tp)
+                if position is not None and position >= 0:
+                    singly[tp] = max(position, singly.get(tp, 0))
         self.suspects.update(e.key for e in exc.errors)
         rewind_to = stage.commits.rewind_to
         if not stage.eos:  # exactly-once knows where its aborted transaction began
@@ -78,14 +85,14 @@ class TooLargeRecovery:
                 rest.append(msg)
                 continue
             if rest:
-                stage.process(rest)
+                stage.handle_now(rest)
                 rest = []
             # Make what precedes it durable, so that a refusal can only be its own.
             if (stage.ledger or stage.commits.in_transaction) and not self._settle(
                     messages[i:], timeout):
                 return
             passed = stage.stats.passed
-            stage.process([msg])
+            stage.handle_now([msg])
             try:
                 if not self._commit_one(timeout):  # exactly-once aborted: read it again
                     self._reread(messages[i:])
@@ -111,7 +118,7 @@ class TooLargeRecovery:
             if not self._settle(messages[i + 1:], timeout):
                 return
         if rest:
-            stage.process(rest)
+            stage.handle_now(rest)
         if not singly:
             self.suspects.clear()
             logger.info("stage %s: past the records of the too-large outputs",

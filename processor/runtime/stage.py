@@ -287,6 +287,11 @@ class Stage(StageEvents):
                          self.options.name, why)
 
     @property
+    def concurrent_calls(self) -> bool:
+        """Whether the handler runs through the concurrent path."""
+        return self.concurrent is not None
+
+    @property
     def stopping(self) -> bool:
         """Whether a stop was asked for."""
         return self._stop.is_set()
@@ -419,7 +424,7 @@ class Stage(StageEvents):
             self._retry_due()
         if self.backpressure.check(self.assigned, self.retries.held):
             self._report_paused()
-        if self.concurrent is not None:
+        if self.concurrent is not None and not self.oversize.singly:
             n = self.concurrent.turn()
         else:
             messages = self.consumer.consume(self.options.batch_size,

@@ -67,6 +67,14 @@ class StageEvents:
     def process(self, messages: Sequence[Message], previous_attempts: int = 0) -> None:
         raise NotImplementedError  # the loop's hot path, in `Stage`
 
+    def handle_now(self, messages: Sequence[Message]) -> None:
+        """Handle `messages` to the end before returning, on the stage's own record path
+        (a concurrent handler's calls are waited for)."""
+        if self.concurrent is not None:
+            self.concurrent.handle_now(messages)
+        else:
+            self.process(messages)
+
     # --- errors, retries, dead letters -----------------------------------------------
 
     def dead_letter(
@@ -170,12 +178,6 @@ class StageEvents:
             if any(e.topic == self.options.dlq_topic for e in exc.errors):
                 self.fail(exc)
                 raise  # a dead letter too large for its topic: nowhere to put it
-            if self.concurrent is not None:
-                failure = StageFailed(f"{exc}; a stage with a concurrent handler does not "
-                                      "re-read to dead-letter them: nothing was committed "
-                                      "past them")
-                self.fail(exc)  # the failed outputs' records are unknown: fence all
-                raise failure from exc
             self.oversize.find(exc)
             return
         except DeliveryFailed as exc:

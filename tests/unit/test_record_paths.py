@@ -186,3 +186,41 @@ def test_handler_timeout_applies_to_threads_and_batch_handlers(kind: str) -> Non
     out = {CODEC.decode(m.value() or b"").get("seq") for m in read_all(broker, "out")}
     assert out == set(range(8)) - {3}
     assert committed(broker)
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+@pytest.mark.parametrize("kind", ["async", "threads", "batch"])
+def test_too_large_outputs_are_recovered_on_the_concurrent_paths(kind: str,
+                                                                 guarantee: str) -> None:
+    """Outputs refused as too large: a concurrent stage re-reads and dead-letters their
+    inputs (`too-large`) and goes on, as the synchronous one does (it stopped before)."""
+    from processor.runtime.dead_letters import H_REASON, header_dict
+    from tests.unit.test_too_large import LIMIT, broker_with_small_output, feed_sizes, seq_of
+
+    def grow(a: Artifact) -> Outcome:
+        return a.with_payload(a.payload * 10)
+
+    broker = broker_with_small_output()
+    sizes = [10, 50, 9_000, 20, 200, 7_000, 30, 1_000, 5, 5_000] * 3
+    feed_sizes(broker, sizes)
+    stage = Stage(options(guarantee=guarantee, handler_mode=mode_of(kind), commit_interval=1000.0,
+                          max_in_flight=20, handler_batch_wait=0.0, handler_batch_size=4),
+                  broker, handler_of(kind, grow))  # type: ignore[arg-type]
+    stage.start()
+    for _ in range(5_000):
+        if not stage.run_once() and not (stage.concurrent and stage.concurrent.busy):
+            stage.commit()
+        if sum(committed(broker).values()) == len(sizes):
+            break
+    stage.close()
+    too_big = {str(i) for i, size in enumerate(sizes) if size * 10 + 300 > LIMIT}
+    fits = {str(i) for i in range(len(sizes))} - too_big
+    out = [seq_of(m.value()) for m in read_all(broker, "out", read_committed=True)]
+    dlq = read_all(broker, "dlq", read_committed=True)
+    assert set(out) == fits
+    assert sorted(seq_of(m.value()) for m in dlq) == sorted(too_big)  # each once
+    assert {header_dict(m.headers())[H_REASON] for m in dlq} == {"too-large"}
+    if guarantee == EXACTLY_ONCE:
+        assert sorted(out) == sorted(fits)
+    assert sum(committed(broker).values()) == len(sizes)
+    assert not stage.oversize.singly
