@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -224,3 +225,54 @@ def test_too_large_outputs_are_recovered_on_the_concurrent_paths(kind: str,
         assert sorted(out) == sorted(fits)
     assert sum(committed(broker).values()) == len(sizes)
     assert not stage.oversize.singly
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_output_bytes_since_the_last_commit_are_bounded(kind: str) -> None:
+    """`max_in_flight_bytes` starts an early commit on every path: 40 outputs of 32 KB
+    with a 100 KB bound commit many times, and never hold much more than the bound."""
+    broker = make_broker(partitions=1)
+    big = [Artifact.new(b"x" * 32_000, meta={"seq": i}) for i in range(40)]
+    feed(broker, [CODEC.encode(a) for a in big], keys=[b"k%d" % i for i in range(40)])
+    limit = 100_000
+    stage = Stage(options(handler_mode=mode_of(kind), commit_interval=1000.0, batch_size=2,
+                          max_in_flight_bytes=limit, handler_batch_size=2,
+                          handler_batch_wait=0.0, max_concurrency=2),
+                  broker, handler_of(kind, lambda a: a.with_meta(seen=True)))  # type: ignore[arg-type]
+    stage.start()
+    most = 0
+    give_up = time.monotonic() + 30  # a safety net only: threads finish in their time
+    while time.monotonic() < give_up:
+        stage.run_once()
+        most = max(most, stage.ledger.produced_bytes)
+        if sum(committed(broker).values()) == 40:
+            break
+    stage.close()
+    assert sum(committed(broker).values()) == 40
+    assert stage.stats.commits >= 40 * 32_000 // (limit + 8 * 33_000)
+    assert most < limit + 8 * 33_000  # the bound, plus what one turn may add
+
+
+def test_backpressure_pauses_on_unacknowledged_bytes_and_resumes_at_half() -> None:
+    from processor.backends.abstract import TopicPartition
+    from processor.runtime.flow import Backpressure
+
+    broker = make_broker(partitions=2)
+    consumer = broker.consumer("g")
+    consumer.subscribe(["in"])
+    consumer.consume(1, 0.05)
+    assigned = set(consumer.assignment())
+    assert assigned == {TopicPartition("in", 0), TopicPartition("in", 1)}
+    unacknowledged = [0]
+    flow = Backpressure("s1", consumer, broker.producer(), limit=1_000_000,
+                        byte_limit=1_000, unacknowledged_bytes=lambda: unacknowledged[0])
+    assert not flow.check(assigned, set())
+    unacknowledged[0] = 1_000
+    assert flow.check(assigned, set()) and flow.paused == assigned
+    assert set(consumer.paused()) == assigned
+    unacknowledged[0] = 600  # above half: stays paused
+    assert not flow.check(assigned, set())
+    unacknowledged[0] = 500
+    assert flow.check(assigned, set()) and not flow.paused
+    assert not consumer.paused()
+    consumer.close()
