@@ -158,7 +158,21 @@ class Consumer(ABC):
         `on_revoke` runs first, while the member may still commit. Closing twice does
         nothing; any other call on a closed consumer raises `BackendError`. With
         `timeout`, give up waiting for the broker after that many seconds and raise
-        `BrokerUnavailable`.
+        `BrokerUnavailable`. The client's close may then go on in the background: it
+        starts no rebalance callback any more, but one it started may still run (see
+        `wait_callbacks`).
+        """
+
+    @abstractmethod
+    def wait_callbacks(self, timeout: float = 0.0) -> bool:
+        """Wait up to `timeout` seconds until no rebalance callback of this consumer is
+        running; returns whether none is.
+
+        For after `close()`: a bounded close that gave up waiting may have left
+        `on_revoke` running on the close's helper thread. Wait for it before releasing
+        what the callback uses (the producer it commits with). Once `close()` has
+        returned or raised, no callback starts any more, so True stays true. Not to be
+        called from inside a callback (it would wait for itself).
         """
 
 
@@ -175,12 +189,26 @@ class Producer(ABC):
         partition: int | None = None,
         timestamp: int | None = None,
     ) -> None:
-        """Queue one record. Blocks (serving deliveries) while the local queue is full.
+        """Queue one record. Blocks (serving deliveries) while the local queue is full,
+        until the deadline given to `set_deadline` if any: a record that still finds the
+        queue full then is not queued, and `ProducerQueueFull` is raised.
 
         A `value` of None is a tombstone (a record without a value).
 
         Without `partition`, a key picks the partition deterministically (the same key
         always lands in the same partition of a topic); no key spreads records.
+        """
+
+    @abstractmethod
+    def set_deadline(self, deadline: float | None) -> None:
+        """Bound the waits of `produce()` for room in a full local queue by `deadline`,
+        a `time.monotonic()` time (a stopping stage's shutdown deadline); None removes
+        the bound (the default: a wait ends when there is room, or after Kafka's
+        `message.timeout.ms`, when the queued records have failed).
+
+        A `produce()` that finds room is not affected, even past the deadline. The
+        deadline may be set from another thread or a signal handler while `produce()`
+        waits: the wait reads it again at least every 50 ms.
         """
 
     @abstractmethod
@@ -193,7 +221,11 @@ class Producer(ABC):
 
     @abstractmethod
     def take_delivery_errors(self) -> list[DeliveryError]:
-        """The delivery failures since the last call (and forget them)."""
+        """The delivery failures since the last call (and forget them).
+
+        `abort_transaction()` forgets those of the aborted transaction's records that
+        were not taken yet: its records are gone with it (Kafka reports those it purged
+        as failed), and the next transaction must not fail for them."""
 
     @abstractmethod
     def outstanding(self) -> int:
@@ -221,7 +253,9 @@ class Producer(ABC):
     def commit_transaction(self, timeout: float = 30.0) -> None: ...
 
     @abstractmethod
-    def abort_transaction(self, timeout: float = 30.0) -> None: ...
+    def abort_transaction(self, timeout: float = 30.0) -> None:
+        """Abort the open transaction: its records are discarded, and so are their
+        delivery failures not yet taken (see `take_delivery_errors`)."""
 
     @abstractmethod
     def close(self, timeout: float | None = None) -> None:

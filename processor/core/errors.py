@@ -102,6 +102,11 @@ class DeliveryFailed(BackendError):
     """The broker did not acknowledge a produced record."""
 
 
+class ProducerQueueFull(BackendError):
+    """The producer's local queue was still full at the deadline given to
+    `Producer.set_deadline` (the broker slow or away): the record was not queued."""
+
+
 class AuthenticationFailed(BackendError):
     """The broker refused the client's credentials (SASL), or the TLS handshake failed
     (an untrusted or mismatching certificate): retrying cannot help."""

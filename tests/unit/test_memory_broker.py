@@ -12,7 +12,7 @@ import zlib
 import pytest
 
 from processor.backends.abstract import TopicPartition
-from processor.backends.memory import ManualClock, MemoryBroker, murmur2
+from processor.backends.memory import FaultInjector, ManualClock, MemoryBroker, murmur2
 from processor.core.errors import (
     BackendError,
     ConfigError,
@@ -111,7 +111,7 @@ def test_headers_returned_are_a_copy() -> None:
 def test_injected_delivery_failures_are_reported_not_written() -> None:
     broker, topic = make()
     producer = broker.producer()
-    broker.fail_deliveries(1, topic, reason="disk full", retriable=False)
+    FaultInjector(broker).fail_deliveries(1, topic, reason="disk full", retriable=False)
     producer.produce(topic, b"lost", key=b"k")
     producer.produce(topic, b"kept")
     assert producer.flush() == 0

@@ -1,4 +1,4 @@
-"""A delivery failure inside a stage, on the in-memory broker (`fail_deliveries`): no
+"""A delivery failure inside a stage, on the in-memory broker (`FaultInjector`): no
 input offset past a failed output is ever committed, and nothing is lost."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from processor.backends.abstract import TopicPartition
+from processor.backends.memory import FaultInjector
 from processor.core.errors import DeliveryFailed
 from processor.runtime.stage import Stage
 from tests.unit.stage_support import (
@@ -28,7 +29,7 @@ IN0 = TopicPartition("in", 0)
 def test_at_least_once_commits_nothing_past_a_failed_output_not_even_at_shutdown() -> None:
     broker = make_broker(partitions=1)
     feed(broker, [CODEC.encode(a) for a in artifacts(20)], keys=[b"k"] * 20)
-    broker.fail_deliveries(1, "out", reason="disk full", retriable=False)
+    FaultInjector(broker).fail_deliveries(1, "out", reason="disk full", retriable=False)
     clock = ManualClock()
     stage = Stage(options(commit_interval=1.0), broker, identity, clock=clock)
     stage.start()
@@ -53,7 +54,7 @@ def test_at_least_once_commits_nothing_past_a_failed_output_not_even_at_shutdown
 def test_a_delivery_failure_stops_a_running_stage_without_committing() -> None:
     broker = make_broker(partitions=2)
     feed(broker, [CODEC.encode(a) for a in artifacts(30)])
-    broker.fail_deliveries(1, "out")
+    FaultInjector(broker).fail_deliveries(1, "out")
     stage = Stage(options(), broker, identity)
     with pytest.raises(DeliveryFailed):
         stage.run(idle_timeout=5.0)
@@ -64,7 +65,7 @@ def test_a_delivery_failure_stops_a_running_stage_without_committing() -> None:
 def test_exactly_once_aborts_a_transaction_with_a_failed_output_and_reads_again() -> None:
     broker = make_broker(partitions=2)
     feed(broker, [CODEC.encode(a) for a in artifacts(30)])
-    broker.fail_deliveries(1, "out")
+    FaultInjector(broker).fail_deliveries(1, "out")
     metrics = RecordingMetrics()
     stage = Stage(options(guarantee="exactly-once", commit_interval=3600), broker, identity,
                   metrics=metrics)

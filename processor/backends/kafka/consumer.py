@@ -9,6 +9,11 @@ after its outputs were acknowledged, never before.
 Rebalance callbacks run inside `consume()`. On assignment the member fetches committed
 offsets itself and assigns with explicit start offsets, so `position()` is known at once
 and a seek made in `on_assign` takes effect exactly.
+
+A bounded `close(timeout)` runs librdkafka's close (which runs `on_revoke`) on a helper
+thread. When it gives up waiting, that close goes on: from then on it starts no callback
+of the user's any more, and `wait_callbacks()` tells whether one it had started is still
+running, so that the caller does not release what the callback uses under it.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from processor.backends.abstract import (
     Message,
     TopicPartition,
 )
-from processor.backends.kafka.bounded import call_within
+from processor.backends.kafka.bounded import CallTimedOut, call_within
 from processor.backends.kafka.convert import OFFSET_INVALID, from_kafka, to_kafka
 from processor.backends.kafka.errors import (
     SETTLING,
@@ -75,6 +80,11 @@ class KafkaConsumer(Consumer):
         self._closed = False
         self._user: tuple[AssignCallback | None, AssignCallback | None,
                           AssignCallback | None] = (None, None, None)
+        # The user's callbacks running now (on the thread of `close` too, after it gave
+        # up waiting), and whether it gave up: no callback of the user's starts then.
+        self._callbacks = threading.Condition(threading.Lock())
+        self._running = 0
+        self._abandoned = False
 
     # -- group membership --
 
@@ -110,7 +120,7 @@ class KafkaConsumer(Consumer):
         self._in_assign = True
         try:
             if callback is not None and (new or not cooperative):
-                callback(new)
+                self._call_user(callback, new)
         finally:
             self._in_assign = False
             # Assign with explicit start offsets (including seeks made by the callback),
@@ -156,7 +166,7 @@ class KafkaConsumer(Consumer):
         self._revoking_thread = threading.get_ident()
         try:
             if callback is not None and gone:
-                callback(gone)
+                self._call_user(callback, gone)
         finally:
             self._revoking_thread = None
             # librdkafka keeps a partition's pause across unassign and assign: one given
@@ -179,6 +189,28 @@ class KafkaConsumer(Consumer):
             if lost:
                 logger.warning("partitions lost (this member left the group): %s",
                                ", ".join(map(str, gone)))
+
+    def _call_user(self, callback: AssignCallback, partitions: list[TopicPartition]) -> None:
+        """Run a callback of the user's, unless a bounded close gave up waiting: the caller
+        has moved on (to closing its producer, say), and a callback starting now would
+        run under it. librdkafka's (un)assignment after the callback is done anyway."""
+        with self._callbacks:
+            if self._abandoned:
+                logger.info("rebalance callback for %s not run: the consumer's close had "
+                            "timed out", ", ".join(map(str, partitions)))
+                return
+            self._running += 1
+        try:
+            callback(partitions)
+        finally:
+            with self._callbacks:
+                self._running -= 1
+                if not self._running:
+                    self._callbacks.notify_all()
+
+    def wait_callbacks(self, timeout: float = 0.0) -> bool:
+        with self._callbacks:
+            return self._callbacks.wait_for(lambda: not self._running, max(0.0, timeout))
 
     def assignment(self) -> list[TopicPartition]:
         return sorted(self._assigned)
@@ -388,6 +420,18 @@ class KafkaConsumer(Consumer):
                 self._c.close()
             else:
                 call_within("consumer close", self._c.close, timeout)
+        except CallTimedOut as exc:
+            # librdkafka's close goes on on the helper thread: it may be inside on_revoke
+            # now, or come to it later. Let it start no callback any more; one running
+            # goes on, and `wait_callbacks` tells when it has ended.
+            with self._callbacks:
+                self._abandoned = True
+                running = self._running
+            if running:
+                raise CallTimedOut(f"{exc}; a rebalance callback is still running "
+                                   "(wait_callbacks() says when it has ended)",
+                                   exc.done) from None
+            raise
         except KafkaException as exc:
             raise_kafka(exc, "close")
         except RuntimeError as exc:

@@ -1,10 +1,12 @@
 """The Kafka producer: idempotent by default, transactional with a transactional id.
 
 `produce()` never drops a record when librdkafka's local queue is full: it serves
-delivery reports until there is room. Delivery is reported in bulk: only failures make
-delivery reports (`delivery.report.only.error`), collected by `DeliveryLog` and handed
-out by `take_delivery_errors()`. Transactional calls retry librdkafka's retriable
-errors until their timeout; the others are sorted by `processor.backends.kafka.errors`.
+delivery reports until there is room, or until the deadline given to `set_deadline()`
+(a stopping stage's), and then raises `ProducerQueueFull`. Delivery is reported in bulk:
+only failures make delivery reports (`delivery.report.only.error`), collected by
+`DeliveryLog` and handed out by `take_delivery_errors()`; an aborted transaction takes
+its failures with it. Transactional calls retry librdkafka's retriable errors until
+their timeout; the others are sorted by `processor.backends.kafka.errors`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from processor.backends.kafka.convert import to_kafka
 from processor.backends.kafka.errors import ErrorLog, denied, error_of, is_denied, raise_kafka
 from processor.core.errors import (
     BackendError,
+    ProducerQueueFull,
     TransactionError,
     UnknownTopic,
 )
@@ -45,6 +48,9 @@ TXN_GRACE = 1.0
 """Seconds a transactional call is waited for beyond the timeout librdkafka was given."""
 BUSY_WAIT = 5.0
 """Seconds a transactional call waits for an earlier one that outran its own wait."""
+ROOM_POLL = 0.05
+"""Longest single wait for room in a full local queue, in seconds: the deadline given to
+`set_deadline` (maybe by a signal handler meanwhile) is read again after each."""
 
 
 TOO_LARGE_CODES: Final = frozenset({KafkaError.MSG_SIZE_TOO_LARGE,
@@ -106,6 +112,8 @@ class KafkaProducer(Producer):
         # Set when a transactional call that outran its wait has ended at last.
         self._txn_busy: threading.Event | None = None
         self._closed = False
+        # The time.monotonic() by which a wait for room in the local queue must end.
+        self._deadline: float | None = None
 
     def _check_topic(self, topic: str) -> None:
         """Fail fast on a topic that does not exist (librdkafka would only report it
@@ -140,22 +148,46 @@ class KafkaProducer(Producer):
             self._p.produce(topic, value, key, part, None, None, stamp,
                             headers)  # type: ignore[arg-type]
         except BufferError:
-            # librdkafka's local queue is full (queue.buffering.max.messages/.kbytes).
-            # The confluent-kafka rule: serve delivery reports with poll() so that
-            # acknowledged records leave the queue, then retry -- never drop the record.
-            # This waits at most message.timeout.ms: by then queued records have failed.
-            while True:
-                self._serve(0.05)
-                try:
-                    self._p.produce(topic, value, key, part, None, None, stamp,
-                                    headers)  # type: ignore[arg-type]
-                    break
-                except BufferError:
-                    continue
-                except KafkaException as exc:
-                    self._refuse_or_raise(exc, topic, value, key, headers)
+            # The deadline is read only here, off the path of a call that finds room.
+            self._produce_when_room(topic, value, key, part, stamp, headers)
         except KafkaException as exc:
             self._refuse_or_raise(exc, topic, value, key, headers)
+
+    def set_deadline(self, deadline: float | None) -> None:
+        self._deadline = deadline
+
+    def _produce_when_room(self, topic: str, value: bytes | None, key: bytes | None,
+                           part: int, stamp: int, headers: Headers | None) -> None:
+        """librdkafka's local queue is full (queue.buffering.max.messages/.kbytes). The
+        confluent-kafka rule: serve delivery reports with poll() so that acknowledged
+        records leave the queue, then retry -- never drop the record. Without a deadline
+        this waits at most message.timeout.ms (by then queued records have failed); with
+        one, until it, re-read after every slice of at most `ROOM_POLL` seconds."""
+        started = time.monotonic()
+        while True:
+            deadline = self._deadline
+            if deadline is None:
+                wait = ROOM_POLL
+            else:
+                wait = min(ROOM_POLL, deadline - time.monotonic())
+                if wait < 0.0:
+                    wait = 0.0
+            self._serve(wait)
+            try:
+                self._p.produce(topic, value, key, part, None, None, stamp,
+                                headers)  # type: ignore[arg-type]
+                return
+            except BufferError:
+                deadline = self._deadline
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise ProducerQueueFull(
+                        f"produce to {topic}: the producer's local queue was still full "
+                        f"({len(self._p)} records unacknowledged) at the deadline, after "
+                        f"{time.monotonic() - started:.2f}s; the record was not queued"
+                    ) from None
+            except KafkaException as exc:
+                self._refuse_or_raise(exc, topic, value, key, headers)
+                return
 
     def _refuse_or_raise(self, exc: KafkaException, topic: str, value: bytes | None,
                          key: bytes | None, headers: Headers | None) -> None:
@@ -315,6 +347,16 @@ class KafkaProducer(Producer):
     def abort_transaction(self, timeout: float = 30.0) -> None:
         self._txn("abort_transaction", self._p.abort_transaction, timeout, retry=True)
         self._in_transaction = False
+        # The failures of the aborted transaction's records go with it, or the next
+        # transaction would fail (and abort) for them. librdkafka's abort purges the
+        # records still queued (their reports fail with _PURGE_QUEUE/_PURGE_INFLIGHT),
+        # waits for those in flight and serves every report before it returns, on the
+        # thread that called it; so the log now holds failures of this transaction's
+        # records only (a transactional producer writes inside transactions only, and a
+        # transaction with a failed record cannot commit): forget them all. An abort
+        # that failed or timed out keeps them: the transaction is not over, and a retried
+        # abort that succeeds forgets them then.
+        self._deliveries.failures = []
 
     def close(self, timeout: float | None = None) -> None:
         """Abort an open transaction (as the in-memory broker does: otherwise it would

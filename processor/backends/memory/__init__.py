@@ -12,7 +12,9 @@ raises the same errors. What it models, module by module:
 * `consumer`, `producer`, `admin`: the clients; transactions with fencing, isolation
   levels and offsets committed with a transaction (`producer`).
 * `cluster`: the state they share, under one lock; `broker`: `MemoryBroker`, the
-  factory of the clients, with fault injection (`fail_deliveries`).
+  factory of the clients.
+* `faults`: `FaultInjector`, a wrapper for tests that makes produces fail delivery
+  (`fail_deliveries`); the broker itself injects no faults.
 * `clock`: every time-dependent behaviour (timestamps, consume timeouts, poll-interval
   expiry) and every blocking wait goes through the broker's clock; `ManualClock` lets a
   test drive time instead of sleeping (the rule for waits is in that module).
@@ -35,6 +37,7 @@ from processor.backends.memory.consumer import (
     DEFAULT_MAX_POLL_INTERVAL_MS,
     MemoryConsumer,
 )
+from processor.backends.memory.faults import FaultInjector
 from processor.backends.memory.groups import MemoryGroupMetadata
 from processor.backends.memory.log import CONTROL, TIMESTAMP_CREATE_TIME, MemoryMessage
 from processor.backends.memory.partitioners import (
@@ -54,6 +57,7 @@ __all__ = [
     "TIMESTAMP_CREATE_TIME",
     "Clock",
     "ClockStalled",
+    "FaultInjector",
     "ManualClock",
     "MemoryAdmin",
     "MemoryBroker",

@@ -2,7 +2,8 @@
 
 `MemoryBroker` makes consumers, producers and admin clients that share one `Cluster`
 (`processor.backends.memory.cluster`), and adds what only an in-memory broker can offer:
-fault injection (`fail_deliveries`) and an injectable clock.
+an injectable clock. Fault injection is a separate wrapper,
+`processor.backends.memory.faults.FaultInjector`.
 """
 
 from __future__ import annotations
@@ -68,20 +69,3 @@ class MemoryBroker(Broker):
 
     def admin(self) -> MemoryAdmin:
         return MemoryAdmin(self._cluster)
-
-    def fail_deliveries(
-        self,
-        count: int,
-        topic: str | None = None,
-        *,
-        reason: str = "injected delivery failure",
-        retriable: bool = True,
-    ) -> None:
-        """Make the next `count` produces (to `topic`, or to any topic) fail delivery.
-
-        A failed record is not written; it is reported by `take_delivery_errors()`.
-        """
-        with self._cluster.lock:
-            self._cluster.fail_budget.setdefault(topic, []).extend(
-                [(reason, retriable)] * count
-            )

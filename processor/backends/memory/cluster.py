@@ -1,13 +1,13 @@
 """The shared state of an in-memory broker: what a Kafka cluster would hold.
 
 `Cluster` holds topics of partition logs, consumer groups with their committed offsets,
-transactional ids with their epochs and open transactions, and the injected delivery
-failures. Every field is guarded by one lock; a consumer waiting for records waits on a
-condition of that lock (through the clock, see `processor.backends.memory.clock`), woken
-by produces, transaction ends and group changes. The clients (`MemoryConsumer`,
-`MemoryProducer`, `MemoryAdmin`) read and change it with the lock held, and run their
-callbacks without it. `Cluster` is internal to this package; `MemoryBroker` is its
-public face.
+transactional ids with their epochs and open transactions, and the hook through which a
+`FaultInjector` (`processor.backends.memory.faults`) fails produces. Every field is
+guarded by one lock; a consumer waiting for records waits on a condition of that lock
+(through the clock, see `processor.backends.memory.clock`), woken by produces,
+transaction ends and group changes. The clients (`MemoryConsumer`, `MemoryProducer`,
+`MemoryAdmin`) read and change it with the lock held, and run their callbacks without
+it. `Cluster` is internal to this package; `MemoryBroker` is its public face.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from processor.backends.abstract import TopicPartition
@@ -57,8 +58,9 @@ class Cluster:
         self.open_txns: dict[str, Transaction] = {}
         self.txn_ids = itertools.count(1)
         self.member_seq = itertools.count(1)
-        # Topic (None: any) -> the failures its next produces report, last first.
-        self.fail_budget: dict[str | None, list[tuple[str, bool]]] = {}
+        # Set by a `FaultInjector` only: topic -> the (reason, retriable) failure the
+        # produce to it reports instead of writing the record, or None.
+        self.delivery_faults: Callable[[str], tuple[str, bool] | None] | None = None
         # Topic -> its `max.message.bytes`: larger records fail delivery, as on Kafka.
         self.max_bytes: dict[str, int] = {}
 
@@ -86,14 +88,6 @@ class Cluster:
         if group is None:
             group = self.groups[name] = Group(name)
         return group
-
-    def take_failure(self, topic: str) -> tuple[str, bool] | None:
-        """The injected failure the next produce to `topic` reports, if any."""
-        for scope in (topic, None):
-            budget = self.fail_budget.get(scope)
-            if budget:
-                return budget.pop()
-        return None
 
     def topics_changed(self, name: str) -> None:
         """Topic `name` was created or deleted: the groups reading it rebalance."""

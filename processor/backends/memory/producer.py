@@ -1,7 +1,7 @@
 """The in-memory producer: appends to partition logs, optionally inside transactions.
 
 Every record is acknowledged at once, so `flush()` has nothing to wait for; a failure
-injected with `MemoryBroker.fail_deliveries` is reported by `take_delivery_errors()` and
+injected with a `faults.FaultInjector` is reported by `take_delivery_errors()` and
 the record is not written. Records without a timestamp are stamped with the broker
 clock's `time()`.
 
@@ -59,6 +59,8 @@ class MemoryProducer(Producer):
         self._closed = False
         self._served = 0
         self._errors: list[DeliveryError] = []
+        # Where in `_errors` the open transaction's failures begin: an abort forgets them.
+        self._txn_errors = 0
         self._round_robin: dict[str, int] = {}
 
     def __repr__(self) -> str:
@@ -99,8 +101,8 @@ class MemoryProducer(Producer):
                     self._round_robin[topic] = partition
             elif not 0 <= partition < count:
                 raise UnknownTopic(f"topic {topic!r} has no partition {partition}")
-            if cluster.fail_budget:
-                failure = cluster.take_failure(topic)
+            if cluster.delivery_faults is not None:
+                failure = cluster.delivery_faults(topic)
                 if failure is not None:
                     self._errors.append(DeliveryError(topic, partition, key, *failure))
                     self._served += 1
@@ -142,6 +144,10 @@ class MemoryProducer(Producer):
             if cluster.waiting:
                 cluster.cond.notify_all()
 
+    def set_deadline(self, deadline: float | None) -> None:
+        # Every record is acknowledged at once: the queue is never full, nothing waits.
+        pass
+
     def poll(self, timeout: float = 0.0) -> int:
         served, self._served = self._served, 0
         return served
@@ -153,6 +159,7 @@ class MemoryProducer(Producer):
     def take_delivery_errors(self) -> list[DeliveryError]:
         with self._cluster.lock:
             errors, self._errors = self._errors, []
+            self._txn_errors = 0
             return errors
 
     def outstanding(self) -> int:
@@ -207,6 +214,7 @@ class MemoryProducer(Producer):
 
             txn = Transaction(next(cluster.txn_ids), self._require_transactional())
             self._txn = txn
+            self._txn_errors = len(self._errors)
             cluster.open_txns[txn.transactional_id] = txn
 
     def _open_txn_locked(self) -> Transaction:
@@ -257,6 +265,9 @@ class MemoryProducer(Producer):
             txn = self._open_txn_locked()
             self._txn = None
             self._cluster.end_transaction(txn, commit=False)
+            # As Kafka's: the failures of the aborted records go with them, or the next
+            # transaction would fail for them (those taken already were reported).
+            del self._errors[self._txn_errors:]
 
     def close(self, timeout: float | None = None) -> None:
         with self._cluster.lock:
