@@ -331,6 +331,7 @@ class ConcurrentLoop:
         encode = codec.encode
         out_headers = codec.headers
         routed: dict[str, list[int]] = {}
+        emit_pairs = stage.emitter.pairs
         # Latency, sampled as on the synchronous path: the call's duration as the
         # executor measured it, and the time from the artifact's timestamp to its output.
         sample = stage.sample
@@ -376,26 +377,8 @@ class ConcurrentLoop:
                 if not pairs:
                     dropped += 1
                     continue
-                key = msg.key()
-                headers = msg.headers()
-                for output, out in pairs:
-                    topic = outputs.get(output)
-                    if topic is None:
-                        raise StageFailed(
-                            f"stage {self.options.name}: a handler routed to output "
-                            f"{output or '<default>'!r}, which is not configured (known: "
-                            f"{', '.join(k or '<default>' for k in outputs if outputs[k])})")
-                    if out is artifact and passthrough:
-                        data = msg.value() or b""
-                        produce(topic, data, key, headers)
-                    else:
-                        data = codec.encode(out)
-                        produce(topic, data, key, codec.headers(headers))
-                    bytes_out += len(data)
-                    if topic != default_topic:
-                        counts = routed.setdefault(topic, [0, 0])
-                        counts[0] += 1
-                        counts[1] += len(data)
+                bytes_out += emit_pairs(pairs, artifact, msg.value() or b"", msg.key(),
+                                        msg.headers(), routed)
                 produced += len(pairs)
                 passed += 1
             stats = stage.stats

@@ -18,6 +18,7 @@ from processor.core.options import StageOptions
 from processor.ops.health import HealthState
 from processor.ops.metrics import Metrics
 from processor.runtime.commit import CommitStrategy
+from processor.runtime.emit import Emitter
 from processor.runtime.flow import Backpressure
 from processor.runtime.ledger import OffsetLedger
 from processor.runtime.stats import StageStats
@@ -46,6 +47,8 @@ class StageHost(Protocol):
     sample: int
     """Records counted toward the latency sample (one in `LATENCY_SAMPLE_EVERY`)."""
     last_commit: float
+    emitter: Emitter
+    """Writes the outputs of fan-out and routed outcomes (`runtime/emit.py`)."""
 
     @property
     def concurrent_calls(self) -> bool:

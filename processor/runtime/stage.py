@@ -68,6 +68,7 @@ from processor.runtime.commit import (
 from processor.runtime.concurrent import ConcurrentLoop, runs_concurrently
 from processor.runtime.dead_letters import DeadLetterLimit, DeadLetters, Reason
 from processor.runtime.deadline import DeadlineHandler
+from processor.runtime.emit import Emitter
 from processor.runtime.failures import PolicyStop, StageFailed
 from processor.runtime.flow import Backpressure
 from processor.runtime.ledger import OffsetLedger
@@ -174,6 +175,7 @@ class Stage(StageEvents):
         self.producer: Producer = broker.producer(
             transactional_id=txn_id, client_id=options.name, settings=producer_settings
         )
+        self.emitter = Emitter(options.name, self.codec, self.producer, self.outputs)
         self.retries = RetryHolder(options.retry, clock)
         self.dead_letters = DeadLetters(options.name, options.dlq_topic, self.producer,
                                         self.stats, self.metrics)
@@ -304,6 +306,8 @@ class Stage(StageEvents):
     def _set_stop_by(self) -> float:
         if self.commits.stop_by is None:
             self.commits.stop_by = time.monotonic() + self.options.shutdown_timeout
+            # A produce waiting for room in a full queue gives up by then too.
+            self.producer.set_deadline(self.commits.stop_by)
         return self.commits.stop_by
 
     def wait_stopped(self, timeout: float | None = None) -> bool:
@@ -358,6 +362,13 @@ class Stage(StageEvents):
             except BackendError as exc:
                 logger.warning("stage %s: closing the consumer: %s", self.options.name, exc)
             finally:
+                # One thread owns the shutdown: a revocation still running on the close's
+                # helper thread is waited for (its broker calls end by the deadline)
+                # before the producer and the executor go.
+                if not self.consumer.wait_callbacks(left()):
+                    logger.warning("stage %s: a rebalance callback is still running after "
+                                   "the consumer's close; closing the producer anyway",
+                                   self.options.name)
                 try:
                     self.producer.close(left())
                 except BackendError as exc:
@@ -484,6 +495,7 @@ class Stage(StageEvents):
         handler = self.handler
         produce = self.producer.produce
         outputs = self.outputs
+        emit_pairs = self.emitter.pairs
         default_topic = outputs[DEFAULT_OUTPUT]
         # Partition -> offset after its last finished record in this batch; handed to
         # the ledger once, at the end (a batch cut short by a fatal error hands nothing).
@@ -574,9 +586,7 @@ class Stage(StageEvents):
                 if result is artifact and passthrough:
                     # Unchanged: pass the original bytes through, no re-encoding.
                     if default_topic is None:
-                        raise StageFailed(
-                            f"stage {self.options.name} has no output topic for an artifact"
-                        )
+                        raise self.emitter.no_output()
                     produce(default_topic, value, key, headers)
                     produced += 1
                     passed += 1
@@ -588,9 +598,7 @@ class Stage(StageEvents):
                 elif type(result) is artifact_type:
                     # One new artifact for the default output: the common transform.
                     if default_topic is None:
-                        raise StageFailed(
-                            f"stage {self.options.name} has no output topic for an artifact"
-                        )
+                        raise self.emitter.no_output()
                     data = encode(result)
                     produce(default_topic, data, key, out_headers(headers))
                     produced += 1
@@ -607,29 +615,7 @@ class Stage(StageEvents):
                         dropped += 1
                         pending[tp] = offset + 1
                         continue
-                    for output, out in pairs:
-                        out_topic = outputs.get(output)
-                        if out_topic is None:
-                            raise StageFailed(
-                                f"stage {self.options.name}: a handler routed to output "
-                                f"{output!r}, which is not configured (known: "
-                                f"{', '.join(k or '<default>' for k in outputs)})"
-                            )
-                        if out is artifact and passthrough:
-                            data = value
-                            produce(out_topic, data, key, headers)
-                        else:
-                            data = encode(out)
-                            produce(out_topic, data, key, out_headers(headers))
-                        size = len(data)
-                        bytes_out += size
-                        if out_topic != default_topic:
-                            counts = routed.get(out_topic)
-                            if counts is None:
-                                routed[out_topic] = [1, size]
-                            else:
-                                counts[0] += 1
-                                counts[1] += size
+                    bytes_out += emit_pairs(pairs, artifact, value, key, headers, routed)
                     produced += len(pairs)
                     passed += 1
                 if timed:
