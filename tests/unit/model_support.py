@@ -529,7 +529,7 @@ def describe(stage: Stage) -> str:
     """The state of a stage's loop, for a failure message."""
     parts = [stage.uncommitted(), f"assigned {sorted(stage.assigned)}",
              f"paused {stage.consumer.paused()}", f"held for retry {len(stage.retries)}",
-             f"stats {stage.stats}"]
+             f"stats {stage.stats}", f"re-read one at a time {stage.oversize.singly}"]
     concurrent = stage.concurrent
     if concurrent is not None:
         parts.append(f"in flight {concurrent.inflight.count} (unfinished "

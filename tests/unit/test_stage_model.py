@@ -72,6 +72,9 @@ from tests.unit import model_support as m
 from tests.unit.stage_support import ManualClock, RecordingMetrics
 
 GROUP = "g"
+LIVENESS_SECONDS = 60.0
+"""Real seconds the end of a history waits at most for every call to finish and for the
+clean drain: far more than they take, reached only by a stuck stage."""
 KEYS = [b"k0", b"k1", b"k2", b"k3", b"k4"]
 
 # --- profiles -------------------------------------------------------------------------
@@ -387,12 +390,17 @@ class StageModel(RuleBasedStateMachine):
         world.open_gate()
         with world.lock:
             world.gate.set()
-        for _ in range(60):
+        # Bounded in real time, not in turns: a handler's call reports from the executor's
+        # own thread (and waits out real backoffs there), which a loaded machine may run
+        # long after the turns of the loop. The bound is reached only by a stuck stage.
+        give_up = time.monotonic() + LIVENESS_SECONDS
+        while time.monotonic() < give_up:
             for member in list(self.members):
                 self.turn(member)
             self.clock.advance(1.0)
             if all(m.unfinished(x.stage) == 0 for x in self.members):
                 break
+            time.sleep(0.001)
         for member in self.members:
             assert m.unfinished(member.stage) == 0, (
                 f"stage hung: {m.unfinished(member.stage)} record(s) consumed and never "
@@ -412,13 +420,15 @@ class StageModel(RuleBasedStateMachine):
         self.start_member()
         drainer = self.members[0]
         ends = m.end_offsets(self.broker)
-        for _ in range(400):
+        give_up = time.monotonic() + LIVENESS_SECONDS
+        while time.monotonic() < give_up:
             self.turn(drainer)
             assert drainer.failed is None, f"the clean drain failed: {drainer.failed}"
             self.clock.advance(1.0)
             committed = m.committed_offsets(self.broker, GROUP)
             if all(committed.get(tp, 0) >= end for tp, end in ends.items()):
                 break
+            time.sleep(0.001)
         state = m.describe(drainer.stage) + "\n" + m.thread_dump()
         self._close(drainer)
         assert drainer.failed is None, f"the clean drain failed: {drainer.failed}"
