@@ -132,8 +132,10 @@ class KafkaConsumer(Consumer):
                 self._c.assign(offsets)
 
     def _start_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
-        """Committed offsets, or the auto_offset_reset end of partitions without one."""
-        if not partitions:
+        """Committed offsets, or the auto_offset_reset end of partitions without one.
+        None while the consumer closes: an assignment that arrives inside `close()` is
+        never read, and the broker would not answer the fetch (it waited out its 10 s)."""
+        if not partitions or self._closing:
             return {}
         try:
             committed = self._c.committed([to_kafka(tp) for tp in partitions], timeout=10.0)
