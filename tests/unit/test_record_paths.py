@@ -1,21 +1,20 @@
-"""Every handler kind follows the same rules: the confirmed losses of the concurrent paths
-(a failed output, an error-policy stop, a `BaseException` out of a handler) and the
-per-call deadline, decided on the in-memory broker for sync, async, threads and batch."""
+"""Every handler kind follows the same rules, decided on the in-memory broker for sync,
+async, threads and batch: the per-call deadline, too-large outputs, the bound on output
+bytes in flight. (The confirmed losses of the concurrent paths are in
+`test_fatal_paths.py`.)"""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Callable, Sequence
 
 import pytest
 
-from processor.backends.memory.faults import FaultInjector
 from processor.core.artifact import Artifact
 from processor.core.handlers import BatchOutcome, Outcome
 from processor.core.options import EXACTLY_ONCE, RetryPolicy
-from processor.runtime.stage import Stage, StageFailed
+from processor.runtime.stage import Stage
 from tests.unit.stage_support import (
     CODEC,
     artifacts,
@@ -30,25 +29,13 @@ KINDS = ("sync", "async", "threads", "batch")
 GUARANTEES = ("at-least-once", EXACTLY_ONCE)
 
 
-def handler_of(kind: str, fn: Callable[[Artifact], Outcome],
-               gate: threading.Event | None = None) -> object:
+def handler_of(kind: str, fn: Callable[[Artifact], Outcome]) -> object:
     """`fn` as a handler of `kind` (the batch handler answers per record; an exception
-    stands in for its record's outcome). With a `gate`, the calls of records 5 and later
-    of the async and threads handlers wait for it: they are still in flight when the
-    stage meets its error, and finish only after it (the order that lost records)."""
+    stands in for its record's outcome)."""
     if kind == "async":
         async def handle(a: Artifact) -> Outcome:
-            if gate is not None and a.get("seq", 0) >= 5:
-                while not gate.is_set():
-                    await asyncio.sleep(0.001)
             return fn(a)
         return handle
-    if kind == "threads" and gate is not None:
-        def handle_gated(a: Artifact) -> Outcome:
-            if a.get("seq", 0) >= 5:
-                gate.wait(30)
-            return fn(a)
-        return handle_gated
     if kind == "batch":
         def handle_batch(batch: list[Artifact]) -> Sequence[BatchOutcome]:
             out: list[BatchOutcome] = []
@@ -64,100 +51,6 @@ def handler_of(kind: str, fn: Callable[[Artifact], Outcome],
 
 def mode_of(kind: str) -> str:
     return {"sync": "sync", "async": "async", "threads": "threads", "batch": "sync"}[kind]
-
-
-def run_to_failure(stage: Stage, turns: int = 2000,
-                   gate: threading.Event | None = None) -> BaseException | None:
-    """Drive the stage until it raises (returned) or `turns` pass (None); then open the
-    `gate` and close it as `run()` does, the close's own error included."""
-    error: BaseException | None = None
-    stage.start()
-    try:
-        for _ in range(turns):
-            stage.run_once()
-            idle = not stage.concurrent or not stage.concurrent.busy
-            if idle and stage.stats.consumed >= 8 and not stage.retries:
-                break
-    except BaseException as exc:
-        error = exc
-    if gate is not None:
-        gate.set()
-    try:
-        stage.close()
-    except BaseException as exc:
-        error = error or exc
-    return error
-
-
-@pytest.mark.parametrize("guarantee", GUARANTEES)
-@pytest.mark.parametrize("kind", KINDS)
-def test_error_policy_fail_commits_nothing_past_the_failed_record(kind: str,
-                                                                   guarantee: str) -> None:
-    """Record 4 raises under `error_policy: fail` while 5-7 finish: the committed offset
-    never passes 4, on every path (it was 8 for async and threads stages)."""
-    def boom(a: Artifact) -> Outcome:
-        if a.get("seq") == 4:
-            raise ZeroDivisionError("bad math")
-        return a
-
-    broker = make_broker(partitions=1)
-    feed(broker, [CODEC.encode(a) for a in artifacts(8)], keys=[b"k%d" % i for i in range(8)])
-    gate = threading.Event()
-    stage = Stage(options(error_policy="fail", guarantee=guarantee, handler_mode=mode_of(kind),
-                          handler_batch_size=3, handler_batch_wait=0.0),
-                  broker, handler_of(kind, boom, gate))  # type: ignore[arg-type]
-    error = run_to_failure(stage, gate=gate)
-    assert isinstance(error, StageFailed) and "bad math" in str(error)
-    for offset in committed(broker).values():
-        assert offset <= 4
-    # Restarted with a handler that works, every record comes out.
-    again = Stage(options(guarantee=guarantee), broker, lambda a: a)
-    again.run(idle_timeout=0.2)
-    out = read_all(broker, "out", read_committed=guarantee == EXACTLY_ONCE)
-    assert {CODEC.decode(m.value() or b"").get("seq") for m in out} == set(range(8))
-
-
-@pytest.mark.parametrize("guarantee", GUARANTEES)
-@pytest.mark.parametrize("kind", KINDS)
-def test_a_failed_output_is_never_committed(kind: str, guarantee: str) -> None:
-    """One output fails delivery (not retriable): the stage stops with DeliveryFailed (or,
-    exactly-once, aborts and re-reads) and no commit marks its record done: after a
-    restart every record's output is there (async stages committed 8 of 8 and lost it)."""
-    broker = make_broker(partitions=1)
-    feed(broker, [CODEC.encode(a) for a in artifacts(8)], keys=[b"k%d" % i for i in range(8)])
-    FaultInjector(broker).fail_deliveries(1, "out", retriable=False)
-    gate = threading.Event()
-    stage = Stage(options(guarantee=guarantee, handler_mode=mode_of(kind),
-                          handler_batch_wait=0.0, handler_batch_size=3),
-                  broker, handler_of(kind, lambda a: a, gate))  # type: ignore[arg-type]
-    run_to_failure(stage, gate=gate)
-    again = Stage(options(guarantee=guarantee), broker, lambda a: a)
-    again.run(idle_timeout=0.2)
-    out = read_all(broker, "out", read_committed=guarantee == EXACTLY_ONCE)
-    assert {CODEC.decode(m.value() or b"").get("seq") for m in out} == set(range(8))
-
-
-@pytest.mark.parametrize("kind", ["async", "threads", "batch", "sync"])
-def test_a_base_exception_out_of_a_handler_stops_the_stage(kind: str) -> None:
-    """`CancelledError` (async) or `SystemExit` out of a handler: the stage stops with
-    one error naming it, and does not commit its record (it hung before)."""
-    escape: BaseException = asyncio.CancelledError() if kind == "async" else SystemExit(3)
-
-    def handler(a: Artifact) -> Outcome:
-        if a.get("seq") == 2:
-            raise escape
-        return a
-
-    broker = make_broker(partitions=1)
-    feed(broker, [CODEC.encode(a) for a in artifacts(8)], keys=[b"k"] * 8)
-    stage = Stage(options(handler_mode=mode_of(kind), handler_batch_size=1,
-                          handler_batch_wait=0.0), broker,
-                  handler_of(kind, handler))  # type: ignore[arg-type]
-    error = run_to_failure(stage)
-    assert isinstance(error, StageFailed)  # one `processor run: error:` line, exit 1
-    assert type(escape).__name__ in str(error)
-    assert all(offset <= 2 for offset in committed(broker).values())
-    assert stage.wait_stopped(0)
 
 
 @pytest.mark.parametrize("kind", ["threads", "batch"])
