@@ -7,6 +7,7 @@ import asyncio
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 import pytest
 
@@ -44,7 +45,52 @@ def by_key(messages: list[Message]) -> dict[bytes | None, list[int]]:
 
 
 def run_until_idle(stage: Stage) -> None:
+    """Run until nothing was read for a moment and no call is in flight, then close. Not
+    a race: the input is all there before the stage starts, and a stage with records in
+    flight, or with records still to read, is never idle."""
     stage.run(idle_timeout=0.3)
+
+
+GENEROUS = 30.0
+"""Seconds of real time a test waits at most for something that happens at once (a
+thread starting, a handler returning): reached only when something is broken, never a
+race on a loaded machine."""
+
+
+def results_waiting(stage: Stage, n: int) -> None:
+    """Block until at least `n` finished calls wait for the stage to collect them. The
+    calls of a threaded handler report one by one: with `n` = `calls - k`, every call in
+    flight has finished but `k` stuck ones."""
+    assert stage.concurrent is not None
+    completed = stage.concurrent.completed
+    deadline = time.monotonic() + GENEROUS
+    while completed.qsize() < n:
+        assert time.monotonic() < deadline, f"{n} results expected, {completed.qsize()} came"
+        time.sleep(0.001)
+
+
+def a_result_waits(stage: Stage) -> None:
+    """With calls in flight, block until one of them reported: the next turn then
+    collects something, however slow the handler threads are."""
+    assert stage.concurrent is not None
+    if stage.concurrent.calls:
+        results_waiting(stage, 1)
+
+
+def turn_until(stage: Stage, done: Callable[[], bool], what: str, turns: int = 100,
+               before: Callable[[], None] | None = None) -> None:
+    """Call `stage.run_once()` until `done()`, for at most `turns` turns; before each turn
+    `before()` (default `a_result_waits`), so that every turn makes progress: the bound
+    is a count of turns, never a time."""
+    for _ in range(turns):
+        if done():
+            return
+        if before is None:
+            a_result_waits(stage)
+        else:
+            before()
+        stage.run_once()
+    assert done(), f"{what}: not reached within {turns} turns"
 
 
 async def slow_reverse(a: Artifact) -> Outcome:
@@ -104,7 +150,7 @@ def test_threaded_handler_runs_calls_at_once() -> None:
     at_once = 0
     running = 0
     lock = threading.Lock()
-    gate = threading.Barrier(4, timeout=10)
+    gate = threading.Barrier(4, timeout=GENEROUS)
 
     def blocking(a: Artifact) -> Outcome:
         nonlocal at_once, running
@@ -217,14 +263,12 @@ def test_commit_stops_at_the_lowest_record_still_in_flight() -> None:
 
     def handler(a: Artifact) -> Outcome:
         if a.get("seq", 0) == 4:
-            release.wait(10)
+            release.wait(GENEROUS)
         return a
 
     stage = Stage(options(handler_mode="threads", max_concurrency=20), broker, handler)
     stage.start()
-    deadline = time.monotonic() + 10
-    while len(read_all(broker, "out")) < 9 and time.monotonic() < deadline:
-        stage.run_once()
+    turn_until(stage, lambda: stage.stats.passed == 9, "every record but 4 out")
     stage.commit()
     # Keys differ: the other nine left, but the offset waits for record 4.
     assert sorted(seqs(read_all(broker, "out"))) == [0, 1, 2, 3, 5, 6, 7, 8, 9]
@@ -239,19 +283,26 @@ def test_shutdown_cancels_calls_past_the_drain_timeout_and_commits_before_them()
     values, keys = keyed_feed(6, keys=6)
     feed(broker, values, keys)
 
+    cancelled = threading.Event()
+
     async def handler(a: Artifact) -> Outcome:
         if a.get("seq", 0) == 2:
-            await asyncio.sleep(60)
+            try:
+                await asyncio.Event().wait()  # never set: only a cancellation ends it
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
         return a
 
     stage = Stage(options(drain_timeout=0.2), broker, handler)
     stage.start()
-    deadline = time.monotonic() + 10
-    while len(read_all(broker, "out")) < 5 and time.monotonic() < deadline:
-        stage.run_once()
+    turn_until(stage, lambda: stage.stats.passed == 5, "every record but 2 out")
     started = time.monotonic()
     stage.close()
+    # The call of record 2 never returns by itself: the close cancelled it, not waited.
     assert time.monotonic() - started < 5
+    assert cancelled.is_set()
+    assert sorted(seqs(read_all(broker, "out"))) == [0, 1, 3, 4, 5]
     assert committed(broker) == {TopicPartition("in", 0): 2}
 
 
@@ -296,28 +347,38 @@ def test_an_aborted_transaction_drops_calls_in_flight_and_reads_them_again() -> 
     values, keys = keyed_feed(12, keys=12)
     feed(broker, values, keys)
     release = threading.Event()
+    running = threading.Event()
     calls: dict[int, int] = defaultdict(int)
+    lock = threading.Lock()
 
     def handler(a: Artifact) -> Outcome:
         seq = a.get("seq", 0)
-        calls[seq] += 1
-        if seq == 6 and calls[seq] == 1:
-            release.wait(10)  # in flight across the failing commit
+        with lock:
+            calls[seq] += 1
+            first = calls[seq] == 1
+        if seq == 6 and first:
+            running.set()
+            release.wait(GENEROUS)  # in flight across the failing commit
         return a
 
     stage = Stage(options(guarantee="exactly-once", handler_mode="threads",
                           max_concurrency=20, commit_interval=3600), broker, handler)
     failures = fail_next_commit(stage)
     stage.start()
-    deadline = time.monotonic() + 10
-    while stage.stats.passed < 6 and time.monotonic() < deadline:
-        stage.run_once()
-    assert stage.concurrent is not None and stage.concurrent.busy
+    # Records 0-5 out (in the transaction), 6 running: its call must have started, or
+    # the abort would drop it before any thread took it, and it would run only once.
+    turn_until(stage, lambda: stage.stats.passed == 6, "records 0-5 out")
+    assert running.wait(GENEROUS), "the call of record 6 did not start"
+    concurrent = stage.concurrent
+    assert concurrent is not None and concurrent.busy
     stage.commit()  # fails: aborted, rewound, the calls in flight dropped
     assert failures == [1]
-    assert not stage.concurrent.busy
+    assert not concurrent.busy
     release.set()
-    stage.run(idle_timeout=0.3)
+    # Read again from the rewind (the seek; no new subscription), each record once more.
+    turn_until(stage, lambda: stage.stats.consumed == 24 and not concurrent.busy,
+               "the 12 records read again and out")
+    stage.close()
     out = read_all(broker, "out", read_committed=True)
     assert sorted(seqs(out)) == list(range(12))  # each once: the aborted ones are gone
     assert calls[6] == 2 and calls[0] == 2
@@ -332,27 +393,37 @@ def test_every_slot_taken_by_a_stuck_call_pauses_the_partitions_until_it_returns
 
     def handler(a: Artifact) -> Outcome:
         if a.get("seq", 0) == 0:
-            release.wait(10)
+            release.wait(GENEROUS)
         return a
 
     stage = Stage(options(handler_mode="threads", max_concurrency=5, poll_timeout=0.01),
                   broker, handler)
+    concurrent = stage.concurrent
+    assert concurrent is not None
+
+    def others_reported() -> None:
+        # Before each turn, every call in flight but the stuck one has finished: a turn
+        # then never finds its slots taken by calls that are merely slow (it would pause
+        # the partition after `poll_timeout`, with fewer records in flight).
+        results_waiting(stage, concurrent.calls - 1)
+
     stage.start()
-    deadline = time.monotonic() + 10
-    while not stage.consumer.paused() and time.monotonic() < deadline:
-        stage.run_once()
+    turn_until(stage, lambda: bool(stage.consumer.paused()), "the partition paused",
+               before=others_reported)
     assert stage.consumer.paused() == [TopicPartition("in", 0)]
     # One call stuck at the head of the partition: the records behind it finish but may
     # not leave; they take up to HELD_FACTOR * max_concurrency records of room.
-    assert stage.concurrent is not None and len(stage.concurrent.inflight) == HELD_FACTOR * 5
-    assert stage.concurrent.calls == 1
+    assert len(concurrent.inflight) == HELD_FACTOR * 5
+    assert concurrent.calls == 1
     release.set()
-    deadline = time.monotonic() + 10
-    while stage.consumer.paused() and time.monotonic() < deadline:
-        stage.run_once()
+    turn_until(stage, lambda: not stage.consumer.paused(), "the partition resumed",
+               before=lambda: results_waiting(stage, concurrent.calls))
     assert stage.consumer.paused() == []
-    stage.run(idle_timeout=0.3)
+    turn_until(stage, lambda: stage.stats.consumed == 40 and not concurrent.busy,
+               "every record out", before=lambda: results_waiting(stage, concurrent.calls))
+    stage.close()
     assert sorted(seqs(read_all(broker, "out"))) == list(range(40))
+    assert committed(broker) == {TopicPartition("in", 0): 40}
 
 
 def test_an_async_handler_is_refused_in_a_chain() -> None:
@@ -395,20 +466,3 @@ def test_a_handler_mode_that_does_not_fit_the_handler_is_a_config_error() -> Non
         Stage(options(handler_mode="async"), broker, lambda a: a)
     with pytest.raises(ConfigError, match="cannot run with handler_mode threads"):
         Stage(options(handler_mode="threads"), broker, slow_reverse)
-
-
-def test_outputs_refused_as_too_large_stop_a_concurrent_stage_uncommitted() -> None:
-    from processor.runtime.stage import StageFailed
-    from tests.unit.test_too_large import broker_with_small_output, feed_sizes
-
-    broker = broker_with_small_output()
-    feed_sizes(broker, [10, 10, 5000, 10])
-
-    async def grow(a: Artifact) -> Outcome:
-        return a.with_payload(a.payload * 10)
-
-    stage = Stage(options(), broker, grow)
-    with pytest.raises(StageFailed, match="does not re-read"):
-        stage.run(idle_timeout=0.5)
-    # The big record is the second of partition 0 (offset 1): nothing past it committed.
-    assert committed(broker).get(TopicPartition("in", 0), 0) <= 1
