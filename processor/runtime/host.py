@@ -21,6 +21,7 @@ from processor.runtime.commit import CommitStrategy
 from processor.runtime.emit import Emitter
 from processor.runtime.flow import Backpressure
 from processor.runtime.ledger import OffsetLedger
+from processor.runtime.retry import RetryHolder
 from processor.runtime.stats import StageStats
 from processor.serde.wire import WireCodec
 
@@ -34,6 +35,7 @@ class StageHost(Protocol):
     producer: Producer
     commits: CommitStrategy
     ledger: OffsetLedger
+    retries: RetryHolder
     backpressure: Backpressure
     stats: StageStats
     metrics: Metrics

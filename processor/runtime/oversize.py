@@ -11,6 +11,11 @@ which is dead-lettered with reason `too-large` and committed. The other records 
 through in batches, and once the records of the failed commit are passed the stage is
 back to batches. It never commits past a record whose output failed, and never loops.
 
+At-least-once, the failed commit's flush acknowledged every other output of the records
+below its offsets (any other failure is fatal, not `OutputTooLarge`): those records are
+skipped when re-read, unless their key is a suspect, so that the recovery duplicates no
+output of theirs. Exactly-once aborted them with the transaction: all are handled again.
+
 It works on the stage's own state (pending offsets, the commit strategy, the consumer),
 as a part of the stage kept in its own module.
 """
@@ -38,8 +43,13 @@ class TooLargeRecovery:
         # read) up to which; and the keys of the refused outputs.
         self.singly: dict[TopicPartition, int] = {}
         self.suspects: set[bytes | None] = set()
+        # At-least-once: partition -> the offset below which every output but the
+        # suspects' was acknowledged by a failed commit's flush (the offsets it tried).
+        self.delivered: dict[TopicPartition, int] = {}
+        self.skipped = 0
+        self._attempted: dict[TopicPartition, int] = {}
 
-    def find(self, exc: OutputTooLarge) -> None:
+    def find(self, exc: OutputTooLarge, attempted: dict[TopicPartition, int]) -> None:
         """Outputs were refused as too large; their inputs are among the uncommitted
         records, and have the keys of the refused outputs (an output keeps its input's
         key). Re-read the uncommitted records (from the last commit) and handle those
@@ -58,6 +68,10 @@ class TooLargeRecovery:
                 if position is not None and position >= 0:
                     singly[tp] = max(position, singly.get(tp, 0))
         self.suspects.update(e.key for e in exc.errors)
+        if not stage.eos:
+            delivered = self.delivered
+            for tp, offset in attempted.items():
+                delivered[tp] = max(offset, delivered.get(tp, 0))
         rewind_to = stage.commits.rewind_to
         if not stage.eos:  # exactly-once knows where its aborted transaction began
             assigned = sorted(stage.assigned)
@@ -81,6 +95,18 @@ class TooLargeRecovery:
             end = singly.get(tp)
             if end is not None and msg.offset() + 1 >= end:
                 del singly[tp]
+            if (msg.offset() < self.delivered.get(tp, -1) and msg.key() not in self.suspects
+                    and tp not in stage.retries):
+                # Its outputs were acknowledged before the failed commit (at-least-once):
+                # finished, not handled again. What precedes it is handled first, so that
+                # the ledger's watermark passes no record unfinished.
+                if rest:
+                    stage.handle_now(rest)
+                    rest = []
+                if tp not in stage.retries:
+                    stage.ledger.advance(tp, msg.offset() + 1)
+                    self.skipped += 1
+                    continue
             if end is None or msg.key() not in self.suspects:
                 rest.append(msg)
                 continue
@@ -104,7 +130,7 @@ class TooLargeRecovery:
                     raise
                 if any(e.key != msg.key() for e in exc.errors):  # not its own alone
                     self._reread(messages[i:])
-                    self.find(exc)
+                    self.find(exc, self._attempted)
                     return
                 if stage.stats.passed > passed:
                     stage.stats.passed -= 1  # it is counted as dead-lettered instead
@@ -121,8 +147,11 @@ class TooLargeRecovery:
             stage.handle_now(rest)
         if not singly:
             self.suspects.clear()
-            logger.info("stage %s: past the records of the too-large outputs",
-                        stage.options.name)
+            self.delivered.clear()
+            logger.info("stage %s: past the records of the too-large outputs (%d re-read "
+                        "records already delivered were skipped)", stage.options.name,
+                        self.skipped)
+            self.skipped = 0
 
     def _settle(self, later: Sequence[Message], timeout: float) -> bool:
         """Commit what is pending now. False when the records in `later` must be read
@@ -136,7 +165,7 @@ class TooLargeRecovery:
                 stage.fail(exc)
                 raise
             self._reread(later)
-            self.find(exc)
+            self.find(exc, self._attempted)
             return False
         self._reread(later)
         stage.rewind()
@@ -154,6 +183,7 @@ class TooLargeRecovery:
         stage = self.stage
         while True:
             offsets = stage.ledger.committable(stage.assigned)
+            self._attempted = offsets
             try:
                 result = stage.commits.commit(offsets, timeout)
             except OutputTooLarge:

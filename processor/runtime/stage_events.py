@@ -178,7 +178,7 @@ class StageEvents:
             if any(e.topic == self.options.dlq_topic for e in exc.errors):
                 self.fail(exc)
                 raise  # a dead letter too large for its topic: nowhere to put it
-            self.oversize.find(exc)
+            self.oversize.find(exc, offsets)
             return
         except DeliveryFailed as exc:
             self.fail(exc)

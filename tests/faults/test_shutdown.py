@@ -47,7 +47,7 @@ SHUTDOWN_TIMEOUT = 4.0
 GRACE = 4.0
 """Seconds allowed beyond `shutdown_timeout` (interpreter exit, log flushing)."""
 COUNT = 2_000
-TRIALS = {"together": 3, "broker-first": 1, "second-signal": 1}
+TRIALS = {"together": 2, "broker-first": 1, "second-signal": 1}
 SECOND_SIGNAL_AFTER = 1.0
 
 

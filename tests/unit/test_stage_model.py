@@ -112,7 +112,7 @@ def _profile() -> settings:
         total = int(steps or 100_000)
         examples = math.ceil(2 * total / (len(PARAMETER_SETS) * STEPS_PER_HISTORY))
         return settings(max_examples=examples, **common)
-    return settings(max_examples=50, **common)
+    return settings(max_examples=30, **common)
 
 
 PROFILE = _profile()
