@@ -8,6 +8,7 @@ table (`add_parsers`) and names the function that runs it (`func`):
 * `processor.cli.produce`: `produce` and `tail`, artifacts into and out of a topic;
 * `processor.cli.topics`: `topics create`, `list`, `describe` and `delete`;
 * `processor.cli.broker`: `broker`, a local Apache Kafka for development;
+* `processor.cli.registry`: `registry`, a local schema registry for development;
 * `processor.cli.lag`: `lag`, a consumer group's lag;
 * `processor.cli.schema`: `schema register | check | show`, the schema registry;
 * `processor.cli.keys`: `keys generate | show`, the keys that sign and seal artifacts.
@@ -24,7 +25,18 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from processor.cli import broker, demo, dlq, keys, lag, produce, run, schema, topics
+from processor.cli import (
+    broker,
+    demo,
+    dlq,
+    keys,
+    lag,
+    produce,
+    registry,
+    run,
+    schema,
+    topics,
+)
 from processor.cli.common import HelpFormatter
 from processor.core.errors import ProcessorError
 
@@ -32,6 +44,7 @@ EPILOG = """\
 examples:
   processor demo --count 5000
   processor broker                      # a local Apache Kafka for development
+  processor registry                    # a local schema registry (prints its URL)
   processor topics create --bootstrap-servers 127.0.0.1:9092 in out in.dlq --partitions 3
   processor run --bootstrap-servers 127.0.0.1:9092 --input-topic in --output-topic out \\
       --group g --handler validate --dlq-topic in.dlq
@@ -42,7 +55,7 @@ examples:
 `processor COMMAND --help` explains a command and its flags.
 """
 
-COMMAND_GROUPS = (demo, run, produce, topics, broker, lag, dlq, schema, keys)
+COMMAND_GROUPS = (demo, run, produce, topics, broker, registry, lag, dlq, schema, keys)
 """The modules whose `add_parsers` build the sub-commands, in the order `--help` lists them."""
 
 Command = Callable[[argparse.Namespace], int]

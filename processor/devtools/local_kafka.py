@@ -638,7 +638,7 @@ def _terminate(processes: Sequence[subprocess.Popen[bytes]], timeout: float) -> 
 
 
 @contextlib.contextmanager
-def _stop_signals(stop: threading.Event) -> Iterator[None]:
+def stop_signals(stop: threading.Event) -> Iterator[None]:
     def handler(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
@@ -666,7 +666,7 @@ def main_broker(nodes: int = 1, *, secure: Path | None = None,
     if secure is not None:
         security = BrokerSecurity.create(secure, users={name: "" for name in users})
     kafka = LocalKafka(nodes=nodes, security=security)
-    with _stop_signals(stop):
+    with stop_signals(stop):
         try:
             kafka.start()
         except LocalKafkaError as error:

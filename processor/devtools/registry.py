@@ -171,6 +171,11 @@ class LocalRegistry:
         return self.base_url + CONFLUENT_API
 
     @property
+    def running(self) -> bool:
+        """Started and not exited."""
+        return self._process is not None and self._process.poll() is None
+
+    @property
     def log_file(self) -> Path:
         assert self._workdir is not None
         return self._workdir / "registry.log"
@@ -230,3 +235,42 @@ class LocalRegistry:
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
+
+
+def main_registry(heap: str = "384m") -> int:
+    """`processor registry`: run a local schema registry until Ctrl-C or SIGTERM. The
+    first line on stdout is its Confluent-compatible URL (the `/apis/ccompat/v7` path
+    included), printed once it answers; everything else goes to stderr."""
+    import sys
+    import threading
+
+    from processor.devtools.local_kafka import stop_signals
+
+    stop = threading.Event()
+    try:
+        java = find_java()
+        if not (registry_home() / _MARKER).is_file():
+            require_maven()
+    except ToolMissing as error:
+        print(f"processor registry: error: {error}", file=sys.stderr)
+        return 2
+    registry = LocalRegistry(heap=heap)
+    with stop_signals(stop):
+        try:
+            registry.start()
+        except LocalKafkaError as error:
+            print(f"processor registry: error: {error}", file=sys.stderr)
+            return 2 if isinstance(error, ToolMissing) else 1
+        try:
+            print(registry.url, flush=True)
+            print(f"Apicurio Registry {REGISTRY_VERSION} on {java}, in memory (its schemas "
+                  f"are gone when it stops), ready in {registry.startup_seconds or 0.0:.1f}s; "
+                  "Ctrl-C stops it", file=sys.stderr)
+            while not stop.wait(0.5):
+                if not registry.running:
+                    print(f"processor registry: error: the registry exited unexpectedly; end "
+                          f"of its log:\n{tail(registry.log_file)}", file=sys.stderr)
+                    return 1
+        finally:
+            registry.stop()
+    return 0
