@@ -28,3 +28,16 @@ class SealRefused(SecurityError):
 class KeyFileError(ConfigError):
     """A key file that cannot be read, holds the wrong kind of key, or would be overwritten;
     a key id that is not allowed."""
+
+
+class TrustStoreConflict(KeyFileError):
+    """A trust store that holds one public key under two ids, or a retired key under an
+    id that is not retired: the stage refuses to start."""
+
+
+class PseudonymRefused(SecurityError):
+    """An output whose subject has no pseudonym (a type without one, a float NaN, an
+    integer outside 64 bits, text that is not valid Unicode): dead-lettered rather than
+    written with the subject in clear."""
+
+    reason: ClassVar[str] = "invalid"

@@ -9,8 +9,10 @@ A built-in handler whose key is not configured stops the stage at build time wit
 line saying which setting to give. Outside a stage, bind one with a `Keyring`:
 `verify.bind(Keyring(trust=store))`.
 
-`verify` checks the signature (`signing.verify`) and, when the stage requires approvals,
-the approvals; `open` passes an artifact that is not sealed through as is.
+`verify` checks the signature (`signing.verify`), a Merkle root when one is present
+(`merkle.check_merkle_root`) and, when the stage requires approvals, the approvals (by
+key: `approvals.check_approvals`); `open` passes an artifact that is not sealed through
+as is.
 """
 
 from __future__ import annotations

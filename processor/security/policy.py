@@ -8,23 +8,32 @@ stage's handler chain:
 inputs, before the handlers, in this order:
 
 1. `require_signature`: the artifact's signature must verify with a trusted key
-   (`signing.verify`), else `SignatureRefused`;
-2. `require_approvals: N`: at least N valid approvals by distinct trusted approvers
-   (`approvals.check_approvals`), else `ApprovalsMissing`;
+   (`signing.verify`), and a Merkle root, when it carries one, must match its payload
+   (`merkle.check_merkle_root`: the signature covers the root, not that it is right),
+   else `SignatureRefused`;
+2. `require_approvals: N`: at least N valid approvals by distinct trusted approvers'
+   keys (`approvals.check_approvals`), else `ApprovalsMissing`. It implies step 1: the
+   issuer's signature is checked first even without `require_signature`, since an
+   approval is of content by an issuer, and without the issuer's signature anyone (an
+   approver among them) could issue an artifact under the issuer's id and have it
+   count. Implying the check, rather than refusing the setting, keeps every existing
+   configuration working and stricter, and holds for a `Keyring` made in code too;
 3. with an opening key (`open_key`): a sealed payload is opened (`sealing.open_sealed`),
    else `SealRefused`;
 
 outputs, after the handlers, each one in this order:
 
-4. with a pseudonym key: the subject in metadata becomes `pseudonym_hash`;
+4. with a pseudonym key: the subject in metadata becomes `pseudonym_hash`; a subject
+   that has no pseudonym (`pseudonym.Pseudonymizer.hash`) is `PseudonymRefused`, so the
+   record is dead-lettered, never written with its subject in clear;
 5. with recipients (`seal_recipients`): the payload is sealed for them;
 6. with `merkle`: the Merkle root of the carried payload is set;
 7. with a signing key (`sign_key`): the artifact is issued and signed by the stage.
 
 A refusal is a `SecurityError`; the stage dead-letters the record with the reason the
-error names (`signature`, or `sealed` for a payload that does not open). A handler chain
-that returns its input unchanged, with no output step configured, still passes the
-original bytes through.
+error names (`signature`, `sealed` for a payload that does not open, `invalid` for a
+subject without a pseudonym). A handler chain that returns its input unchanged, with no
+output step configured, still passes the original bytes through.
 """
 
 from __future__ import annotations
@@ -59,7 +68,7 @@ from processor.security.keys import (
     load_recipient,
     load_signing_key,
 )
-from processor.security.merkle import with_merkle_root
+from processor.security.merkle import check_merkle_root, with_merkle_root
 from processor.security.pseudonym import DEFAULT_SUBJECT_KEY, Pseudonymizer
 from processor.security.sealing import is_sealed, open_sealed, seal
 from processor.security.signing import sign, verify
@@ -143,8 +152,9 @@ class Keyring:
 
     def inbound(self, artifact: Artifact) -> Artifact:
         """Steps 1 to 3 of the module documentation."""
-        if self.require_signature:
+        if self.require_signature or self.require_approvals:
             verify(artifact, self.trust)
+            check_merkle_root(artifact)
         if self.require_approvals:
             check_approvals(artifact, self.trust, self.require_approvals, self.approvers)
         if self.opener is not None and is_sealed(artifact):
@@ -213,7 +223,7 @@ _AsyncBatchCall = Callable[[list[Artifact]], Awaitable[Sequence[BatchOutcome]]]
 class SecuredBatch:
     """A batch handler with the policies around it. A record refused by an input check
     gets its `SecurityError` as its outcome (dead-lettered on its own); the handler sees
-    the others."""
+    the others. A result refused by an output step is that record's outcome too."""
 
     __slots__ = ("handler", "keyring", "names")
 
@@ -248,8 +258,12 @@ class SecuredBatch:
                 merged.append(slot)
                 continue
             result = next(produced)
-            merged.append(result if isinstance(result, BaseException)
-                          else _after(self.keyring, result))
+            if not isinstance(result, BaseException):
+                try:
+                    result = _after(self.keyring, result)
+                except SecurityError as exc:  # this record only (a subject without pseudonym)
+                    result = exc
+            merged.append(result)
         return merged
 
     def __call__(self, artifacts: list[Artifact]) -> list[BatchOutcome]:

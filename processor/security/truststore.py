@@ -13,6 +13,13 @@ Rotation keeps the old public key in the store while the new key signs, so artif
 signed before the rotation still verify. A key id listed as retired (the
 `retired_keys` setting) no longer verifies anything: an artifact it signed is refused,
 whatever the signature, as is one signed by a key the store does not know.
+
+A key is its public key, not its id: every rule holds by key. `load` refuses, with one
+line naming the ids (`TrustStoreConflict`, so the stage does not start), a store in
+which one public key is present under two ids (an approver could otherwise count twice,
+or an issuer approve its own artifact under a second id), and so a retired key present
+under an id that is not retired. Retiring an id retires its key: a store made in code
+with such a key under another id refuses that id too.
 """
 
 from __future__ import annotations
@@ -25,10 +32,11 @@ from types import MappingProxyType
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from processor.security.errors import KeyFileError, SignatureRefused
+from processor.security.errors import KeyFileError, SignatureRefused, TrustStoreConflict
 from processor.security.keys import (
     PUBLIC_SUFFIX,
     check_key_id,
+    fingerprint,
     key_id_of,
     load_public,
     parse_public,
@@ -37,19 +45,37 @@ from processor.security.keys import (
 logger = logging.getLogger(__name__)
 
 
+def raw(key: Ed25519PublicKey) -> bytes:
+    """The raw 32 bytes of a public key: what a key is, whatever its id."""
+    return key.public_bytes_raw()
+
+
 @dataclass(frozen=True)
 class TrustStore:
-    """Trusted public keys by id, and the ids that are retired."""
+    """Trusted public keys by id, and the ids that are retired (whose keys are retired
+    under every id)."""
 
     keys: Mapping[str, Ed25519PublicKey] = field(default_factory=lambda: MappingProxyType({}))
     retired: frozenset[str] = frozenset()
+    raw_keys: Mapping[str, bytes] = field(init=False, repr=False, compare=False)
+    """The raw public key of each id: what approvals and retirement go by."""
+    retired_keys: frozenset[bytes] = field(init=False, repr=False, compare=False)
+    """The raw public keys of the retired ids."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keys", MappingProxyType(dict(self.keys)))
+        raw_keys = {key_id: raw(key) for key_id, key in self.keys.items()}
+        object.__setattr__(self, "raw_keys", MappingProxyType(raw_keys))
+        object.__setattr__(self, "retired_keys", frozenset(
+            public for key_id, public in raw_keys.items() if key_id in self.retired))
+
+    def is_retired(self, key_id: str) -> bool:
+        """Whether `key_id` is retired, or names a key that is retired under another id."""
+        return key_id in self.retired or self.raw_keys.get(key_id) in self.retired_keys
 
     def key(self, key_id: str, *, what: str = "artifact") -> Ed25519PublicKey:
         """The public key of `key_id`; SignatureRefused if it is retired or unknown."""
-        if key_id in self.retired:
+        if self.is_retired(key_id):
             raise SignatureRefused(f"{what} signed by retired key {key_id!r}")
         found = self.keys.get(key_id)
         if found is None:
@@ -58,7 +84,7 @@ class TrustStore:
         return found
 
     def trusts(self, key_id: str) -> bool:
-        return key_id in self.keys and key_id not in self.retired
+        return key_id in self.keys and not self.is_retired(key_id)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -67,8 +93,9 @@ class TrustStore:
     def load(cls, directories: Iterable[Path | str] = (),
              inline: Mapping[str, str] | None = None,
              retired: Iterable[str] = ()) -> TrustStore:
-        """A store from directories of `KEY_ID.pub` files and inline keys; a key id given
-        twice with different keys is an error."""
+        """A store from directories of `KEY_ID.pub` files and inline keys; KeyFileError
+        for a key id given twice with different keys, TrustStoreConflict for one key under
+        two ids (see the module documentation)."""
         keys: dict[str, Ed25519PublicKey] = {}
         where: dict[str, str] = {}
 
@@ -93,7 +120,37 @@ class TrustStore:
                 raise KeyFileError(f"{source}: an X25519 key; the trust store holds Ed25519 "
                                    "signing keys")
             add(check_key_id(key_id), key, source)
-        return cls(keys, frozenset(check_key_id(r) for r in retired))
+        retired_ids = frozenset(check_key_id(r) for r in retired)
+        check_one_id_per_key(keys, retired_ids, where)
+        return cls(keys, retired_ids)
+
+
+def check_one_id_per_key(keys: Mapping[str, Ed25519PublicKey], retired: frozenset[str],
+                         where: Mapping[str, str]) -> None:
+    """TrustStoreConflict, one line naming the ids, when a public key is present under
+    more than one id; a retired key under an id that is not retired is named as such."""
+    ids: dict[bytes, list[str]] = {}
+    for key_id, key in keys.items():
+        ids.setdefault(raw(key), []).append(key_id)
+    problems: list[str] = []
+    for public, named in ids.items():
+        if len(named) < 2:
+            continue
+        named.sort()
+        given = ", ".join(f"{i!r} ({where[i]})" if i in where else repr(i) for i in named)
+        gone = [i for i in named if i in retired]
+        kept = [i for i in named if i not in retired]
+        if gone and kept:
+            problems.append(
+                f"key {fingerprint(public)} is retired as {', '.join(map(repr, gone))} but "
+                f"present under {', '.join(map(repr, kept))}, not retired (ids: {given})")
+        else:
+            problems.append(f"key {fingerprint(public)} is present under {len(named)} ids: "
+                            f"{given}")
+    if problems:
+        raise TrustStoreConflict(
+            f"trust store: {'; '.join(problems)}; give each public key one id (to retire "
+            "a key, list its id in retired_keys and remove its other ids)")
 
 
 def public_key_files(directory: Path) -> list[Path]:

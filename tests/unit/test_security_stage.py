@@ -251,7 +251,9 @@ def test_security_settings_from_the_environment(keydir: Path) -> None:
     from processor.ops.settings import load_config
     from processor.security.keys import public_info
 
-    public = public_info(keydir / "producer.pub").public
+    inline = keydir / "inline"
+    inline.mkdir()  # a key of its own: one public key under two ids stops the stage
+    public = public_info(generate("signing", "inline-1", inline).public).public
     config = load_config(None, {
         **MINIMAL, "PROCESSOR_TRUST_STORE": str(keydir / "trust"),
         "PROCESSOR_TRUSTED_KEYS": f"inline-1={public}", "PROCESSOR_RETIRED_KEYS": "old",
