@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import NamedTuple, Protocol
 
 Headers = list[tuple[str, bytes]]
@@ -338,6 +339,12 @@ class Broker(ABC):
     `MemoryBroker()` and `KafkaBroker(bootstrap_servers, settings)` implement it; a stage,
     the CLI and the conformance suite only need this class.
     """
+
+    settings: Mapping[str, object] = MappingProxyType({})
+    """The client settings every client of this broker gets (none on the memory one)."""
+    client_statistics: bool = False
+    """Whether its clients report librdkafka statistics (`statistics.interval.ms`,
+    `stats_cb` in the client settings): a stage then feeds them to its metrics."""
 
     @abstractmethod
     def consumer(

@@ -78,12 +78,13 @@ def add_parsers(sub: Subcommands) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from processor.backends.kafka import KafkaBroker
     from processor.runtime.runner import catch_stop_signals, run_service
 
     _import_from_cwd()
     catch_stop_signals()  # a signal while the settings load stops cleanly too
     try:
-        return run_service(settings_from_args(args))
+        return run_service(settings_from_args(args), KafkaBroker)
     except HandlerNotFound as exc:
         missing = exc.__cause__
         if isinstance(missing, ModuleNotFoundError) and missing.name:

@@ -3,8 +3,9 @@
 The worker runner (`processor run`), the demo, the benchmark and the tests all build
 their stages here, so every stage gets the same parts:
 
-* the broker: the one given, or a `KafkaBroker` on `bootstrap_servers` with the `kafka`
-  settings;
+* the broker: the one given (the caller names the backend: `processor run` a
+  `KafkaBroker` on `bootstrap_servers` with the `kafka` settings, the demo and the unit
+  tests a `MemoryBroker`; the runtime imports no concrete backend);
 * the handler: the `handlers` references resolved through the handler registry (or a
   handler given ready-made, for tests and embedding), with the security settings'
   policies around it (`processor.security.policy`; the built-in handlers `sign`,
@@ -31,7 +32,6 @@ from types import MappingProxyType
 from typing import Protocol
 
 from processor.backends.abstract import Broker
-from processor.backends.kafka import KafkaBroker
 from processor.core.errors import ConfigError
 from processor.core.handlers import AnyHandler
 from processor.core.options import StageOptions
@@ -81,7 +81,7 @@ class StageSetup:
 
 def build_stage(
     settings: StageSettings,
-    broker: Broker | None = None,
+    broker: Broker,
     *,
     handler: AnyHandler | None = None,
     transactional_id: str | None = None,
@@ -94,8 +94,9 @@ def build_stage(
 ) -> Stage:
     """A ready `Stage` for `settings` (see the module documentation for its parts).
 
-    `broker` defaults to a `KafkaBroker` on `settings.bootstrap_servers`; `handler`
-    replaces the registry lookup of `settings.handlers`; `transactional_id` replaces the
+    `broker` is the stage's (`processor.runtime.runner` makes it from the settings'
+    `bootstrap_servers` and `kafka`); `handler` replaces the registry lookup of
+    `settings.handlers`; `transactional_id` replaces the
     options' one (the runner claims one per process); `metrics` defaults to the
     stage's Prometheus metrics and `health` to a new `HealthState`.
     `consumer_settings`/`producer_settings` are librdkafka settings for one client only
@@ -104,13 +105,6 @@ def build_stage(
     options = settings.options
     if transactional_id is not None:
         options = replace(options, transactional_id=transactional_id)
-    if broker is None:
-        if not settings.bootstrap_servers:
-            raise ConfigError(
-                "bootstrap_servers is required: pass --bootstrap-servers HOST:PORT or set "
-                "PROCESSOR_BOOTSTRAP_SERVERS"
-            )
-        broker = KafkaBroker(settings.bootstrap_servers, settings.kafka)
     # Security (docs/security.md): keys read now, so a bad key file stops the stage here;
     # the built-in handlers sign/verify/seal/open bound to them; the policies around the
     # chain. Settings without a `security` attribute have none.
@@ -128,7 +122,7 @@ def build_stage(
         codec = stage_codec(settings, options)
     consumer = dict(consumer_settings or {})
     producer = dict(producer_settings or {})
-    if isinstance(broker, KafkaBroker):
+    if broker.client_statistics:
         _connect_statistics(options.name, broker, consumer)
         _connect_statistics(options.name, broker, producer)
     return Stage(
@@ -144,7 +138,7 @@ def _produced_topics(options: StageOptions) -> list[str]:
     return [t for t in (*options.outputs.values(), options.dlq_topic) if t]
 
 
-def _connect_statistics(stage: str, broker: KafkaBroker, client: dict[str, object]) -> None:
+def _connect_statistics(stage: str, broker: Broker, client: dict[str, object]) -> None:
     """Hook librdkafka's statistics of one client to the stage's metrics, unless the
     settings switch them off (`statistics.interval.ms: 0`) or bring their own callback."""
     interval = client.get(STATS_INTERVAL_KEY, broker.settings.get(STATS_INTERVAL_KEY))

@@ -10,8 +10,10 @@ a new one in its place.
 A stop signal gives the stage `shutdown_timeout` seconds to commit and close; a second
 one exits at once, logging what was left uncommitted.
 
-The entry is `run_service(cfg)`: it takes the settings `processor.ops.settings.load_config`
-built, never the command line, which `processor.cli.run` reads.
+The entry is `run_service(cfg, connect)`: it takes the settings
+`processor.ops.settings.load_config` built, never the command line, which
+`processor.cli.run` reads, and the `BrokerFactory` that makes each process's broker (the
+caller names the backend: `KafkaBroker`; the runtime imports none).
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ import signal
 import socket
 import sys
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
-from typing import IO, TYPE_CHECKING, Final
+from typing import IO, TYPE_CHECKING, Final, TypeAlias
 
 from processor.core.errors import ConfigError, ProcessorError
 
@@ -38,6 +41,11 @@ if TYPE_CHECKING:
     from processor.runtime.stage import Stage
 
 logger = logging.getLogger(__name__)
+
+BrokerFactory: TypeAlias = "Callable[[str, Mapping[str, object]], Broker]"
+"""Makes a broker from `bootstrap_servers` and the `kafka` client settings (`KafkaBroker`
+itself is one). It crosses to the worker processes, so it is a module-level name."""
+
 
 
 _STOP_REQUESTS: list[str] = []
@@ -77,7 +85,7 @@ def catch_stop_signals() -> None:
     signal.signal(signal.SIGINT, _on_stop_signal)
 
 
-def run_service(cfg: StageConfig) -> int:
+def run_service(cfg: StageConfig, connect: BrokerFactory) -> int:
     """Run the stage `cfg` describes until SIGTERM/SIGINT, in one process or, with
     `processes` above 1 or a `memory_limit`, in worker processes under this one; returns
     the process exit code. A `ProcessorError` (a `ConfigError` included) is the caller's
@@ -94,9 +102,9 @@ def run_service(cfg: StageConfig) -> int:
     registry.resolve_all(cfg.handlers)
     replica_identity(cfg.replica_id)
     if cfg.processes <= 1 and cfg.memory_limit is None:
-        return run_worker(cfg, index=0, serve_metrics=True)
+        return run_worker(cfg, 0, True, connect)
     # A memory limit needs a parent to restart the worker it stops.
-    return _run_parent(cfg)
+    return _run_parent(cfg, connect)
 
 
 def _scrub_secrets(cfg: StageConfig) -> None:
@@ -178,13 +186,12 @@ def claim_transactional_id(base: str, lock_dir: Path | None = None, slots: int =
     raise ProcessorError(f"no free transactional id slot for {prefix!r} ({slots} in use)")
 
 
-def prepare_topics(cfg: StageConfig, broker: Broker | None = None) -> None:
+def prepare_topics(cfg: StageConfig, broker: Broker) -> None:
     """Fail fast, with one clear line, when the broker is unreachable or a topic is
     missing; with `create_topics`, create the missing ones instead."""
-    from processor.backends.kafka import KafkaBroker
     from processor.runtime.build import ensure_topics
 
-    ensure_topics(broker or KafkaBroker(cfg.bootstrap_servers, cfg.kafka), cfg.options,
+    ensure_topics(broker, cfg.options,
                   create=cfg.create_topics, partitions=cfg.topic_partitions,
                   replication=cfg.topic_replication)
 
@@ -206,9 +213,9 @@ def serve_metrics_for(cfg: StageConfig, health: HealthState) -> MetricsServer | 
     return server
 
 
-def run_worker(cfg: StageConfig, index: int, serve_metrics: bool) -> int:
+def run_worker(cfg: StageConfig, index: int, serve_metrics: bool,
+               connect: BrokerFactory) -> int:
     """Run one stage until SIGTERM/SIGINT; returns the process exit code."""
-    from processor.backends.kafka import KafkaBroker
     from processor.ops.health import HealthState
     from processor.runtime.build import build_stage
     from processor.runtime.memory_guard import MEMORY_EXIT, MemoryGuard
@@ -217,7 +224,7 @@ def run_worker(cfg: StageConfig, index: int, serve_metrics: bool) -> int:
     base = cfg.options.transactional_id or f"{cfg.options.name}-{cfg.options.group}"
     txn_id, _slot_lock = claim_transactional_id(base,
                                                 identity=replica_identity(cfg.replica_id))
-    broker = KafkaBroker(cfg.bootstrap_servers, cfg.kafka)
+    broker = connect(cfg.bootstrap_servers, cfg.kafka)
     prepare_topics(cfg, broker)
     health = HealthState()
     # Bound before the stage joins its group: a busy port stops it with nothing to undo.
@@ -240,27 +247,28 @@ def run_worker(cfg: StageConfig, index: int, serve_metrics: bool) -> int:
     return MEMORY_EXIT if guard is not None and guard.tripped else 0
 
 
-def _worker_main(cfg: StageConfig, index: int, multiproc_dir: str) -> None:
+def _worker_main(cfg: StageConfig, index: int, multiproc_dir: str,
+                 connect: BrokerFactory) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
     from processor.ops.logs import configure_logging
 
     configure_logging(cfg.log_format, cfg.log_level)
     _scrub_secrets(cfg)
     try:
-        code = run_worker(cfg, index, serve_metrics=False)
+        code = run_worker(cfg, index, False, connect)
     except ProcessorError as exc:
         sys.stderr.write(f"processor run (worker {index}): error: {exc}\n")
         code = 1
     sys.exit(code)
 
 
-def _run_parent(cfg: StageConfig) -> int:
+def _run_parent(cfg: StageConfig, connect: BrokerFactory) -> int:
     from processor.ops.health import HealthState
     from processor.ops.metrics import cleanup_multiprocess, enable_multiprocess, worker_exited
     from processor.runtime.memory_guard import MEMORY_EXIT
 
     # Once, before the workers start: they would race to create the same topics.
-    prepare_topics(cfg)
+    prepare_topics(cfg, connect(cfg.bootstrap_servers, cfg.kafka))
     health = HealthState()
     health.set_assigned(1)
     health.set_broker_ok(True)
@@ -270,7 +278,7 @@ def _run_parent(cfg: StageConfig) -> int:
     ctx = multiprocessing.get_context("spawn")
 
     def spawn(i: int) -> multiprocessing.process.BaseProcess:
-        worker = ctx.Process(target=_worker_main, args=(cfg, i, multiproc_dir),
+        worker = ctx.Process(target=_worker_main, args=(cfg, i, multiproc_dir, connect),
                              name=f"worker-{i}")
         worker.start()
         return worker

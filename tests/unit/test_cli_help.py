@@ -29,7 +29,8 @@ def test_the_commands() -> None:
     assert sorted(" ".join(words) for words, _ in ALL) == [
         "broker", "config", "config check", "demo", "dlq", "dlq inspect", "dlq replay", "keys",
         "keys generate", "keys show", "lag",
-        "produce", "registry", "run", "schema", "schema check", "schema register", "schema show", "tail",
+        "produce", "registry", "run", "schema", "schema check", "schema register",
+        "schema show", "tail",
         "topics", "topics create", "topics delete", "topics describe", "topics list",
     ]
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-import processor.runtime.build  # noqa: F401 - binds the real KafkaBroker before a test swaps it
 from processor.core.errors import ConfigError
 from processor.ops.metrics import REGISTRY
 from processor.ops.settings import StageConfig, load_config
@@ -162,22 +161,27 @@ def worker_config(**env: str) -> StageConfig:
     }, {})
 
 
+MADE: list[KafkaWithoutKafka] = []
+
+
+class Kafka(KafkaWithoutKafka):
+    """The broker factory the tests hand the runner (as `processor run` hands it
+    `KafkaBroker`): no Kafka, and each broker made is kept in `MADE`."""
+
+    def __init__(self, bootstrap_servers: str, settings: Mapping[str, object]) -> None:
+        super().__init__(settings, bootstrap_servers)
+        MADE.append(self)
+
+
 @pytest.fixture
 def brokers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[KafkaWithoutKafka]:
     """Workers run without Kafka and stop at once; the brokers they made."""
-    made: list[KafkaWithoutKafka] = []
-
-    class Kafka(KafkaWithoutKafka):
-        def __init__(self, bootstrap_servers: str, settings: Mapping[str, object]) -> None:
-            super().__init__(settings, bootstrap_servers)
-            made.append(self)
-
-    monkeypatch.setattr("processor.backends.kafka.KafkaBroker", Kafka)
+    MADE.clear()
     monkeypatch.setattr(runner, "catch_stop_signals", lambda: None)
     monkeypatch.setattr(runner, "_STOP_REQUESTS", ["SIGTERM"])  # stop at once
     monkeypatch.setattr(runner, "_RUNNING", [])
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    return made
+    return MADE
 
 
 def test_a_worker_reports_the_configured_guarantee(brokers: list[KafkaWithoutKafka]) -> None:
@@ -185,7 +189,7 @@ def test_a_worker_reports_the_configured_guarantee(brokers: list[KafkaWithoutKaf
     metrics say exactly-once (they used to say at-least-once)."""
     cfg = worker_config()
     name = cfg.name
-    assert runner.run_worker(cfg, index=0, serve_metrics=False) == 0
+    assert runner.run_worker(cfg, 0, False, Kafka) == 0
     [stage] = runner._RUNNING
     assert stage.options.guarantee == "exactly-once"
     assert stage.options.transactional_id == f"{name}-g-{socket.gethostname()}-0"
@@ -205,7 +209,7 @@ def test_a_statefulset_worker_keeps_its_id_across_a_restart(
     for pod in ("first", "restarted"):  # a new pod: a fresh /tmp
         monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / pod))
         runner._RUNNING.clear()
-        assert runner.run_worker(cfg, index=0, serve_metrics=False) == 0
+        assert runner.run_worker(cfg, 0, False, Kafka) == 0
         [stage] = runner._RUNNING
         ids.append(stage.options.transactional_id)
     assert ids == ["orders-3-0", "orders-3-0"]
@@ -219,7 +223,7 @@ def test_a_replica_id_that_does_not_fit_the_host_stops_the_start(
     monkeypatch.setattr("processor.ops.logs.configure_logging", lambda *a: None)
     with pytest.raises(ConfigError, match="host name 'laptop' is not a StatefulSet pod's"):
         runner.run_service(worker_config(PROCESSOR_REPLICA_ID="ordinal",
-                                         PROCESSOR_PROCESSES="2"))
+                                         PROCESSOR_PROCESSES="2"), Kafka)
     assert brokers == [] and runner._RUNNING == []
 
 

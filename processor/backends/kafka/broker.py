@@ -42,6 +42,8 @@ class KafkaBroker(Broker):
     after `connect_timeout` seconds.
     """
 
+    client_statistics = True
+
     def __init__(self, bootstrap_servers: str, settings: Mapping[str, object] | None = None,
                  *, connect_timeout: float = 10.0) -> None:
         if not bootstrap_servers or not bootstrap_servers.strip():
