@@ -147,10 +147,30 @@ def _text_value(value: object) -> str:
 _HANDLER_MARK: Final = "_processor_handler"
 
 
-def configure_logging(fmt: str = "text", level: str = "INFO", stream: TextIO | None = None
-                      ) -> logging.Handler:
+class _Worker(logging.Filter):
+    """Stamps every record with the worker process's index (`processor run --processes`),
+    so that the lines of the workers can be told apart: `worker=N` in text, `"worker": N`
+    in JSON."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.index
+        return True
+
+
+QUIET_LIBRARIES: Final = ("httpx", "httpcore")
+"""Libraries a handler may use that log a line per request at INFO: kept to WARNING
+unless the level is DEBUG."""
+
+
+def configure_logging(fmt: str = "text", level: str = "INFO", stream: TextIO | None = None,
+                      *, worker: int | None = None) -> logging.Handler:
     """Send the root logger's records to `stream` (default stderr) as `fmt` ("text" or
-    "json") at `level`. Calling it again replaces the handler it installed before."""
+    "json") at `level`; with `worker`, every record names that worker index. Calling it
+    again replaces the handler it installed before."""
     if fmt not in LOG_FORMATS:
         raise ConfigError(f"log_format: {fmt!r} is not allowed; allowed values: "
                           f"{', '.join(LOG_FORMATS)}")
@@ -164,11 +184,16 @@ def configure_logging(fmt: str = "text", level: str = "INFO", stream: TextIO | N
             old.close()
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    if worker is not None:
+        handler.addFilter(_Worker(worker))
     setattr(handler, _HANDLER_MARK, True)
     root.addHandler(handler)
     root.setLevel(level.upper())
     # The metrics server's one line per scrape stays out, even at DEBUG.
     logging.getLogger("processor.ops.health").setLevel(max(root.level, logging.INFO))
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(
+            logging.DEBUG if root.level <= logging.DEBUG else max(root.level, logging.WARNING))
     return handler
 
 

@@ -162,6 +162,7 @@ class ConcurrentLoop:
         else:
             self.executor = ThreadExecutor(fn, self.batch, options.retry, self.completed,
                                            calls, options.name)
+        self.executor.retry_log = stage.retry_log
         self.capacity = calls * (options.handler_batch_size if self.batch else 1)
         """Records in handler calls at most (`max_concurrency`, times the batch size)."""
         self.held_capacity = HELD_FACTOR * self.capacity

@@ -43,6 +43,7 @@ from processor.core.handlers import BatchOutcome
 from processor.core.options import RetryPolicy
 from processor.runtime.deadline import HandlerTimeout
 from processor.runtime.inflight import Entry
+from processor.runtime.retry import RetryLog
 
 logger = logging.getLogger(__name__)
 
@@ -65,13 +66,17 @@ def _results(result: object, n: int, batch: bool) -> Sequence[BatchOutcome]:
 
 
 def _settle(todo: list[Entry], results: Sequence[BatchOutcome], attempt: int,
-            policy: RetryPolicy) -> list[Entry]:
-    """Store the outcomes of attempt `attempt`; returns the entries to try again."""
+            policy: RetryPolicy, log: RetryLog | None = None) -> list[Entry]:
+    """Store the outcomes of attempt `attempt`; returns the entries to try again (each
+    retry noted in `log`)."""
     again: list[Entry] = []
     for entry, outcome in zip(todo, results, strict=True):
         entry.attempts = attempt
         if isinstance(outcome, RetryableError) and attempt < policy.max_attempts:
             again.append(entry)
+            if log is not None:
+                log.note(f"{entry.tp}@{entry.msg.offset()}", attempt, policy.max_attempts,
+                         policy.backoff(attempt), outcome)
         else:
             entry.outcome = outcome
     return again
@@ -86,6 +91,8 @@ class Executor(ABC):
         self.batch = batch
         self.policy = policy
         self.completed = completed
+        self.retry_log: RetryLog | None = None
+        """Where retries are noted (set by the stage's concurrent loop)."""
 
     def _argument(self, todo: list[Entry]) -> object:
         if self.batch:
@@ -154,7 +161,11 @@ class AsyncExecutor(Executor):
             entry.outcome = await self.handler(entry.artifact)
         except RetryableError as exc:
             if self.policy.max_attempts > 1:
-                await asyncio.sleep(self.policy.backoff(1))
+                delay = self.policy.backoff(1)
+                if self.retry_log is not None:
+                    self.retry_log.note(f"{entry.tp}@{entry.msg.offset()}", 1,
+                                        self.policy.max_attempts, delay, exc)
+                await asyncio.sleep(delay)
                 await self._call(entries, attempt=2, started=t0)
                 return
             entry.outcome = exc
@@ -188,7 +199,8 @@ class AsyncExecutor(Executor):
         t0 = perf_counter() if started is None else started
         todo = entries
         while True:
-            todo = _settle(todo, await self._attempt(todo), attempt, self.policy)
+            todo = _settle(todo, await self._attempt(todo), attempt, self.policy,
+                           self.retry_log)
             if not todo:
                 break
             await asyncio.sleep(self.policy.backoff(attempt))
@@ -266,7 +278,7 @@ class ThreadExecutor(Executor):
         while True:
             if attempt > 1:
                 time.sleep(self.policy.backoff(attempt - 1))  # on this call's thread
-            todo = _settle(todo, self._attempt(todo), attempt, self.policy)
+            todo = _settle(todo, self._attempt(todo), attempt, self.policy, self.retry_log)
             if not todo:
                 break
             attempt += 1
@@ -326,7 +338,8 @@ class InlineExecutor(ThreadExecutor):
         finished: list[Entry] = []
         for entries in calls:
             t0 = perf_counter()
-            again = _settle(entries, self._attempt(entries), 1, self.policy)
+            again = _settle(entries, self._attempt(entries), 1, self.policy,
+                            self.retry_log)
             elapsed = perf_counter() - t0
             for entry in entries:
                 entry.elapsed = elapsed

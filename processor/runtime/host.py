@@ -21,7 +21,7 @@ from processor.runtime.commit import CommitStrategy
 from processor.runtime.emit import Emitter
 from processor.runtime.flow import Backpressure
 from processor.runtime.ledger import OffsetLedger
-from processor.runtime.retry import RetryHolder
+from processor.runtime.retry import RetryHolder, RetryLog
 from processor.runtime.stats import StageStats
 from processor.serde.wire import WireCodec
 
@@ -36,6 +36,7 @@ class StageHost(Protocol):
     commits: CommitStrategy
     ledger: OffsetLedger
     retries: RetryHolder
+    retry_log: RetryLog
     backpressure: Backpressure
     stats: StageStats
     metrics: Metrics

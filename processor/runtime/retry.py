@@ -13,11 +13,50 @@ stage does). Its `held` mapping is read directly by the stage's hot loop.
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 
 from processor.backends.abstract import Message, TopicPartition
 from processor.core.options import RetryPolicy
+
+logger = logging.getLogger(__name__)
+
+RETRY_LOG_EVERY = 10.0
+"""Seconds between two retry lines of one stage: a flood of retries (a dependency down)
+is one line per interval, with the count of those it stands for."""
+
+
+class RetryLog:
+    """Retries logged at WARNING, on every handler path: the first at once, then at most
+    one line per `every` seconds, which counts the retries since the last line. Thread-safe
+    (threaded handlers retry on their own threads)."""
+
+    def __init__(self, stage: str, every: float = RETRY_LOG_EVERY,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.stage = stage
+        self.every = every
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._next = 0.0
+        self._unlogged = 0
+
+    def note(self, where: object, attempt: int, max_attempts: int, delay: float,
+             error: BaseException) -> None:
+        """Attempt `attempt` (of `max_attempts`) at the record `where` raised `error`; the
+        next one follows in `delay` seconds."""
+        with self._lock:
+            now = self.clock()
+            if now < self._next:
+                self._unlogged += 1
+                return
+            more, self._unlogged = self._unlogged, 0
+            self._next = now + self.every
+        logger.warning("stage %s: retrying %s in %.3fs (attempt %d of %d failed: %s)%s",
+                       self.stage, where, delay, attempt, max_attempts, error,
+                       f"; {more} more retries since the last such line" if more else "")
 
 
 class Held:

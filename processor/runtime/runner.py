@@ -95,11 +95,15 @@ def run_service(cfg: StageConfig, connect: BrokerFactory) -> int:
 
     configure_logging(cfg.log_format, cfg.log_level)
     _scrub_secrets(cfg)
-    # Resolve handlers and the replica's identity in the parent too, so a wrong reference
-    # or a replica_id that does not fit the host fails once, before any fork.
+    # Resolve handlers, read the key files and check the replica's identity first, so a
+    # wrong reference, a bad key or a replica_id that does not fit the host fails once,
+    # before any fork and before the metrics endpoint says "serving".
     from processor.core.handlers import registry
+    from processor.security.policy import Keyring
 
     registry.resolve_all(cfg.handlers)
+    if cfg.security.active:
+        Keyring.load(cfg.security)
     replica_identity(cfg.replica_id)
     if cfg.processes <= 1 and cfg.memory_limit is None:
         return run_worker(cfg, 0, True, connect)
@@ -252,7 +256,7 @@ def _worker_main(cfg: StageConfig, index: int, multiproc_dir: str,
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
     from processor.ops.logs import configure_logging
 
-    configure_logging(cfg.log_format, cfg.log_level)
+    configure_logging(cfg.log_format, cfg.log_level, worker=index)
     _scrub_secrets(cfg)
     try:
         code = run_worker(cfg, index, False, connect)

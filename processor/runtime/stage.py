@@ -74,7 +74,7 @@ from processor.runtime.flow import Backpressure
 from processor.runtime.ledger import OffsetLedger
 from processor.runtime.oversize import TooLargeRecovery
 from processor.runtime.probe import BrokerProbe
-from processor.runtime.retry import RetryHolder
+from processor.runtime.retry import RetryHolder, RetryLog
 from processor.runtime.stage_events import StageEvents
 from processor.runtime.stats import StageStats, report_batch
 from processor.serde.codec import Codec
@@ -177,6 +177,7 @@ class Stage(StageEvents):
         )
         self.emitter = Emitter(options.name, self.codec, self.producer, self.outputs)
         self.retries = RetryHolder(options.retry, clock)
+        self.retry_log = RetryLog(options.name)
         self.dead_letters = DeadLetters(options.name, options.dlq_topic, self.producer,
                                         self.stats, self.metrics)
         self.dlq_limit = DeadLetterLimit(options.name, options.dlq_max_share,
@@ -285,8 +286,10 @@ class Stage(StageEvents):
                 self.ledger.fence_all(why)
             else:
                 self.ledger.freeze(why)
-            logger.debug("stage %s: fatal error, nothing past the fences is committed: %s",
-                         self.options.name, why)
+            # Logged when it happens, so that the lines of the stop that follow (the
+            # revocation, "stopped") read as its consequence, not as a normal stop.
+            logger.error("stage %s: stopping on a fatal error; nothing past it is "
+                         "committed: %s", self.options.name, why)
 
     @property
     def concurrent_calls(self) -> bool:
@@ -385,6 +388,7 @@ class Stage(StageEvents):
                         logger, "stopped", stage=self.options.name,
                         consumed=self.stats.consumed, produced=self.stats.produced,
                         dropped=self.stats.dropped, dead_lettered=self.stats.dead_lettered,
+                        **({"failed": self.ledger.failure} if self.failed else {}),
                     )
         if error is not None:
             raise error

@@ -30,7 +30,7 @@ from processor.runtime.failures import PolicyStop, StageFailed
 from processor.runtime.flow import Backpressure
 from processor.runtime.ledger import OffsetLedger
 from processor.runtime.oversize import TooLargeRecovery
-from processor.runtime.retry import RetryHolder
+from processor.runtime.retry import RetryHolder, RetryLog
 from processor.runtime.stats import StageStats
 
 __all__ = ["PolicyStop", "StageEvents", "StageFailed"]
@@ -46,6 +46,7 @@ class StageEvents:
     producer: Producer
     commits: CommitStrategy
     retries: RetryHolder
+    retry_log: RetryLog
     dead_letters: DeadLetters
     backpressure: Backpressure
     oversize: TooLargeRecovery
@@ -118,11 +119,8 @@ class StageEvents:
         self.consumer.pause([tp])
         lifecycle(logger, "pause", partitions=[tp], stage=self.options.name, reason=PAUSE_RETRY)
         self._report_paused()
-        logger.info(
-            "stage %s: retrying %s@%s in %.3fs (attempt %d of %d): %s",
-            self.options.name, tp, msg.offset(), delay, attempt + 1,
-            retries.policy.max_attempts, error,
-        )
+        self.retry_log.note(f"{tp}@{msg.offset()}", attempt, retries.policy.max_attempts,
+                            delay, error)
         return False
 
     def _retry_due(self) -> None:

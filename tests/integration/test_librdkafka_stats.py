@@ -45,7 +45,7 @@ def test_a_kafka_stage_records_librdkafka_statistics(
     stage = build_stage(StageSetup(
         options, handlers=("tests.integration.test_prometheus:identity",),
         bootstrap_servers=kafka_bootstrap, kafka={"statistics.interval.ms": 200},
-    ))
+    ), KafkaBroker(kafka_bootstrap, {"statistics.interval.ms": 200}))
 
     def rtt(client_type: str) -> list[float]:
         return [value for labels, value in
