@@ -28,7 +28,8 @@ from tests.unit.test_runner import Kafka, brokers  # noqa: F401 - the fixture
 RETRY = RetryPolicy(max_attempts=3, initial_backoff=0.001, max_backoff=0.001, jitter=0)
 
 
-def _flaky() -> tuple[set[str], Callable[[Artifact], Outcome]]:
+def _flaky() -> Callable[[Artifact], Outcome]:
+    """Raises `RetryableError` at the first attempt at each artifact."""
     failed: set[str] = set()
 
     def handler(artifact: Artifact) -> Outcome:
@@ -36,11 +37,11 @@ def _flaky() -> tuple[set[str], Callable[[Artifact], Outcome]]:
             failed.add(artifact.id)
             raise RetryableError("the price service said 503")
         return artifact
-    return failed, handler
+    return handler
 
 
 def _handler(kind: str) -> Callable[..., object]:
-    failed, sync = _flaky()
+    sync = _flaky()
     if kind == "sync":
         return sync
     if kind == "async":
@@ -138,7 +139,7 @@ def test_a_bad_key_file_stops_the_start_before_serving(
         "PROCESSOR_METRICS_PORT": "0", "PROCESSOR_METRICS_HOST": "127.0.0.1",
         "PROCESSOR_SIGN_KEY": str(tmp_path / "missing.key"),
     }, {})
-    with caplog.at_level(logging.INFO), pytest.raises(ConfigError, match="missing.key"):
+    with caplog.at_level(logging.INFO), pytest.raises(ConfigError, match=r"missing\.key"):
         runner.run_service(cfg, Kafka)
     assert not [r for r in caplog.records if "serving" in r.getMessage()]
     assert brokers == []
