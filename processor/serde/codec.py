@@ -33,9 +33,19 @@ schema by Avro's rules; `processor.serde.wire` reads and writes that identity):
   decodes into this one.
 
 A codec's schema may be an older version of the artifact schema: its fields must be the
-first fields of `Artifact`, in order, at least up to `checksum`. Such a codec writes only
-its fields, and the artifacts it decodes have the later fields' defaults; that is how a
-stage runs an older schema version (`schema_file`).
+first fields of `Artifact`, in order, at least up to `checksum`, of the packaged schema's
+types. Such a codec writes only its fields, and the artifacts it decodes have the later
+fields' defaults; that is how a stage runs an older schema version (`schema_file`).
+
+A codec's schema may also have fields of its own after the artifact's (a user's schema,
+`schemas/examples/artifact-with-tenant.avsc`), each with a default. `Artifact` has no place
+for them: the codec keeps the values each decoded record had, by artifact id, for the last
+`CARRY_LIMIT` records whose values are not the defaults, and encodes an artifact of a kept
+id with them (a handler's `with_meta` and the like keep the id), any other with the
+defaults. Data of the packaged versions decodes through the specialised decoder; when the
+schema's artifact fields are the packaged schema's, encoding is the specialised encoder's
+bytes followed by fastavro's encoding of the own fields (an Avro record is its fields one
+after the other).
 
 Version 2 of the packaged schema (`artifact.avsc`) added `approvals`, `pseudonym_hash` and
 `merkle_root`; version 1 is `artifact.v1.avsc`. The specialised decoder reads data of both
@@ -44,6 +54,7 @@ versions into version 2.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -79,6 +90,11 @@ PACKAGED_VERSIONS: Final = ("artifact.v1.avsc", "artifact.avsc")
 
 Schema: TypeAlias = dict[str, Any]
 """An Avro schema as a JSON object (parsed by fastavro or not)."""
+
+CARRY_LIMIT: Final = 65_536
+"""How many decoded artifacts' own-field values a codec keeps for re-encoding (see
+`Codec`): far more than a stage holds between decoding a record and encoding its
+results."""
 
 _FIELDS: Final = Artifact._fields
 _DEFAULTS: Final = tuple(Artifact._field_defaults.get(name) for name in _FIELDS)
@@ -146,13 +162,14 @@ class Codec:
     """Encodes artifacts to Avro bytes and back, with one schema parsed up front.
 
     `schema` is the schema this codec writes and reads into (default: the packaged
-    `artifact.avsc`); its fields must be the first `Artifact` fields, in order, at least up
-    to `checksum`. `writer_schemas` are other versions the decoder should know by
-    fingerprint, besides the packaged versions, which it always knows.
+    `artifact.avsc`); its fields must begin with the `Artifact` fields, in order, at least
+    up to `checksum`, and any after those (its own) must have defaults. `writer_schemas`
+    are other versions the decoder should know by fingerprint, besides the packaged
+    versions, which it always knows.
     """
 
-    __slots__ = ("_fast", "_legacy", "_projectable", "_raw", "_schema", "_size", "_writers",
-                 "fingerprint")
+    __slots__ = ("_extra", "_fast", "_legacy", "_projectable", "_raw", "_schema", "_size",
+                 "_writers", "fingerprint")
 
     def __init__(
         self,
@@ -163,16 +180,28 @@ class Codec:
         raw = schema if schema is not None else load_schema()
         self._raw = json.loads(raw) if isinstance(raw, str) else dict(raw)
         parsed = _parse(raw)
-        names = tuple(f.get("name") for f in parsed.get("fields", ()))
-        if parsed.get("type") != "record" or len(names) < _MIN_FIELDS or (
-                names != _FIELDS[:len(names)]):
+        fields = parsed.get("fields", ())
+        names = tuple(f.get("name") for f in fields)
+        size = next((i for i, name in enumerate(names[:len(_FIELDS)]) if name != _FIELDS[i]),
+                    min(len(names), len(_FIELDS)))
+        own = fields[size:]
+        if parsed.get("type") != "record" or size < _MIN_FIELDS or any(
+                f.get("name") in _FIELDS or "default" not in f for f in own):
             raise SchemaError(
-                f"an artifact schema must be a record with the fields {', '.join(_FIELDS)} "
-                f"in that order (a version before {_FIELDS[-1]} may end after "
-                f"{_FIELDS[_MIN_FIELDS - 1]}); got {', '.join(map(str, names)) or 'no fields'}"
+                f"an artifact schema must be a record whose fields begin with "
+                f"{', '.join(_FIELDS)} in that order (a version before {_FIELDS[-1]} may end "
+                f"after {_FIELDS[_MIN_FIELDS - 1]}); any fields after those are the schema's "
+                f"own, each with a default and a name not among them; got "
+                f"{_field_list(fields) or 'no fields'}"
             )
+        retyped = [f["name"] for f, packaged in zip(fields[:size], _PACKAGED_FIELDS,
+                                                    strict=False)
+                   if _shape(f["type"]) != _shape(packaged["type"])]
+        if retyped:
+            raise SchemaError(f"an artifact schema's fields must have the types of "
+                              f"{PACKAGED_VERSIONS[-1]}; these do not: {', '.join(retyped)}")
         self._schema = parsed
-        self._size = len(names)
+        self._size = size
         self.fingerprint: str = schema_fingerprint(parsed)
         """The fingerprint of the schema this codec writes (for `SCHEMA_HEADER`)."""
         self._writers: dict[str, Schema] = {self.fingerprint: parsed}
@@ -183,6 +212,8 @@ class Codec:
         # the decoder also reads what version 1 wrote (`_legacy`: its fingerprint).
         self._fast: bool = self.fingerprint == _PACKAGED_FINGERPRINT
         self._legacy: str | None = _V1_FINGERPRINT if self._fast else None
+        self._extra: _ExtraFields | None = _ExtraFields(self._raw, size) if own else None
+        """The schema's own fields after the artifact's (None: it has none)."""
         for packaged in _PACKAGED_SCHEMAS:
             self.register(packaged)
         for other in writer_schemas:
@@ -242,13 +273,23 @@ class Codec:
     def encode(self, artifact: Artifact, prefix: bytes = b"") -> bytes:
         """`prefix` (a framing, such as the Confluent wire format's), then the Avro
         encoding of `artifact`, with its checksum set from its payload."""
+        extra = self._extra
         if self._fast:
             try:
                 return _fast_encode(artifact, prefix)
             except Exception:
                 pass  # fastavro, below, encodes it or says why it cannot
+        elif extra is not None and extra.fast:
+            # An Avro record is its fields one after the other: the artifact's fields as
+            # the packaged schema writes them, then the schema's own.
+            try:
+                return _fast_encode(artifact, prefix) + extra.encode(artifact)
+            except Exception:
+                pass
         try:
             record = self._record(artifact)
+            if extra is not None:
+                record.update(extra.values(artifact))
             out = BytesIO()
             out.write(prefix)
             schemaless_writer(out, self._schema, record)
@@ -279,11 +320,18 @@ class Codec:
             else:
                 fp = schema_fingerprint(writer_schema)
                 writer = self._writers.get(fp) or _parse(writer_schema)
+        extra = self._extra
         if self._fast:
             if writer is self._schema:
                 return _fast_decode(data, start)
             if fp == self._legacy:
                 return _fast_decode(data, start, legacy=True)
+        elif extra is not None and extra.fast and fp in _FAST_WRITERS:
+            # Written by the packaged version 2 (or 1), which this schema begins with: the
+            # specialised decoder reads it; the schema's own fields take their defaults.
+            artifact = _fast_decode(data, start, legacy=fp == _V1_FINGERPRINT)
+            extra.forget(artifact.id)
+            return artifact
         source = BytesIO(data)
         source.seek(start)
         project = writer is not self._schema and self._same_types(fp, writer)
@@ -306,7 +354,10 @@ class Codec:
             )
         if project:
             record = self._projected(record)
-        return _artifact(record, self._size)
+        artifact = _artifact(record, self._size)
+        if extra is not None and isinstance(record, dict):
+            extra.keep(artifact.id, record)
+        return artifact
 
     def _same_types(self, fp: str, writer: Schema) -> bool:
         """Whether every field of `writer` that this schema has is of the same type.
@@ -333,6 +384,8 @@ class Codec:
             name = field["name"]
             if name in record:
                 out[name] = record[name]
+            elif self._extra is not None and name in self._extra.defaults:
+                out[name] = copy.deepcopy(self._extra.defaults[name])
             elif "default" not in field:
                 raise SchemaError(f"writer schema does not resolve to the artifact schema: "
                                   f"it has no field {name!r}, which has no default")
@@ -344,6 +397,83 @@ class Codec:
         return out
 
 
+class _ExtraFields:
+    """The fields a schema has after the artifact's (its own fields): their defaults, an
+    encoder of them alone, and the values recently decoded artifacts carried.
+
+    `Artifact` has no place for them, so they are kept here by artifact id: the last
+    `CARRY_LIMIT` decoded artifacts whose values differ from the defaults. An artifact a
+    handler derives from a decoded one keeps its id (`with_meta`, `with_payload`, ...),
+    and is encoded with that one's values; any other artifact (`Artifact.new`, or an id
+    no longer kept) with the defaults.
+    """
+
+    __slots__ = ("_carried", "_schema", "defaults", "fast", "names")
+
+    def __init__(self, raw: Schema, size: int) -> None:
+        fields = raw["fields"]
+        named: dict[str, Any] = {}
+        head = _parse_record({**raw, "fields": fields[:size]}, named)
+        self.fast: bool = schema_fingerprint(head) == _PACKAGED_FINGERPRINT
+        """Whether the artifact's fields are the packaged schema's (the specialised
+        encoder and decoder then write and read them)."""
+        # The own fields alone, as a record of their own in the same namespace, so names
+        # of types the artifact's fields define resolve as they do in the whole schema.
+        name = f"{raw['name']}_own_fields"
+        empty: Schema = {"type": "record", "name": name, "fields": []}
+        if raw.get("namespace") is not None:
+            empty["namespace"] = raw["namespace"]
+        try:
+            self._schema = _parse_record({**empty, "fields": fields[size:]}, dict(named))
+            # Avro's JSON form of a default (bytes as text, say) becomes a value by
+            # resolving an empty record into the fields.
+            defaults = schemaless_reader(BytesIO(b""), _parse_record(empty, {}), self._schema)
+        except (ValueError, TypeError, KeyError, SchemaResolutionError) as exc:
+            raise SchemaError(f"the schema's own fields: {exc}") from exc
+        assert isinstance(defaults, dict)
+        self.defaults: dict[str, Any] = defaults
+        self.names: tuple[str, ...] = tuple(f["name"] for f in fields[size:])
+        self._carried: dict[str, dict[str, Any]] = {}
+
+    def keep(self, artifact_id: str, record: Mapping[str, Any]) -> None:
+        """Remember the own fields' values of a decoded record, unless they are the
+        defaults."""
+        values = {name: record[name] for name in self.names}
+        carried = self._carried
+        carried.pop(artifact_id, None)  # kept again, as the most recent
+        if values == self.defaults:
+            return
+        carried[artifact_id] = values
+        if len(carried) > CARRY_LIMIT:
+            with contextlib.suppress(KeyError, RuntimeError, StopIteration):
+                del carried[next(iter(carried))]  # unless another thread just did
+
+    def forget(self, artifact_id: str) -> None:
+        """A record of this id without the own fields was decoded: they are the defaults."""
+        self._carried.pop(artifact_id, None)
+
+    def values(self, artifact: Artifact) -> dict[str, Any]:
+        """The own fields' values to encode `artifact` with."""
+        return self._carried.get(artifact.id, self.defaults)
+
+    def encode(self, artifact: Artifact) -> bytes:
+        """The own fields of `artifact`, encoded (what follows the artifact's fields)."""
+        out = BytesIO()
+        schemaless_writer(out, self._schema, self.values(artifact))
+        return out.getvalue()
+
+
+def _parse_record(schema: Schema, named: dict[str, Any]) -> Schema:
+    parsed = parse_schema(schema, named_schemas=named)
+    assert isinstance(parsed, dict)  # a record schema parses to a record schema
+    return parsed
+
+
+def _field_list(fields: Iterable[Mapping[str, Any]]) -> str:
+    return ", ".join(f"{f.get('name')}" + ("" if "default" in f else " (no default)")
+                     for f in fields)
+
+
 def _plain_type(schema: object) -> object:
     """A field type without docs, defaults and fastavro's own keys, to compare types."""
     if isinstance(schema, dict):
@@ -351,6 +481,19 @@ def _plain_type(schema: object) -> object:
                 if k not in ("doc", "default", "aliases") and not k.startswith("__")}
     if isinstance(schema, list):
         return [_plain_type(v) for v in schema]
+    return schema
+
+
+def _shape(schema: object) -> object:
+    """A parsed type without namespaces (and what `_plain_type` leaves out): a record
+    renamed into another namespace has the same shape."""
+    if isinstance(schema, str):
+        return schema.rpartition(".")[2]
+    if isinstance(schema, dict):
+        return {k: _shape(v) for k, v in schema.items()
+                if k not in ("doc", "default", "aliases", "namespace") and not k.startswith("__")}
+    if isinstance(schema, list):
+        return [_shape(v) for v in schema]
     return schema
 
 
@@ -376,10 +519,12 @@ def _describe(artifact: object) -> str:
 
 _tuple_new = tuple.__new__
 _PACKAGED_SCHEMAS: Final = tuple(_parse(load_schema(name)) for name in PACKAGED_VERSIONS)
+_PACKAGED_FIELDS: Final[list[Schema]] = _PACKAGED_SCHEMAS[-1]["fields"]
 _PACKAGED_FINGERPRINT: Final = schema_fingerprint(_PACKAGED_SCHEMAS[-1])
 """The fingerprint the specialised encoder and decoder are written for."""
 _V1_FINGERPRINT: Final = schema_fingerprint(_PACKAGED_SCHEMAS[0])
 """The fingerprint of version 1, which the specialised decoder reads too."""
+_FAST_WRITERS: Final = frozenset((_PACKAGED_FINGERPRINT, _V1_FINGERPRINT))
 
 default_codec: Final = Codec()
 """The codec for the packaged schema, shared by the module-level functions."""

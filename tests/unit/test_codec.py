@@ -378,11 +378,27 @@ def test_incompatible_writer_is_a_schema_error() -> None:
         decode(data, writer_schema=schema)
 
 
+def without_defaults(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` with no default on the fields after the artifact's."""
+    for field in schema["fields"][len(Artifact._fields):]:
+        field.pop("default", None)
+    return schema
+
+
+def retyped(schema: dict[str, Any], name: str, type_: str) -> dict[str, Any]:
+    for field in schema["fields"]:
+        if field["name"] == name:
+            field["type"] = type_
+            field.pop("default", None)
+    return schema
+
+
 @pytest.mark.parametrize(
     "schema",
     [
-        new_schema(),
+        without_defaults(new_schema()),
         old_schema(),
+        retyped(load_schema(), "timestamp", "string"),
         {"type": "record", "name": "X", "fields": []},
         {"type": "nonsense"},
         '"string"',
