@@ -13,6 +13,13 @@ Unset, it is `external` when KAFKA_BOOTSTRAP_SERVERS is set, else `local`, falli
 `testcontainers` when Java or Maven is missing. Without any broker the tests are skipped with
 the reason, except under `CI=true`, where a missing broker fails the test: CI must never pass by
 skipping the real-broker tiers.
+
+`secured_kafka` is a local one-node cluster whose only listener is SASL_SSL (TLS,
+SCRAM-SHA-512 logins, the StandardAuthorizer: see `processor.devtools.kafka_security`),
+with the users `SECURED_USERS` besides `admin`, and each user's client settings files
+(`USER.kafka.yaml`, `USER.properties`) written as `processor broker --secure` writes them.
+It is module-scoped: a test module that needs it starts it and stops it when done, so
+that it never runs beside the rest of the suite's brokers.
 """
 
 from __future__ import annotations
@@ -20,12 +27,16 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 if TYPE_CHECKING:
     from processor.backends.kafka import KafkaBroker
+    from processor.devtools.kafka_security import BrokerSecurity
+    from processor.devtools.local_kafka import LocalKafka
 
 logger = logging.getLogger(__name__)
 
@@ -134,3 +145,54 @@ def kafka_broker(kafka_bootstrap: str) -> KafkaBroker:
     from processor.backends.kafka import KafkaBroker
 
     return KafkaBroker(kafka_bootstrap)
+
+
+SECURED_USERS = ("stage-ok", "stage-no-write", "stage-no-dlq", "stage-read-only", "cli")
+"""The SCRAM users of `secured_kafka` besides `admin` (created when its storage is
+formatted), each with a random password and no ACL."""
+
+
+@dataclass
+class Secured:
+    """The SASL_SSL local cluster of `secured_kafka` and its certificates and users."""
+
+    kafka: LocalKafka
+    security: BrokerSecurity
+
+    @property
+    def bootstrap(self) -> str:
+        return self.kafka.bootstrap_servers
+
+    def admin_broker(self) -> KafkaBroker:
+        from processor.backends.kafka import KafkaBroker
+
+        return KafkaBroker(self.bootstrap, self.security.client_settings())
+
+    def settings_file(self, user: str = "admin") -> Path:
+        """`USER.kafka.yaml`: bootstrap servers and the user's `kafka:` settings."""
+        return self.security.directory / f"{user}.kafka.yaml"
+
+
+@pytest.fixture(scope="module")
+def secured_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
+    """A local SASL_SSL Kafka for the module (see the module docstring)."""
+    from processor.devtools.kafka_security import BrokerSecurity
+    from processor.devtools.local_kafka import LocalKafka, LocalKafkaError, ToolMissing
+
+    directory = tmp_path_factory.mktemp("secured-kafka")
+    security = BrokerSecurity.create(directory / "tls",
+                                     users={name: "" for name in SECURED_USERS})
+    kafka = LocalKafka(nodes=1, workdir=directory / "kafka", security=security)
+    try:
+        kafka.start()
+        kafka.warm_up()
+    except ToolMissing as error:
+        _no_broker(str(error))
+    except LocalKafkaError as error:
+        kafka.stop()
+        pytest.fail(f"the secured local Kafka did not start: {error}", pytrace=False)
+    try:
+        security.write_client_files(kafka.bootstrap_servers)
+        yield Secured(kafka, security)
+    finally:
+        kafka.stop()

@@ -1,19 +1,26 @@
-"""What the command modules share: argument types, the bootstrap-servers flag, the type of
-the sub-command table."""
+"""What the command modules share: argument types, the Kafka client settings of every
+command that talks to Kafka (`add_client_settings`, `client_config`, `kafka_broker`), the
+type of the sub-command table."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import textwrap
-from typing import TypeAlias
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
-from processor.core.errors import ProcessorError
+if TYPE_CHECKING:
+    from processor.backends.kafka import KafkaBroker
+    from processor.ops.settings import ClientConfig
 
 Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 """What `ArgumentParser.add_subparsers` returns: each command module adds its parsers to it."""
 
 BOOTSTRAP_ENV = "PROCESSOR_BOOTSTRAP_SERVERS"
+CONFIG_ENV = "PROCESSOR_CONFIG"
+MISSING_BOOTSTRAP = (f"--bootstrap-servers is required (or set {BOOTSTRAP_ENV}); "
+                     "`processor broker` starts a local Kafka")
 
 
 def positive_int(text: str) -> int:
@@ -63,21 +70,55 @@ def command_parser(
     )
 
 
-def add_bootstrap(parser: argparse.ArgumentParser) -> None:
-    """The `--bootstrap-servers` flag, defaulting to `$PROCESSOR_BOOTSTRAP_SERVERS`."""
-    parser.add_argument(
-        "--bootstrap-servers", metavar="HOST:PORT[,...]", default=os.environ.get(BOOTSTRAP_ENV),
-        help=f"Kafka bootstrap servers (default: ${BOOTSTRAP_ENV}); `processor broker` "
-        "starts a local Kafka and prints them",
+def add_client_settings(parser: argparse.ArgumentParser, *,
+                        config_flag: bool = True) -> None:
+    """The Kafka client settings of a command, read as `processor run` reads them:
+    `--bootstrap-servers`, a settings file (`--command-config FILE`, also `--config FILE`
+    unless `config_flag` is False because the command's `--config` means something
+    else), and `--set KEY=VALUE` librdkafka settings; then the environment
+    (`PROCESSOR_BOOTSTRAP_SERVERS`, `PROCESSOR_KAFKA__<KEY>`, `PROCESSOR_CONFIG`)."""
+    group = parser.add_argument_group(
+        "Kafka client settings",
+        "as for `processor run`: a flag wins over the environment, which wins over the "
+        "file")
+    group.add_argument(
+        "--bootstrap-servers", metavar="HOST:PORT[,...]", default=None,
+        help=f"Kafka bootstrap servers (default: ${BOOTSTRAP_ENV}, or bootstrap_servers in "
+        "the settings file); `processor broker` starts a local Kafka and prints them",
+    )
+    group.add_argument(
+        *(("--config", "--command-config") if config_flag else ("--command-config",)),
+        dest="command_config", metavar="FILE", type=Path, default=None,
+        help="YAML settings file with bootstrap_servers and kafka: (librdkafka settings), "
+        "such as a stage's file or the USER.kafka.yaml of `processor broker --secure` "
+        f"(default: ${CONFIG_ENV}, if set)",
+    )
+    group.add_argument(
+        "--set", dest="kafka", action="append", default=None, metavar="KEY=VALUE",
+        help="a librdkafka setting, e.g. security.protocol=SASL_SSL; repeatable "
+        "[env PROCESSOR_KAFKA__<KEY> with dots as underscores]",
     )
 
 
-def need_bootstrap(args: argparse.Namespace) -> str:
-    """The bootstrap servers, or a `ProcessorError` that says how to give them."""
-    servers: str | None = args.bootstrap_servers
-    if not servers:
-        raise ProcessorError(
-            f"--bootstrap-servers is required (or set {BOOTSTRAP_ENV}); "
-            "`processor broker` starts a local Kafka"
-        )
-    return servers
+def client_config(args: argparse.Namespace) -> ClientConfig:
+    """The bootstrap servers and librdkafka settings of the flags of
+    `add_client_settings`, the environment and the settings file; a `ConfigError`
+    naming each setting that is wrong or missing, and where it came from."""
+    from processor.core.errors import ConfigError
+    from processor.ops.settings import load_client_config
+
+    try:
+        return load_client_config(args.command_config, os.environ, {
+            "bootstrap_servers": args.bootstrap_servers, "kafka": args.kafka})
+    except ConfigError as exc:  # the missing servers in the words of the commands
+        lines = [MISSING_BOOTSTRAP if line.startswith("bootstrap_servers: required") else line
+                 for line in str(exc).splitlines()]
+        raise ConfigError("\n".join(lines)) from None
+
+
+def kafka_broker(args: argparse.Namespace) -> KafkaBroker:
+    """A `KafkaBroker` on `client_config(args)`."""
+    from processor.backends.kafka import KafkaBroker
+
+    config = client_config(args)
+    return KafkaBroker(config.bootstrap_servers, config.kafka, origins=config.kafka_origins)

@@ -8,12 +8,11 @@ import sys
 from collections import Counter
 from datetime import UTC, datetime
 
-from processor.backends.kafka import KafkaBroker
 from processor.cli.common import (
     Subcommands,
-    add_bootstrap,
+    add_client_settings,
     command_parser,
-    need_bootstrap,
+    kafka_broker,
     positive_float,
     positive_int,
 )
@@ -58,7 +57,7 @@ def add_parsers(sub: Subcommands) -> None:
         "  processor dlq replay --from orders.dlq --to orders.raw --since "
         "2026-11-27T08:00:00",
     )
-    add_bootstrap(rep)
+    add_client_settings(rep)
     rep.add_argument("--from", dest="source", required=True, metavar="DLQ",
                      help="the dead-letter topic to read")
     rep.add_argument("--to", dest="target", required=True, metavar="TOPIC",
@@ -87,7 +86,7 @@ def add_parsers(sub: Subcommands) -> None:
         "messages.",
         epilog="examples:\n  processor dlq inspect --topic orders.dlq --samples 5",
     )
-    add_bootstrap(ins)
+    add_client_settings(ins)
     ins.add_argument("--topic", required=True, metavar="DLQ", help="the dead-letter topic")
     ins.add_argument("--samples", type=positive_int, default=3, metavar="N",
                      help="distinct error messages shown per reason (default: %(default)s)")
@@ -99,7 +98,7 @@ def add_parsers(sub: Subcommands) -> None:
 def cmd_replay(args: argparse.Namespace) -> int:
     since = parse_since(args.since) if args.since else None
     group = args.group or default_group(args.source, args.target, args.reason)
-    broker = KafkaBroker(need_bootstrap(args))
+    broker = kafka_broker(args)
     result = replay(broker, args.source, args.target, group=group, reason=args.reason,
                     since_ms=since, batch_size=args.batch_size, idle_timeout=args.idle)
     reasons = ", ".join(f"{r}: {n}" for r, n in result.by_reason.most_common())
@@ -113,7 +112,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    broker = KafkaBroker(need_bootstrap(args))
+    broker = kafka_broker(args)
     found = inspect(broker, args.topic, samples=args.samples, idle_timeout=args.idle)
     sys.stdout.write(format_inspection(found))
     return 0

@@ -38,7 +38,9 @@ def add_parsers(sub: Subcommands) -> None:
         "key, PEM PKCS #8, mode 0600: give it only to the stage that signs or opens with "
         "it) and KEY_ID.pub (the public key, PEM: give it to the stages that verify or "
         "seal). Prints the key id, the files and the public key; never the private key. "
-        "An existing file is not overwritten unless --force is given.",
+        "An existing file is not overwritten unless --force is given. A private key file "
+        "its group or others may read is refused wherever it is loaded (chmod 600 it, or "
+        "set PROCESSOR_ALLOW_READABLE_KEYS=1).",
         epilog="examples:\n"
         "  processor keys generate --id orders-signer-2026-11 --dir keys/\n"
         "  processor keys generate --type sealing --id billing --dir /run/secrets/keys")
@@ -51,7 +53,8 @@ def add_parsers(sub: Subcommands) -> None:
     gen.add_argument("--dir", metavar="DIR", type=Path, default=Path("."),
                      help="directory to write the files to (created if missing; default .)")
     gen.add_argument("--force", action="store_true",
-                     help="overwrite existing key files of the same id")
+                     help="overwrite existing key files of the same id (regular files only: "
+                     "a symbolic link is refused, never followed)")
     gen.set_defaults(func=cmd_generate)
     show = command_parser(
         actions, "show", help="print the public facts of key files (never a private key)",

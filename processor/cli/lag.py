@@ -7,9 +7,9 @@ import sys
 
 from processor.cli.common import (
     Subcommands,
-    add_bootstrap,
+    add_client_settings,
+    client_config,
     command_parser,
-    need_bootstrap,
     positive_float,
 )
 from processor.ops.lag import DEFAULT_TIMEOUT, collect_lag, format_table
@@ -28,7 +28,7 @@ def add_parsers(sub: Subcommands) -> None:
         epilog="examples:\n  processor lag --group validate\n"
         "  processor lag --group validate --topic orders.raw",
     )
-    add_bootstrap(lag)
+    add_client_settings(lag)
     lag.add_argument("--group", required=True, help="the consumer group (a stage's --group)")
     lag.add_argument("--topic", action="append", dest="topics", metavar="TOPIC",
                      help="also show every partition of this topic (repeatable); the "
@@ -44,7 +44,9 @@ def add_parsers(sub: Subcommands) -> None:
 
 
 def cmd_lag(args: argparse.Namespace) -> int:
-    rows = collect_lag(need_bootstrap(args), args.group, args.topics, timeout=args.timeout,
-                       offset_reset=args.offset_reset)
+    config = client_config(args)
+    rows = collect_lag(config.bootstrap_servers, args.group, args.topics, timeout=args.timeout,
+                       settings=config.kafka, offset_reset=args.offset_reset,
+                       origins=config.kafka_origins)
     sys.stdout.write(format_table(rows))
     return 0

@@ -21,9 +21,9 @@ from typing import Any
 
 from processor.cli.common import (
     Subcommands,
-    add_bootstrap,
+    add_client_settings,
     command_parser,
-    need_bootstrap,
+    kafka_broker,
     positive_float,
     positive_int,
 )
@@ -55,7 +55,7 @@ def add_parsers(sub: Subcommands) -> None:
         "  processor produce --topic plain.orders --format avro --schema-file order.avsc "
         "--registry-url http://127.0.0.1:8081",
     )
-    add_bootstrap(produce)
+    add_client_settings(produce)
     produce.add_argument("--topic", required=True, help="the topic to write to")
     produce.add_argument("file", nargs="?", default="-", metavar="FILE.jsonl",
                          help="input file, or - for standard input (the default)")
@@ -81,8 +81,11 @@ def add_parsers(sub: Subcommands) -> None:
     tail = command_parser(
         sub, "tail", help="print the artifacts of a topic as JSON lines",
         description="Read a topic and print each artifact as one JSON line (bytes as "
-        "base64, textual payloads as text). A record that is not an artifact is reported "
-        "on stderr. Nothing is committed: tail never moves a consumer group.\n\n"
+        "base64, textual payloads as text). Every line is strict JSON: a metadata double "
+        "that is not a finite number is written {\"$double\": \"NaN\"} (or \"Infinity\", "
+        "\"-Infinity\"), which `produce --artifacts` reads back; in a plain record it is "
+        "the string \"NaN\", \"Infinity\" or \"-Infinity\". A record that is not an artifact "
+        "is reported on stderr. Nothing is committed: tail never moves a consumer group.\n\n"
         "Runs until Ctrl-C or SIGTERM, or until --count or --timeout stops it.",
         epilog="examples:\n"
         "  processor tail --topic orders.enriched --from-beginning --count 10\n"
@@ -90,7 +93,7 @@ def add_parsers(sub: Subcommands) -> None:
         "  processor tail --topic plain.orders --format avro --registry-url "
         "http://127.0.0.1:8081",
     )
-    add_bootstrap(tail)
+    add_client_settings(tail)
     tail.add_argument("--topic", required=True, help="the topic to read")
     tail.add_argument("--from-beginning", action="store_true",
                       help="start at the oldest retained record (default: only new records)")
@@ -181,13 +184,12 @@ def _key_of(artifact: Artifact, field: str | None) -> bytes | None:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from processor.backends.kafka import KafkaBroker
     from processor.demo.run import generate
     from processor.serde.jsonform import artifact_from_json
     from processor.serde.wire import WireCodec
 
     err = sys.stderr
-    broker = KafkaBroker(need_bootstrap(args))
+    broker = kafka_broker(args)
     registry = _registry(args)
     plain = None if args.format == "artifact" else _plain_writer(args, registry)
     producer = broker.producer(client_id="processor-produce")
@@ -241,12 +243,11 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from processor.backends.kafka import KafkaBroker
     from processor.serde.jsonform import artifact_to_json
     from processor.serde.wire import WireCodec
 
     out = sys.stdout
-    broker = KafkaBroker(need_bootstrap(args))
+    broker = kafka_broker(args)
     if args.topic not in broker.admin().list_topics():
         raise ProcessorError(f"topic {args.topic!r} does not exist")
     consumer = broker.consumer(
@@ -311,9 +312,11 @@ def _tail_format(args: argparse.Namespace, registry: Any, codec: Any,
         return lambda value, headers: to_json(codec.decode(value, headers))
     if args.format == "payload":
         return lambda value, headers: text_or_base64(codec.decode(value, headers).payload)
+    from processor.serde.jsonform import strict_json
+
     if args.format == "json":
         def plain_json(value: bytes, headers: Any) -> str:
-            return json.dumps(json.loads(value), ensure_ascii=False)
+            return strict_json(json.loads(value), ensure_ascii=False)
         return plain_json
     if args.format == "bytes":
         return lambda value, headers: text_or_base64(value)
@@ -328,6 +331,6 @@ def _tail_format(args: argparse.Namespace, registry: Any, codec: Any,
             record = deserializer(value, context)
         except Exception as exc:  # the deserializer's errors say what is wrong
             raise ValueError(str(exc)) from exc
-        return json.dumps(record, ensure_ascii=False, default=lambda b: base64.b64encode(
+        return strict_json(record, ensure_ascii=False, default=lambda b: base64.b64encode(
             b).decode("ascii") if isinstance(b, bytes) else str(b))
     return plain_avro

@@ -60,20 +60,27 @@ def add_parsers(sub: Subcommands) -> None:
 
     config = command_parser(
         sub, "config", help="configuration tools (config check)",
-        description="Configuration tools for `processor run`: `config check FILE` "
-        "validates a stage's YAML file without starting the stage.",
+        description="Configuration tools for `processor run`: `config check` validates a "
+        "stage's settings, its YAML file, PROCESSOR_* variables and flags, without "
+        "starting the stage.",
         epilog="examples:\n  processor config check deploy/stage.example.yaml",
     )
     actions = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     check = command_parser(
-        actions, "check", help="validate a stage YAML file without starting a stage",
-        description="Validate a stage configuration file on its own (no flags, no "
-        "PROCESSOR_* variables applied) without connecting to anything, and print the "
-        "resolved settings, secrets redacted. Every problem is reported at once, each "
-        "naming the key and what is allowed; the exit status is then 1.",
-        epilog="examples:\n  processor config check deploy/stage.example.yaml",
+        actions, "check", help="validate a stage's settings without starting it",
+        description="Validate a stage's settings as `processor run` reads them: the YAML "
+        "file (FILE, --config or PROCESSOR_CONFIG), the PROCESSOR_* environment variables "
+        "and the flags of `processor run`, in that order of precedence, and import each "
+        "handler. Connects to nothing. Prints the resolved settings, secrets redacted, "
+        "each with where its value came from. Every problem is reported at once, each "
+        "naming the key, what is allowed and where the value came from (file, "
+        "environment variable or flag); the exit status is then 1.",
+        epilog="examples:\n  processor config check deploy/stage.example.yaml\n"
+        "  PROCESSOR_BATCH_SIZE=500 processor config check stage.yaml --handler my_mod:fn",
     )
-    check.add_argument("file", type=Path, metavar="FILE.yaml", help="the YAML file to check")
+    check.add_argument("file", type=Path, metavar="FILE.yaml", nargs="?", default=None,
+                       help="the YAML file to check (or --config FILE)")
+    add_run_arguments(check)
     check.set_defaults(func=cmd_config_check)
 
 
@@ -92,14 +99,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise
 
 
-def settings_from_args(args: argparse.Namespace) -> StageConfig:
+def settings_from_args(args: argparse.Namespace, path: Path | None = None) -> StageConfig:
     """The stage's settings from the parsed `processor run` flags (a flag not given is
-    None), the `PROCESSOR_*` environment and the YAML file of `--config` (or
-    `PROCESSOR_CONFIG`). Raises `ConfigError` listing every problem."""
+    None), the `PROCESSOR_*` environment and the YAML file at `path`, of `--config` or
+    of `PROCESSOR_CONFIG`. Raises `ConfigError` listing every problem."""
     from processor.ops.settings import load_config
 
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
-    config_path = flags.pop("config", None)
+    config_path = path or flags.pop("config", None)
     return load_config(Path(config_path) if config_path else None, os.environ, flags)
 
 
@@ -126,9 +133,23 @@ def search_path() -> str:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    from processor.ops.settings import check_file
+    from processor.core.errors import ConfigError
+    from processor.core.handlers import registry
 
-    cfg = check_file(args.file)
-    print(f"{args.file}: valid")
+    if args.file is not None and args.config is not None:
+        raise ConfigError("give the file once: FILE or --config FILE")
+    cfg = settings_from_args(args, args.file)
+    _import_from_cwd()
+    origin = cfg.sources.get("handlers", "default")
+    problems = []
+    for ref in cfg.handlers:
+        try:
+            registry.resolve(ref)
+        except HandlerNotFound as exc:
+            problems.append(f"handlers: {exc} (from {origin})")
+    if problems:
+        raise ConfigError("\n".join(problems))
+    path = args.file or args.config or os.environ.get("PROCESSOR_CONFIG")
+    print(f"{path or 'the environment and flags'}: valid")
     print(cfg.describe())
     return 0

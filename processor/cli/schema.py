@@ -45,10 +45,14 @@ def add_parsers(sub: Subcommands) -> None:
         "naming strategy (topic: TOPIC-value, record: the record name, topic-record: "
         "TOPIC-RECORD), as the stages derive it.\n\n"
         f"The registry URL comes from --registry-url or ${URL_ENV}; basic-auth "
-        f"credentials from ${USER_ENV} and ${PASSWORD_ENV}.",
+        f"credentials from ${USER_ENV} and ${PASSWORD_ENV} (or the file "
+        f"${PASSWORD_ENV}_FILE names). A Confluent-compatible URL "
+        "of Apicurio Registry ends in /apis/ccompat/v7; `processor registry` starts one "
+        "locally and prints its URL.",
         epilog="examples:\n"
-        "  processor schema register --registry-url http://127.0.0.1:8081 --topic orders\n"
-        "  processor schema check --topic orders --schema-file artifact.v3.avsc --mode FULL\n"
+        "  processor schema register --registry-url http://127.0.0.1:8080/apis/ccompat/v7 \\\n"
+        "      --topic orders\n"
+        "  processor schema check --topic orders --schema-file schemas/artifact.avsc --mode FULL\n"
         "  processor schema show --topic orders --version latest",
     )
     actions = schema.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -58,8 +62,9 @@ def add_parsers(sub: Subcommands) -> None:
         "subject and print the id the registry gives it. The registry refuses a schema "
         "that breaks the subject's compatibility level.",
         epilog="examples:\n"
-        "  processor schema register --registry-url http://127.0.0.1:8081 --topic orders\n"
-        "  processor schema register --subject orders-value --schema-file v3.avsc")
+        "  processor schema register --registry-url http://127.0.0.1:8080/apis/ccompat/v7 \\\n"
+        "      --topic orders\n"
+        "  processor schema register --subject orders-value --schema-file schemas/artifact.avsc")
     check = command_parser(
         actions, "check", help="test the schema's compatibility with a subject's versions",
         description="Test whether the schema is compatible with the versions registered "
@@ -68,7 +73,7 @@ def add_parsers(sub: Subcommands) -> None:
         "FULL (both); the _TRANSITIVE forms test every version, not only the latest. "
         "Prints what breaks and exits with status 1 if anything does, 0 if compatible.",
         epilog="examples:\n"
-        "  processor schema check --topic orders --schema-file v3.avsc\n"
+        "  processor schema check --topic orders --schema-file schemas/artifact.avsc\n"
         "  processor schema check --topic orders --mode FULL_TRANSITIVE")
     show = command_parser(
         actions, "show", help="print a registered schema",
@@ -104,11 +109,15 @@ def add_parsers(sub: Subcommands) -> None:
 def _client(args: argparse.Namespace) -> Any:
     from pydantic import SecretStr
 
+    from processor.ops.secrets import secret_from_env
     from processor.serde.registry import RegistryConfig, registry_client
 
     if not args.registry_url:
         raise ProcessorError(f"--registry-url is required (or set {URL_ENV})")
-    password = os.environ.get(PASSWORD_ENV)
+    try:
+        password = secret_from_env(os.environ, PASSWORD_ENV)
+    except ValueError as exc:
+        raise ProcessorError(str(exc)) from None
     config = RegistryConfig(url=args.registry_url, user=os.environ.get(USER_ENV) or None,
                             password=SecretStr(password) if password else None)
     return registry_client(config)

@@ -10,9 +10,9 @@ from contextlib import contextmanager
 from processor.backends.abstract import Admin, TopicDescription
 from processor.cli.common import (
     Subcommands,
-    add_bootstrap,
+    add_client_settings,
     command_parser,
-    need_bootstrap,
+    kafka_broker,
     positive_int,
 )
 from processor.core.errors import ProcessorError, UnknownTopic
@@ -57,7 +57,7 @@ def add_parsers(sub: Subcommands) -> None:
         "  processor topics create events --replication 3 --config min.insync.replicas=2 \\\n"
         "      --config retention.ms=86400000",
     )
-    add_bootstrap(create)
+    add_client_settings(create, config_flag=False)
     create.add_argument("names", nargs="+", metavar="TOPIC", help="the topics to create")
     create.add_argument("--partitions", type=positive_int, default=None, metavar="N",
                         help="partitions per topic: the most consumers of one group that "
@@ -77,7 +77,7 @@ def add_parsers(sub: Subcommands) -> None:
         "name. Kafka's internal topics (__consumer_offsets, ...) are left out.",
         epilog="examples:\n  processor topics list",
     )
-    add_bootstrap(listing)
+    add_client_settings(listing)
     listing.set_defaults(func=cmd_list)
 
     describe = command_parser(
@@ -89,7 +89,7 @@ def add_parsers(sub: Subcommands) -> None:
         "none (its replicas are down).",
         epilog="examples:\n  processor topics describe in out in.dlq",
     )
-    add_bootstrap(describe)
+    add_client_settings(describe)
     describe.add_argument("names", nargs="+", metavar="TOPIC", help="the topics to describe")
     describe.set_defaults(func=cmd_describe)
 
@@ -100,16 +100,14 @@ def add_parsers(sub: Subcommands) -> None:
         "status is then 1.",
         epilog="examples:\n  processor topics delete in out in.dlq",
     )
-    add_bootstrap(delete)
+    add_client_settings(delete)
     delete.add_argument("names", nargs="+", metavar="TOPIC", help="the topics to delete")
     delete.set_defaults(func=cmd_delete)
 
 
 @contextmanager
 def _admin(args: argparse.Namespace) -> Iterator[Admin]:
-    from processor.backends.kafka import KafkaBroker
-
-    admin = KafkaBroker(need_bootstrap(args)).admin()
+    admin = kafka_broker(args).admin()
     try:
         yield admin
     finally:

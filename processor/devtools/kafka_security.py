@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -175,8 +176,10 @@ class BrokerSecurity:
     def create(cls, directory: str | Path,
                users: Mapping[str, str] | None = None) -> BrokerSecurity:
         """New certificates in `directory`, and passwords for `broker`, `admin` and
-        `users` (name -> password; an empty password is replaced by a random one)."""
-        path = Path(directory)
+        `users` (name -> password; an empty password is replaced by a random one).
+        Every file is named by its absolute path, in the broker's settings and in the
+        clients' (`write_client_files`), so that they work from any directory."""
+        path = Path(os.path.abspath(directory))
         wanted = {BROKER_USER: "", ADMIN_USER: "", **dict(users or {})}
         for name in wanted:
             _check_user(name)
@@ -237,7 +240,7 @@ class BrokerSecurity:
             "sasl.mechanism": MECHANISM,
             "sasl.username": user,
             "sasl.password": password,
-            "ssl.ca.location": str(ca or self.certificates.ca),
+            "ssl.ca.location": os.path.abspath(ca or self.certificates.ca),
         }
 
     def write_client_properties(self, path: Path, bootstrap_servers: str,

@@ -24,6 +24,10 @@ autoscaler.
 
 Every broker request is bounded by `timeout`; an unknown group, an unknown topic or an
 unreachable broker raises `LagError`, a `ProcessorError` whose message is one line.
+Reaching the broker is checked first, quietly (`KafkaBroker.ensure_reachable`: a refused
+login or certificate is one line too); the clients then log through the backend's
+librdkafka logger, never straight to stderr, each with the settings of its kind
+(`for_client`).
 """
 
 from __future__ import annotations
@@ -44,7 +48,10 @@ from confluent_kafka import (
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import AdminClient
 
-from processor.core.errors import ProcessorError
+from processor.backends.kafka import KafkaBroker
+from processor.backends.kafka.errors import ErrorLog, error_of
+from processor.backends.kafka.settings import RDKAFKA_LOGGER, for_client
+from processor.core.errors import BrokerUnavailable, ProcessorError
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -158,21 +165,30 @@ def _partitions_of(admin: AdminClient, topics: Sequence[str], timeout: float
 def collect_lag(bootstrap_servers: str, group: str, topics: Sequence[str] | None = None,
                 timeout: float = DEFAULT_TIMEOUT,
                 settings: Mapping[str, object] | None = None,
-                offset_reset: str = "earliest") -> list[LagRow]:
+                offset_reset: str = "earliest",
+                origins: Mapping[str, str] | None = None) -> list[LagRow]:
     """One `LagRow` per partition of the group's topics: those it committed offsets in,
     those its members are assigned, and `topics`. `offset_reset` is the group's
     `auto.offset.reset` ("earliest" or "latest"), where it starts in a partition without
-    a committed offset. Raises `LagError` for an unreachable broker or unknown group."""
+    a committed offset. `settings` are librdkafka settings (`origins`: where each came
+    from, for the error of a refused one). Raises `LagError` for an unreachable broker
+    or unknown group."""
     if offset_reset not in ("earliest", "latest"):
         raise LagError(f"offset_reset must be earliest or latest, not {offset_reset!r}")
-    conf: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, **(settings or {})}
-    admin = AdminClient(conf)
+    settings = dict(settings or {})
     try:
-        admin.list_topics(timeout=timeout)
-    except KafkaException as exc:
+        KafkaBroker(bootstrap_servers, settings, connect_timeout=timeout,
+                    origins=origins).ensure_reachable()
+    except BrokerUnavailable as exc:
+        cause = exc.__cause__
+        error = error_of(cause) if isinstance(cause, KafkaException) else None
         raise LagError(
             f"cannot reach the broker at {bootstrap_servers} within {timeout:g}s: "
-            f"{exc.args[0]}") from None
+            f"{error.str() if error is not None else cause}") from None
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, "logger": RDKAFKA_LOGGER}
+    admin_conf: dict[str, Any] = {**for_client(settings, "admin"), **conf,
+                                  "error_cb": ErrorLog("lag admin client")}
+    admin = AdminClient(admin_conf)
     assigned = _check_group(admin, group, timeout)
     committed = _committed_offsets(admin, group, timeout)
     group_topics = {topic for topic, _ in committed} | assigned | set(topics or ())
@@ -180,12 +196,13 @@ def collect_lag(bootstrap_servers: str, group: str, topics: Sequence[str] | None
         raise LagError(f"unknown consumer group {group!r}: it has no committed offsets "
                        "and no assigned partitions")
     partitions = _partitions_of(admin, sorted(group_topics), timeout)
-    consumer = Consumer({
-        **conf,
+    consumer_conf: dict[str, Any] = {
+        **for_client(settings, "consumer"), **conf, "error_cb": ErrorLog("lag consumer"),
         # A throwaway id: this consumer never subscribes, so it never joins a group.
         "group.id": f"processor-lag-{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": False,
-    })
+    }
+    consumer = Consumer(consumer_conf)
     try:
         rows = []
         for topic, partition in partitions:

@@ -6,11 +6,18 @@ has no declarations, so there a value is a secret when its key looks like one
 `redact` hides both kinds in anything printed (`processor config check`, `describe()`),
 and `secret_values` hands them to `processor.ops.logs.register_secret`, which scrubs
 them from every log line.
+
+A secret is never needed on a command line, where other local users can read it
+(`/proc/PID/cmdline`, `ps`): every secret setting also comes from a file, named by the
+environment variable `<NAME>_FILE` (`PROCESSOR_PSEUDONYM_KEY_FILE`) or the flag
+`--<name>-file`, as Docker and Kubernetes secrets are mounted. `read_secret_file` reads
+one: its UTF-8 text without the trailing line break(s).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Final, cast
 
 from pydantic import SecretStr
@@ -20,6 +27,41 @@ SECRET_MARKERS: Final = (
     "credential", "api.key", "private",
 )
 REDACTED: Final = "***"
+FILE_SUFFIX: Final = "_FILE"
+"""`PROCESSOR_PSEUDONYM_KEY_FILE` names the file holding `PROCESSOR_PSEUDONYM_KEY`."""
+PREFER_FILE: Final = ("a value on the command line is readable by other local users "
+                      "(/proc/PID/cmdline)")
+"""Why the help of a secret flag points to its file or environment form."""
+
+
+def read_secret_file(path: Path) -> str:
+    """The secret held in the file at `path`: its UTF-8 text without the trailing line
+    break(s) (`echo secret > FILE` writes one). OSError when it cannot be read, ValueError
+    when it is not UTF-8."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text") from None
+    return text.rstrip("\r\n")
+
+
+def secret_from_env(env: Mapping[str, str], name: str) -> str | None:
+    """A secret from the environment: the variable `name`, or the file that
+    `name` + `_FILE` names (never both). None when neither is set. ValueError saying
+    which variable when both are set or the file cannot be read."""
+    path = env.get(name + FILE_SUFFIX)
+    if not path:
+        return env.get(name) or None
+    if env.get(name):
+        raise ValueError(f"set {name} or {name}{FILE_SUFFIX}, not both")
+    try:
+        return read_secret_file(Path(path))
+    except OSError as exc:
+        raise ValueError(f"{name}{FILE_SUFFIX}: cannot read {path}: "
+                         f"{exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"{name}{FILE_SUFFIX}: {exc}") from None
 
 
 def is_secret_key(key: str) -> bool:

@@ -61,6 +61,23 @@ and in the `kafka` pass-through any key that looks secret (`is_secret_key`) is w
 `***` by `describe()` and scrubbed from logs (`secret_values`). Only a file that cannot
 be read or parsed stops the reading at once.
 
+A secret setting is never needed on the command line (where other local users read it in
+`/proc`): besides `PROCESSOR_<FIELD>` and `--<field>`, it comes from the file named by
+`PROCESSOR_<FIELD>_FILE` or `--<field>-file` (`PROCESSOR_PSEUDONYM_KEY_FILE`,
+`--pseudonym-key-file`), its trailing line break removed. A file form has the precedence
+of its source (a flag's file beats the environment); giving both forms in one source is
+an error. `PROCESSOR_ALLOW_READABLE_KEYS` is read by `processor.security.keys`, not here.
+
+Client settings
+---------------
+The commands that talk to Kafka besides `run` (`produce`, `tail`, `topics`, `lag`,
+`dlq`) take the same two settings from the same sources: `bootstrap_servers` and
+`kafka`, from a YAML file (`--command-config`, `--config` where that is free, or
+`PROCESSOR_CONFIG`), `PROCESSOR_BOOTSTRAP_SERVERS` and `PROCESSOR_KAFKA__*`, and the
+flags `--bootstrap-servers` and `--set KEY=VALUE`. `load_client_config` reads them into a
+`ClientConfig`; the file may be a whole stage's (its other keys are left alone) or only
+these two keys, as `processor broker --secure` writes them.
+
 Where the parts live: the three sources in `processor.ops.setting_sources`, reading a
 field's declaration and wording its errors in `processor.ops.setting_fields`, the secret
 helpers in `processor.ops.secrets`; this module puts them together.
@@ -75,7 +92,7 @@ from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, Final, cast
+from typing import Annotated, Any, Final, cast, get_args
 
 from pydantic import (
     BeforeValidator,
@@ -101,7 +118,15 @@ from processor.core.options import (
     topic_clash,
 )
 from processor.ops.logs import LOG_FORMATS, LOG_LEVELS, LogFormat, LogLevel
-from processor.ops.secrets import REDACTED, is_secret_key, redact, secret_values
+from processor.ops.secrets import (
+    FILE_SUFFIX,
+    PREFER_FILE,
+    REDACTED,
+    is_secret_key,
+    read_secret_file,
+    redact,
+    secret_values,
+)
 from processor.ops.setting_fields import Context, extra, fields_of, kind, optional, problem
 from processor.ops.setting_fields import choices as choices_of
 from processor.ops.setting_sources import (
@@ -117,6 +142,7 @@ from processor.ops.setting_sources import (
     flag_source,
     kafka_key_from_env,
 )
+from processor.security.keys import ALLOW_READABLE_KEYS_ENV
 from processor.security.policy import SecurityConfig
 from processor.serde.formats import InputFormat, OutputFormat
 from processor.serde.registry import Registration, SubjectStrategy
@@ -125,9 +151,10 @@ __all__ = [
     "CONFIG_ENV", "CONTAINER_METRICS_PORT", "DEFAULT_METRICS_HOST", "DEFAULT_METRICS_PORT",
     "ENV_PREFIX", "ENV_VARS", "FIELDS", "KAFKA_ENV_PREFIX", "KNOWN_KEYS", "LOG_FORMATS",
     "LOG_LEVELS", "PLATFORM_ENV",
-    "REDACTED", "SETTINGS", "TOOLING_ENV", "StageConfig", "StageSettings", "add_run_arguments",
-    "check_file", "env_name", "flag_name", "is_known_env_var", "is_secret_key",
-    "kafka_key_from_env", "load_config", "redact", "secret_values",
+    "REDACTED", "SETTINGS", "TOOLING_ENV", "ClientConfig", "StageConfig", "StageSettings",
+    "add_run_arguments", "check_file", "env_name", "flag_name", "is_known_env_var",
+    "is_secret_key", "kafka_key_from_env", "load_client_config", "load_config", "redact",
+    "secret_values",
 ]
 
 logger = logging.getLogger(__name__)
@@ -437,10 +464,47 @@ SCHEMA: Final = Schema(StageSettings, FIELDS, ENV_VARS, {k: flag_name(k) for k i
                        KNOWN_KEYS)
 
 
+SECRET_KEYS: Final = tuple(key for key, info in FIELDS.items()
+                          if SecretStr in (info.annotation, *get_args(info.annotation)))
+"""The declared secret settings, each with a file form (`PROCESSOR_<FIELD>_FILE`)."""
+SECRET_FILE_ENV: Final[Mapping[str, str]] = MappingProxyType({
+    env_name(key) + FILE_SUFFIX: key for key in SECRET_KEYS})
+"""`PROCESSOR_PSEUDONYM_KEY_FILE` -> `pseudonym_key`."""
+
+
+def file_flag_name(key: str) -> str:
+    """`pseudonym_key` -> `--pseudonym-key-file`, the flag naming a secret's file."""
+    return flag_name(key) + "-file"
+
+
 def is_known_env_var(name: str) -> bool:
-    """Whether `load_config` reads the environment variable `name`."""
-    return name in ENV_VARS or (name.startswith(KAFKA_ENV_PREFIX) and len(name) > len(
-        KAFKA_ENV_PREFIX))
+    """Whether `processor run` reads the environment variable `name`."""
+    return name in ENV_VARS or name in SECRET_FILE_ENV or name == ALLOW_READABLE_KEYS_ENV or (
+        name.startswith(KAFKA_ENV_PREFIX) and len(name) > len(KAFKA_ENV_PREFIX))
+
+
+def _put_secret_files(source: Source, given: Mapping[str, object], *, env: bool) -> None:
+    """Read into `source` (the flags' or the environment's) each secret whose file form
+    `given` has: `--<key>-file` in the flags, `PROCESSOR_<KEY>_FILE` in the environment."""
+    for key in SECRET_KEYS:
+        name = env_name(key) + FILE_SUFFIX if env else key + "_file"
+        path = given.get(name)
+        if path is None or path == "":
+            continue
+        origin = f"environment {name}" if env else f"flag {file_flag_name(key)}"
+        if key in source.where:
+            plain = env_name(key) if env else flag_name(key)
+            source.problems.append(f"{key}: set {plain} or {origin.split()[1]}, not both")
+            continue
+        try:
+            value = read_secret_file(Path(str(path)))
+        except OSError as exc:
+            source.problems.append(f"{key}: cannot read {path}: {exc.strerror or exc} "
+                                   f"(from {origin})")
+        except ValueError as exc:
+            source.problems.append(f"{key}: {exc} (from {origin})")
+        else:
+            source.put(key, value, origin)
 
 
 # --- loading -----------------------------------------------------------------------------
@@ -456,26 +520,14 @@ def load_config(
     """
     if path is None and env.get(CONFIG_ENV):
         path = Path(env[CONFIG_ENV])
-    sources = [flag_source(SCHEMA, flags), env_source(SCHEMA, env)]
+    plain_env = {name: value for name, value in env.items()
+                 if name not in SECRET_FILE_ENV and name != ALLOW_READABLE_KEYS_ENV}
+    sources = [flag_source(SCHEMA, flags), env_source(SCHEMA, plain_env)]
+    _put_secret_files(sources[0], flags, env=False)
+    _put_secret_files(sources[1], env, env=True)
     if path is not None:
         sources.append(file_source(SCHEMA, Path(path)))
-    problems = [p for source in reversed(sources) for p in source.problems]
-    where: dict[str, str] = {}
-    for source in reversed(sources):
-        where.update(source.where)
-    token = _SOURCES.set(tuple(sources))
-    try:
-        values = dict(StageSettings())
-    except ValidationError as exc:
-        lines = problems + _messages(exc, where, sources)
-        if not any(e["loc"][0] in _TOPICS for e in exc.errors() if e["loc"]) and (
-                clash := topic_clash(*(_raw((k,), sources, None) for k in _TOPICS))):
-            lines.append(clash)  # the rule across fields, had the fields been valid
-        raise ConfigError("\n".join(lines)) from None
-    finally:
-        _SOURCES.reset(token)
-    if problems:
-        raise ConfigError("\n".join(problems))
+    values, where = _validate(StageSettings, sources, check_topics=True)
     for key in SETTINGS:
         if key not in where and not any(k.startswith(key + ".") for k in where):
             where[key] = "default"
@@ -489,6 +541,94 @@ def load_config(
         raise ConfigError("\n".join(_messages(exc, where, sources))) from None
     logger.debug("configuration loaded: %s", config.describe())
     return config
+
+
+def _validate(model: type[BaseSettings], sources: Sequence[Source], *,
+              check_topics: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
+    """The values of `model` from `sources` (highest first) and where each came from;
+    `ConfigError` listing every problem. `check_topics`: also the rule across the topic
+    fields, when they are valid one by one."""
+    problems = [p for source in reversed(sources) for p in source.problems]
+    where: dict[str, str] = {}
+    for source in reversed(sources):
+        where.update(source.where)
+    token = _SOURCES.set(tuple(sources))
+    try:
+        values = dict(model())
+    except ValidationError as exc:
+        lines = problems + _messages(exc, where, sources)
+        if check_topics and not any(e["loc"][0] in _TOPICS for e in exc.errors()
+                                    if e["loc"]) and (
+                clash := topic_clash(*(_raw((k,), sources, None) for k in _TOPICS))):
+            lines.append(clash)  # the rule across fields, had the fields been valid
+        raise ConfigError("\n".join(lines)) from None
+    finally:
+        _SOURCES.reset(token)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return values, where
+
+
+# --- the settings of the other commands' Kafka clients ------------------------------------
+
+CLIENT_KEYS: Final = ("bootstrap_servers", "kafka")
+"""The settings of `load_client_config`."""
+_CLIENT_ENV: Final = frozenset({env_name("bootstrap_servers"), CONFIG_ENV})
+
+ClientSettings: Final = create_model(
+    "ClientSettings", __base__=_SettingsBase,
+    **cast(dict[str, Any], {key: (SETTINGS[key].annotation, SETTINGS[key])
+                            for key in CLIENT_KEYS}))
+"""The pydantic-settings model of `ClientConfig`: the two settings, as a stage has them."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """The Kafka cluster and librdkafka settings of a command (`load_client_config`)."""
+
+    bootstrap_servers: str
+    kafka: Mapping[str, str | int | float | bool]
+    sources: Mapping[str, str]
+    """Setting -> where its value came from: `bootstrap_servers` and `kafka.<key>`."""
+
+    @property
+    def kafka_origins(self) -> dict[str, str]:
+        """librdkafka key -> where its value came from."""
+        return {key.removeprefix("kafka."): where for key, where in self.sources.items()
+                if key.startswith("kafka.")}
+
+
+def load_client_config(
+    path: Path | None, env: Mapping[str, str], flags: Mapping[str, object]
+) -> ClientConfig:
+    """The `bootstrap_servers` and `kafka` settings of a command from the YAML file at
+    `path` (or `PROCESSOR_CONFIG`), the environment and the `flags` (`bootstrap_servers`,
+    `kafka`: argparse values, None = not given), with the precedence and the error
+    messages of `load_config`. The file's other known keys (a stage's) are left alone;
+    an unknown key is an error, as for `processor run`.
+
+    Raises `ConfigError` listing every problem.
+    """
+    client_env = {name: value for name, value in env.items()
+                  if name in _CLIENT_ENV or name.startswith("PROCESSOR_KAFKA_")}
+    if path is None and client_env.get(CONFIG_ENV):
+        path = Path(client_env[CONFIG_ENV])
+    sources = [flag_source(SCHEMA, {k: v for k, v in flags.items() if k in CLIENT_KEYS}),
+               env_source(SCHEMA, client_env)]
+    if path is not None:
+        file = file_source(SCHEMA, Path(path))
+        for key in list(file.values):
+            if key not in CLIENT_KEYS:
+                if key not in SETTINGS:
+                    file.problems.append(f"unknown key {key!r} in {Path(path).name}; known "
+                                         f"keys: {', '.join(KNOWN_KEYS)}")
+                del file.values[key]
+        file.where = {k: v for k, v in file.where.items()
+                      if k.partition(".")[0] in CLIENT_KEYS}
+        sources.append(file)
+    values, where = _validate(ClientSettings, sources)
+    return ClientConfig(values["bootstrap_servers"], MappingProxyType(dict(values["kafka"])),
+                        MappingProxyType(where))
 
 
 def check_file(path: Path, env: Mapping[str, str] | None = None) -> StageConfig:
@@ -570,4 +710,17 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
             del options["metavar"]
         elif shape in ("int", "float") and not optional(info):
             options["type"] = int if shape == "int" else float
+        if key in SECRET_KEYS:
+            file_env = env_name(key) + FILE_SUFFIX
+            options["help"] = (f"{info.description}; prefer {file_flag_name(key)} or the "
+                               f"environment ({env} or {file_env}): {PREFER_FILE} [env {env}]")
+        elif key == "kafka":
+            options["help"] += (f"; give a secret value (sasl.password) as "
+                                f"{KAFKA_ENV_PREFIX}<KEY> instead: {PREFER_FILE}")
         group.add_argument(flag_name(key), **options)
+        if key in SECRET_KEYS:
+            group.add_argument(
+                file_flag_name(key), dest=f"{key}_file", default=None, metavar="FILE",
+                help=f"file holding {key} (its trailing line break removed), as a mounted "
+                     f"secret: prefer it to {flag_name(key)}: {PREFER_FILE} "
+                     f"[env {env_name(key) + FILE_SUFFIX}]")

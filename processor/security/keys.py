@@ -9,6 +9,10 @@ or `-`, starting with a letter or digit.
 
 A public key can also be given inline (settings, environment) as the base64 of its raw
 32 bytes, which is what `processor keys show` prints.
+
+A private key file that its group or others may access (any of the mode bits 0o077) is
+refused, unless the environment sets `PROCESSOR_ALLOW_READABLE_KEYS=1`. Key files are
+written without following a symbolic link: a link where a key file goes is refused.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import logging
 import os
 import re
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
@@ -37,6 +42,11 @@ KINDS: Final[tuple[KeyKind, ...]] = ("signing", "sealing")
 PRIVATE_SUFFIX: Final = ".key"
 PUBLIC_SUFFIX: Final = ".pub"
 PRIVATE_MODE: Final = 0o600
+PUBLIC_MODE: Final = 0o644
+ALLOW_READABLE_KEYS_ENV: Final = "PROCESSOR_ALLOW_READABLE_KEYS"
+"""Set to 1 (or true, yes, on), a private key file its group or others may read is used,
+with a warning, instead of refused."""
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
 
@@ -111,49 +121,74 @@ def fingerprint(public: bytes) -> str:
     return hashlib.sha256(public).hexdigest()[:16]
 
 
+def _refuse_link(path: Path) -> None:
+    if os.path.islink(path):
+        raise KeyFileError(f"{path} is a symbolic link (to {os.readlink(path)}); refusing to "
+                           "write a key through it: remove the link or choose another --dir")
+
+
+def _write_new(path: Path, data: bytes, mode: int, *, force: bool, exact: bool) -> None:
+    """Write `data` to `path`, never through a symbolic link (`O_NOFOLLOW`): a new file,
+    or with `force` an existing regular file with a single link, truncated first. `exact`:
+    the file's mode is `mode` whatever the umask."""
+    _refuse_link(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (0 if force else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, mode)
+    except FileExistsError:
+        raise KeyFileError(f"{path} exists; refusing to overwrite a key (use --force)") from None
+    except OSError as exc:
+        if os.path.islink(path):  # made between the check and the open
+            _refuse_link(path)
+        raise KeyFileError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise KeyFileError(f"{path} is not a regular file; refusing to write a key to it")
+        if info.st_nlink > 1:
+            raise KeyFileError(f"{path} has {info.st_nlink} hard links; refusing to overwrite "
+                               "a file shared with other names: remove it first")
+        os.ftruncate(fd, 0)
+        if exact:
+            os.fchmod(fd, mode)
+        os.write(fd, data)
+    except OSError as exc:
+        raise KeyFileError(f"cannot write {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
 def write_private(path: Path, key: Ed25519PrivateKey | X25519PrivateKey, *,
                   force: bool = False) -> None:
     """Write a private key as PEM, readable and writable by its owner only (0600).
 
     The file is created with mode 0600 (never wider, whatever the umask), and an existing
-    file is refused unless `force`."""
+    file is refused unless `force`. A symbolic link at `path` is refused, never followed."""
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
-    try:
-        fd = os.open(path, flags, PRIVATE_MODE)
-    except FileExistsError:
-        raise KeyFileError(f"{path} exists; refusing to overwrite a key (use --force)") from None
-    except OSError as exc:
-        raise KeyFileError(f"cannot write {path}: {exc.strerror}") from None
-    try:
-        os.fchmod(fd, PRIVATE_MODE)
-        os.write(fd, pem)
-    finally:
-        os.close(fd)
+    _write_new(path, pem, PRIVATE_MODE, force=force, exact=True)
 
 
 def write_public(path: Path, key: Ed25519PublicKey | X25519PublicKey, *,
                  force: bool = False) -> None:
+    """Write a public key as PEM (mode 0644 less the umask); as `write_private` for an
+    existing file or a symbolic link."""
     pem = key.public_bytes(serialization.Encoding.PEM,
                            serialization.PublicFormat.SubjectPublicKeyInfo)
-    if path.exists() and not force:
-        raise KeyFileError(f"{path} exists; refusing to overwrite a key (use --force)")
-    try:
-        path.write_bytes(pem)
-    except OSError as exc:
-        raise KeyFileError(f"cannot write {path}: {exc.strerror}") from None
+    _write_new(path, pem, PUBLIC_MODE, force=force, exact=False)
 
 
 def generate(kind: KeyKind, key_id: str, directory: Path, *, force: bool = False) -> KeyFiles:
-    """A new key pair of `kind` written to `directory` as KEY_ID.key and KEY_ID.pub."""
+    """A new key pair of `kind` written to `directory` as KEY_ID.key and KEY_ID.pub.
+
+    Nothing is written when either file is a symbolic link, or exists without `force`."""
     check_key_id(key_id)
     files = KeyFiles(directory / f"{key_id}{PRIVATE_SUFFIX}",
                      directory / f"{key_id}{PUBLIC_SUFFIX}")
-    if not force:
-        for path in (files.private, files.public):
-            if path.exists():
-                raise KeyFileError(f"{path} exists; refusing to overwrite a key (use --force)")
+    for path in (files.private, files.public):
+        _refuse_link(path)
+        if not force and path.exists():
+            raise KeyFileError(f"{path} exists; refusing to overwrite a key (use --force)")
     private = Ed25519PrivateKey.generate() if kind == "signing" else X25519PrivateKey.generate()
     write_private(files.private, private, force=force)
     write_public(files.public, private.public_key(), force=force)
@@ -177,20 +212,47 @@ def _read(path: Path) -> bytes:
         raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
 
 
-def load_private(path: Path) -> SigningKey | OpeningKey:
-    """The private key in `path` with its id. A file others may read is used, with a
-    warning (a Kubernetes secret mounts with mode 0644 unless told otherwise)."""
-    data = _read(path)
+def readable_keys_allowed(env: Mapping[str, str] | None = None) -> bool:
+    """Whether `PROCESSOR_ALLOW_READABLE_KEYS` (in `env`, default the process's
+    environment) allows private key files that others may read."""
+    value = (os.environ if env is None else env).get(ALLOW_READABLE_KEYS_ENV, "")
+    return value.strip().lower() in _TRUE
+
+
+def _read_private(path: Path) -> tuple[bytes, int]:
+    """The bytes and the mode of a private key file, the mode read from the file opened
+    (no race between the check and the read)."""
     try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except OSError:
-        mode = 0
+        with path.open("rb") as fh:
+            mode = stat.S_IMODE(os.fstat(fh.fileno()).st_mode)
+            return fh.read(), mode
+    except OSError as exc:
+        raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
+
+
+def _check_mode(path: Path, mode: int, allow_readable: bool | None) -> None:
+    """A private key file its group or others may access is refused, unless allowed
+    (`allow_readable`, default `readable_keys_allowed()`), then used with a warning."""
     if mode & 0o077:
-        logger.warning("private key file %s has mode %o; it should be 0600", path, mode)
+        if not (readable_keys_allowed() if allow_readable is None else allow_readable):
+            raise KeyFileError(
+                f"private key file {path} has mode {mode:04o}: its group or others may read "
+                f"it; run `chmod 600 {path}`, or set {ALLOW_READABLE_KEYS_ENV}=1 to use it "
+                "anyway")
+        logger.warning("private key file %s has mode %04o, readable by others; used because "
+                       "%s is set", path, mode, ALLOW_READABLE_KEYS_ENV)
+
+
+def load_private(path: Path, *, allow_readable: bool | None = None) -> SigningKey | OpeningKey:
+    """The private key in `path` with its id. A file whose mode lets its group or others
+    in (0o077) is refused with `KeyFileError` unless `allow_readable` (by default: the
+    environment sets `PROCESSOR_ALLOW_READABLE_KEYS=1`), then used with a warning."""
+    data, mode = _read_private(path)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
         raise KeyFileError(f"{path} is not an unencrypted PEM private key: {exc}") from None
+    _check_mode(path, mode, allow_readable)
     key_id = key_id_of(path)
     if isinstance(key, Ed25519PrivateKey):
         return SigningKey(key_id, key)

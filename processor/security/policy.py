@@ -129,10 +129,15 @@ class Keyring:
                 if config.pseudonym_key is not None else None
         except ValueError as exc:
             raise ConfigError(f"pseudonym_key: {exc}") from None
+        recipients = tuple(load_recipient(Path(p)) for p in config.seal_recipients)
+        ids = [r.id for r in recipients]
+        if repeated := sorted({i for i in ids if ids.count(i) > 1}):
+            raise ConfigError(f"seal_recipients: key id {', '.join(repeated)} given more than "
+                              "once (a recipient's id is its file name without the suffix)")
         return cls(
             signer=load_signing_key(Path(config.sign_key)) if config.sign_key else None,
             trust=trust,
-            recipients=tuple(load_recipient(Path(p)) for p in config.seal_recipients),
+            recipients=recipients,
             opener=load_opening_key(Path(config.open_key)) if config.open_key else None,
             require_signature=config.require_signature,
             require_approvals=config.require_approvals,

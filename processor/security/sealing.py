@@ -19,7 +19,13 @@ signature is dropped (the envelope changed; sign after sealing), and a Merkle ro
 present, is recomputed over the encrypted payload (`merkle` says why).
 
 `encrypted_key` layout: version byte 1, u16 count, then per recipient u16 id length, the
-id (UTF-8), u16 wrapped length, the wrapped key (48 bytes: 32 + the 16-byte tag).
+id (UTF-8), u16 wrapped length, the wrapped key (48 bytes: 32 + the 16-byte tag): 52
+bytes plus the id per recipient. The recipients come in the order `seal` was given them,
+the order of the ids in `aad` too. A key id may appear once: `seal` refuses a repeated
+one (ValueError), and `open_sealed` refuses an `encrypted_key` that repeats one.
+
+`_seal` takes the random inputs (the ephemeral private key, `K`, `n`) as arguments, so
+that the test vectors of docs/security-vectors.json can be recomputed; `seal` draws them.
 """
 
 from __future__ import annotations
@@ -96,15 +102,24 @@ def seal(artifact: Artifact, recipients: Sequence[RecipientKey]) -> Artifact:
         raise ValueError(f"recipient key ids repeat: {', '.join(ids)}")
     if is_sealed(artifact):
         raise SealRefused(f"artifact {artifact.id} is sealed already")
-    ephemeral = X25519PrivateKey.generate()
+    return _seal(artifact, recipients, X25519PrivateKey.generate(),
+                 AESGCM.generate_key(bit_length=256), os.urandom(NONCE_SIZE))
+
+
+def _seal(artifact: Artifact, recipients: Sequence[RecipientKey],
+          ephemeral: X25519PrivateKey, content_key: bytes, nonce: bytes) -> Artifact:
+    """`seal` with its random inputs given: the ephemeral key `e`, the content key `K`
+    and the payload's nonce `n`. Never reuse them: only `seal` and the test vectors call
+    this."""
+    if len(content_key) != 32 or len(nonce) != NONCE_SIZE:
+        raise ValueError("the content key is 32 bytes and the nonce 12")
+    ids = tuple(r.id for r in recipients)
     epk = ephemeral.public_key().public_bytes_raw()
     aad = sealing_aad(artifact, epk, ids)
-    content_key = AESGCM.generate_key(bit_length=256)
     wrapped = []
     for r in recipients:
-        kek, nonce = _wrapping_key(ephemeral.exchange(r.public), epk, r.public_bytes())
-        wrapped.append((r.id, AESGCM(kek).encrypt(nonce, content_key, aad)))
-    nonce = os.urandom(NONCE_SIZE)
+        kek, wrap_nonce = _wrapping_key(ephemeral.exchange(r.public), epk, r.public_bytes())
+        wrapped.append((r.id, AESGCM(kek).encrypt(wrap_nonce, content_key, aad)))
     ciphertext = nonce + AESGCM(content_key).encrypt(nonce, artifact.payload, aad)
     return artifact._replace(
         payload=b"", checksum=_EMPTY_CHECKSUM, encrypted_payload=ciphertext,
@@ -134,6 +149,9 @@ def open_sealed(artifact: Artifact, key: OpeningKey) -> Artifact:
                           "missing or malformed")
     entries = _unpack_keys(artifact.encrypted_key, what)
     ids = tuple(key_id for key_id, _ in entries)
+    if len(set(ids)) != len(ids):
+        raise SealRefused(f"{what}: encrypted_key names a key id more than once "
+                          f"({', '.join(ids)})")
     wrapped = dict(entries).get(key.id)
     if wrapped is None:
         raise SealRefused(f"{what} is not sealed for key {key.id!r} (sealed for "

@@ -2,7 +2,14 @@
 
 Bytes are base64 text. A payload whose media type is textual (text/*, JSON) is kept as text
 under `payload`; any other payload is base64 under `payload_b64`. Metadata values keep
-their type: bytes become `{"$bytes": "<base64>"}`.
+their type: bytes become `{"$bytes": "<base64>"}`, and a double that is not a finite
+number `{"$double": "NaN"}`, `{"$double": "Infinity"}` or `{"$double": "-Infinity"}`, so
+that every line is strict JSON (RFC 8259 has no NaN or Infinity) and the double comes
+back a double, never taken for text. Reading also accepts the bare `NaN`, `Infinity` and
+`-Infinity` tokens that Python's `json` writes by default.
+
+`strict_json` writes any other value (a plain record `processor tail` prints) as strict
+JSON: a non-finite double there becomes the string "NaN", "Infinity" or "-Infinity".
 
 Reading, the checksum is computed from the payload; a `checksum` given in the JSON must
 match it (hex), so an edited payload with a stale checksum is refused, not silently fixed.
@@ -12,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +40,28 @@ def _b64(data: bytes) -> str:
 
 _LONG_MIN = -(2**63)
 _LONG_MAX = 2**63 - 1
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _non_finite_name(value: float) -> str:
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
+def _finite(value: Any) -> Any:
+    """`value` (nested lists and mappings too) with every non-finite float as its name."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return _non_finite_name(value)
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def strict_json(value: Any, **options: Any) -> str:
+    """`json.dumps(value)` as strict JSON: a non-finite float is written as the string
+    "NaN", "Infinity" or "-Infinity"."""
+    return json.dumps(_finite(value), allow_nan=False, **options)
 
 
 def _unb64(text: object, field: str) -> bytes:
@@ -46,7 +76,12 @@ def _unb64(text: object, field: str) -> bytes:
 def artifact_to_json_dict(artifact: Artifact) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     for key, value in artifact.meta.items():
-        meta[key] = {"$bytes": _b64(value)} if isinstance(value, bytes) else value
+        if isinstance(value, bytes):
+            meta[key] = {"$bytes": _b64(value)}
+        elif isinstance(value, float) and not math.isfinite(value):
+            meta[key] = {"$double": _non_finite_name(value)}
+        else:
+            meta[key] = value
     out: dict[str, Any] = {
         "id": artifact.id,
         "timestamp": artifact.timestamp,
@@ -80,7 +115,8 @@ def artifact_to_json_dict(artifact: Artifact) -> dict[str, Any]:
 
 
 def artifact_to_json(artifact: Artifact) -> str:
-    return json.dumps(artifact_to_json_dict(artifact), ensure_ascii=False, sort_keys=False)
+    return json.dumps(artifact_to_json_dict(artifact), ensure_ascii=False, sort_keys=False,
+                      allow_nan=False)
 
 
 def _meta_from_json(raw: Any) -> dict[str, MetaValue]:
@@ -92,6 +128,12 @@ def _meta_from_json(raw: Any) -> dict[str, MetaValue]:
     for key, value in raw.items():
         if isinstance(value, Mapping) and set(value) == {"$bytes"}:
             meta[key] = _unb64(value["$bytes"], f"meta.{key}")
+        elif isinstance(value, Mapping) and set(value) == {"$double"}:
+            name = value["$double"]
+            if not isinstance(name, str) or name not in _NON_FINITE:
+                raise InvalidArtifact(f'metadata value for {key!r}: "$double" must be "NaN", '
+                                      f'"Infinity" or "-Infinity", not {name!r}')
+            meta[key] = _NON_FINITE[name]
         elif isinstance(value, int) and not _LONG_MIN <= value <= _LONG_MAX:
             raise InvalidArtifact(f"metadata value for {key!r} does not fit a 64-bit integer")
         elif isinstance(value, str | int | float | bool):

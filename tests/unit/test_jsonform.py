@@ -92,3 +92,45 @@ def test_invalid_json_artifacts_are_refused(data: Any, message: str) -> None:
 def test_malformed_json_is_invalid() -> None:
     with pytest.raises(InvalidArtifact, match="not valid JSON"):
         artifact_from_json("{")
+
+
+def _strict_loads(text: str) -> Any:
+    """`json.loads` that refuses NaN, Infinity and -Infinity, as RFC 8259 does."""
+    def refuse(token: str) -> Any:
+        raise ValueError(f"{token} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_non_finite_doubles_are_strict_json_and_come_back_doubles() -> None:
+    import math
+
+    artifact = Artifact.new("x", meta={"nan": math.nan, "inf": math.inf, "ninf": -math.inf,
+                                       "text": "NaN", "one": 1.5})
+    line = artifact_to_json(artifact)
+    data = _strict_loads(line)
+    assert data["meta"] == {"nan": {"$double": "NaN"}, "inf": {"$double": "Infinity"},
+                            "ninf": {"$double": "-Infinity"}, "text": "NaN", "one": 1.5}
+    back = artifact_from_json(line)
+    assert math.isnan(back.meta["nan"])  # type: ignore[arg-type]
+    assert back.meta["inf"] == math.inf and back.meta["ninf"] == -math.inf
+    assert back.meta["text"] == "NaN" and back.meta["one"] == 1.5
+    assert back.without_meta("nan") == artifact.without_meta("nan")
+    # The bare tokens of Python's json module are still read.
+    legacy = artifact_from_json('{"payload": "x", "meta": {"n": NaN, "i": -Infinity}}')
+    assert math.isnan(legacy.meta["n"]) and legacy.meta["i"] == -math.inf  # type: ignore[arg-type]
+    with pytest.raises(InvalidArtifact, match=r'"\$double" must be'):
+        artifact_from_json('{"meta": {"n": {"$double": "nan"}}}')
+
+
+def test_tail_writes_plain_records_as_strict_json() -> None:
+    import argparse
+    import math
+
+    from processor.cli.produce import _tail_format
+    from processor.serde.jsonform import strict_json
+
+    assert strict_json({"a": [math.nan, {"b": -math.inf}], "c": 1.0}) == \
+        '{"a": ["NaN", {"b": "-Infinity"}], "c": 1.0}'
+    show = _tail_format(argparse.Namespace(format="json"), None, None, artifact_to_json)
+    assert _strict_loads(show(b'{"x": NaN, "y": Infinity, "z": 2}', None)) == {
+        "x": "NaN", "y": "Infinity", "z": 2}

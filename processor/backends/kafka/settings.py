@@ -3,21 +3,57 @@
 `KafkaBroker` builds every client's librdkafka configuration as common defaults, then
 the client kind's defaults (`PRODUCER_DEFAULTS`, `CONSUMER_DEFAULTS`), then the user's
 settings, then what the backend forces (group id, isolation level, no auto-commit,
-callbacks). The few user settings that would break a stage's delivery guarantees, or
-that contradict an argument of `consumer()` / `producer()`, raise `ConfigError` here,
-before any connection is tried.
+callbacks). The user's settings of one client kind only reach that kind (`for_client`).
+The few user settings that would break a stage's delivery guarantees, or that
+contradict an argument of `consumer()` / `producer()`, raise `ConfigError` here, before
+any connection is tried. librdkafka's log lines go through `RDKAFKA_LOGGER`, repeated
+ones held back (`RepeatFilter`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import threading
+import time
 from collections.abc import Mapping
-from typing import Final
+from typing import Final, Literal
 
 from processor.core.errors import ConfigError
 
+
+class RepeatFilter(logging.Filter):
+    """Lets a line through once per `interval` seconds: librdkafka repeats the same line
+    (a broker that refuses connections, say) at every reconnection attempt, several a
+    second. Lines alike but for their numbers (ports, milliseconds, counts) count as
+    one; the next line let through after a pause says how many were held back."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        super().__init__()
+        self.interval = interval
+        self._seen: dict[tuple[int, str], tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.levelno, re.sub(r"\d+", "N", record.getMessage()))
+        now = time.monotonic()
+        with self._lock:
+            last, held = self._seen.get(key, (float("-inf"), 0))
+            if now - last < self.interval:
+                self._seen[key] = (last, held + 1)
+                return False
+            if len(self._seen) > 1000:  # a bound, should the lines never repeat
+                self._seen.clear()
+            self._seen[key] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} (and {held} more like it, held back)"
+        return True
+
+
 RDKAFKA_LOGGER: Final = logging.getLogger("processor.backends.kafka.librdkafka")
-"""librdkafka's own log lines, routed through Python logging instead of stderr."""
+"""librdkafka's own log lines, routed through Python logging instead of stderr (every
+client's `logger`), each repeated line let through once a minute (`RepeatFilter`)."""
+RDKAFKA_LOGGER.addFilter(RepeatFilter())
 
 AUTO_OFFSET_RESETS: Final = ("earliest", "latest", "error")
 
@@ -68,6 +104,48 @@ COMMON_DEFAULTS: Mapping[str, object] = {
     # Give up a connection attempt after 10 s (librdkafka's default is 30 s).
     "socket.connection.setup.timeout.ms": 10_000,
 }
+
+
+# Settings of one client kind only. One `kafka:` mapping configures every client of a
+# stage or a command, consumers, producers and admin clients alike; librdkafka warns
+# ("CONFWARN ... is a producer property and will be ignored by this consumer instance")
+# for each setting of the other kind. `for_client` drops those, so `compression.type`
+# reaches the producers only and `fetch.min.bytes` the consumers only. From librdkafka's
+# CONFIGURATION.md, column C/P (global and topic properties); a key not listed here is
+# passed to every client.
+PRODUCER_ONLY: Final = frozenset({
+    "transactional.id", "transaction.timeout.ms", "enable.idempotence",
+    "enable.gapless.guarantee", "queue.buffering.max.messages", "queue.buffering.max.kbytes",
+    "queue.buffering.max.ms", "linger.ms", "message.send.max.retries", "retries",
+    "queue.buffering.backpressure.threshold", "compression.codec", "compression.type",
+    "compression.level", "batch.num.messages", "batch.size", "delivery.report.only.error",
+    "dr_cb", "dr_msg_cb", "on_delivery", "sticky.partitioning.linger.ms",
+    "request.required.acks", "acks", "request.timeout.ms", "message.timeout.ms",
+    "delivery.timeout.ms", "queuing.strategy", "produce.offset.report", "partitioner",
+    "partitioner_cb", "msg_order_cmp",
+})
+CONSUMER_ONLY: Final = frozenset({
+    "group.id", "group.instance.id", "partition.assignment.strategy", "session.timeout.ms",
+    "heartbeat.interval.ms", "group.protocol.type", "group.protocol", "group.remote.assignor",
+    "coordinator.query.interval.ms", "max.poll.interval.ms", "enable.auto.commit",
+    "auto.commit.enable", "auto.commit.interval.ms", "enable.auto.offset.store",
+    "queued.min.messages", "queued.max.messages.kbytes", "fetch.wait.max.ms",
+    "fetch.queue.backoff.ms", "fetch.message.max.bytes", "max.partition.fetch.bytes",
+    "fetch.max.bytes", "fetch.min.bytes", "fetch.error.backoff.ms", "offset.store.method",
+    "offset.store.path", "offset.store.sync.interval.ms", "isolation.level", "consume_cb",
+    "rebalance_cb", "offset_commit_cb", "on_commit", "enable.partition.eof", "check.crcs",
+    "auto.offset.reset", "consume.callback.max.messages",
+})
+
+ClientKind = Literal["consumer", "producer", "admin"]
+
+
+def for_client(settings: Mapping[str, object], kind: ClientKind) -> dict[str, object]:
+    """`settings` without those of the other client kind (an admin client, a producer
+    inside librdkafka, takes neither kind's own)."""
+    dropped = {"consumer": PRODUCER_ONLY, "producer": CONSUMER_ONLY,
+               "admin": PRODUCER_ONLY | CONSUMER_ONLY}[kind]
+    return {k: v for k, v in settings.items() if k not in dropped}
 
 
 def flag(settings: Mapping[str, object], key: str) -> bool | None:
