@@ -143,3 +143,36 @@ def test_a_bad_key_file_stops_the_start_before_serving(
         runner.run_service(cfg, Kafka)
     assert not [r for r in caplog.records if "serving" in r.getMessage()]
     assert brokers == []
+
+
+def test_a_fatal_error_is_logged_before_the_stop_and_named_on_it(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A stage without an output topic whose handler returns an artifact: the error comes
+    first, then the lines of the stop, and "stopped" names it (it used to read as a
+    normal stop, "consumed=0", with the error only after it)."""
+    broker = make_broker(partitions=1)
+    producer = broker.producer()
+    producer.produce("in", CODEC.encode(Artifact.new("x")), b"k")
+    producer.flush()
+    stage = Stage(options(output_topic=None), broker, lambda a: a)
+    with caplog.at_level(logging.INFO), pytest.raises(Exception, match="no output topic"):
+        stage.run(idle_timeout=5.0)
+    messages = [r.getMessage() for r in caplog.records]
+    fatal = next(i for i, m in enumerate(messages) if "stopping on a fatal error" in m)
+    stopped = next(i for i, r in enumerate(caplog.records)
+                   if getattr(r, "event", None) == "stopped")
+    assert fatal < stopped
+    assert "no output topic" in str(getattr(caplog.records[stopped], "failed", ""))
+    assert caplog.records[fatal].levelno == logging.ERROR
+
+
+def test_the_schema_command_examples_name_the_full_registry_path() -> None:
+    """The `schema --help` example URL must work against the registry the docs use
+    (Apicurio's Confluent API lives under /apis/ccompat/v7; the bare host gave 404)."""
+    from processor.cli.main import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    schema_help = sub.choices["schema"].format_help()  # type: ignore[attr-defined]
+    urls = [w for w in schema_help.split() if w.startswith("http://")]
+    assert urls and all(u.endswith("/apis/ccompat/v7") for u in urls), urls
