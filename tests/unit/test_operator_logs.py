@@ -171,8 +171,10 @@ def test_the_schema_command_examples_name_the_full_registry_path() -> None:
     (Apicurio's Confluent API lives under /apis/ccompat/v7; the bare host gave 404)."""
     from processor.cli.main import build_parser
 
+    import argparse
+
     parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")
-    schema_help = sub.choices["schema"].format_help()  # type: ignore[attr-defined]
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    schema_help = sub.choices["schema"].format_help()
     urls = [w for w in schema_help.split() if w.startswith("http://")]
     assert urls and all(u.endswith("/apis/ccompat/v7") for u in urls), urls
