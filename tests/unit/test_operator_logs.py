@@ -169,9 +169,9 @@ def test_a_fatal_error_is_logged_before_the_stop_and_named_on_it(
 def test_the_schema_command_examples_name_the_full_registry_path() -> None:
     """The `schema --help` example URL must work against the registry the docs use
     (Apicurio's Confluent API lives under /apis/ccompat/v7; the bare host gave 404)."""
-    from processor.cli.main import build_parser
-
     import argparse
+
+    from processor.cli.main import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
