@@ -76,6 +76,11 @@ def add_parsers(sub: Subcommands) -> None:
                      help="records per transaction (default: %(default)s)")
     rep.add_argument("--idle", type=positive_float, default=3.0, metavar="SECONDS",
                      help="stop when nothing new came for this long (default: %(default)s)")
+    rep.add_argument("--trace", action="store_true",
+                     help="start a trace per replayed record, linked to the trace the dead "
+                     "letter's headers carry, exported over OTLP as PROCESSOR_OTLP_ENDPOINT "
+                     "and PROCESSOR_OTLP_PROTOCOL say; on by itself when "
+                     "PROCESSOR_TRACING=otlp")
     rep.set_defaults(func=cmd_replay)
 
     ins = command_parser(
@@ -99,8 +104,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     since = parse_since(args.since) if args.since else None
     group = args.group or default_group(args.source, args.target, args.reason)
     broker = kafka_broker(args)
+    from processor.ops.tracing import TracingSettings, make_tracer
+
+    tracer = make_tracer(TracingSettings.from_env(enable=args.trace), "processor-dlq-replay")
     result = replay(broker, args.source, args.target, group=group, reason=args.reason,
-                    since_ms=since, batch_size=args.batch_size, idle_timeout=args.idle)
+                    since_ms=since, batch_size=args.batch_size, idle_timeout=args.idle,
+                    tracer=tracer)
     reasons = ", ".join(f"{r}: {n}" for r, n in result.by_reason.most_common())
     sys.stdout.write(
         f"copied {result.copied} of {result.read} records from {args.source} to "

@@ -76,6 +76,11 @@ def add_parsers(sub: Subcommands) -> None:
     produce.add_argument("--schema-file", metavar="FILE",
                          help="--format avro: the Avro schema (.avsc) of the records")
     _add_registry(produce)
+    produce.add_argument("--trace", action="store_true",
+                         help="start a trace per record: a `send` span whose context "
+                         "(traceparent) goes in the record's headers, exported over OTLP "
+                         "as PROCESSOR_OTLP_ENDPOINT and PROCESSOR_OTLP_PROTOCOL say; on "
+                         "by itself when PROCESSOR_TRACING=otlp")
     produce.set_defaults(func=cmd_produce)
 
     tail = command_parser(
@@ -185,6 +190,7 @@ def _key_of(artifact: Artifact, field: str | None) -> bytes | None:
 
 def cmd_produce(args: argparse.Namespace) -> int:
     from processor.demo.run import generate
+    from processor.ops.tracing import TracingSettings, make_tracer
     from processor.serde.jsonform import artifact_from_json
     from processor.serde.wire import WireCodec
 
@@ -196,6 +202,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
     codec = WireCodec(registry=registry, topics=[args.topic]) if plain is None else None
     sent = bad = 0
     last = time.monotonic()
+    tracer = make_tracer(TracingSettings.from_env(enable=args.trace), "processor-produce")
+    publisher = tracer.publisher()  # None unless tracing
 
     def items() -> Iterator[Artifact | bytes]:
         nonlocal bad
@@ -220,16 +228,21 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
     for item in items():
         if isinstance(item, bytes) or codec is None:
-            producer.produce(args.topic, item)  # type: ignore[arg-type]
+            producer.produce(args.topic, item, None,  # type: ignore[arg-type]
+                             publisher.send(args.topic, None) if publisher else None)
         else:
+            headers = codec.headers(None)
+            if publisher is not None:
+                headers = publisher.send(args.topic, headers, message_id=item.id)
             producer.produce(args.topic, codec.encode(item), _key_of(item, args.key_field),
-                             codec.headers(None))
+                             headers)
         sent += 1
         now = time.monotonic()
         if now - last >= PROGRESS_EVERY:
             last = now
             err.write(f"processor produce: {sent:,} sent\n")
     remaining = producer.flush(60)
+    tracer.flush(10.0)
     failures = producer.take_delivery_errors()
     producer.close()
     if remaining or failures:

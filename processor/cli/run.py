@@ -71,7 +71,10 @@ def add_parsers(sub: Subcommands) -> None:
         description="Validate a stage's settings as `processor run` reads them: the YAML "
         "file (FILE, --config or PROCESSOR_CONFIG), the PROCESSOR_* environment variables "
         "and the flags of `processor run`, in that order of precedence, and import each "
-        "handler. Connects to nothing. Prints the resolved settings, secrets redacted, "
+        "handler, and read the files the stage reads when it starts: the key files and "
+        "trust store of the security settings and the schema files (schema_file, "
+        "writer_schemas). Connects to nothing (not to a schema registry either). Prints "
+        "the resolved settings, secrets redacted, "
         "each with where its value came from. Every problem is reported at once, each "
         "naming the key, what is allowed and where the value came from (file, "
         "environment variable or flag); the exit status is then 1.",
@@ -147,9 +150,82 @@ def cmd_config_check(args: argparse.Namespace) -> int:
             registry.resolve(ref)
         except HandlerNotFound as exc:
             problems.append(f"handlers: {exc} (from {origin})")
+    problems += _key_problems(cfg) + _schema_problems(cfg)
     if problems:
         raise ConfigError("\n".join(problems))
     path = args.file or args.config or os.environ.get("PROCESSOR_CONFIG")
     print(f"{path or 'the environment and flags'}: valid")
     print(cfg.describe())
     return 0
+
+
+_KEY_SETTINGS = ("sign_key", "open_key", "seal_recipients", "trust_store", "trusted_keys",
+                 "retired_keys", "pseudonym_key")
+"""The security settings that name keys, each read on its own first so that a problem
+names its setting."""
+
+
+def _origin(cfg: StageConfig, key: str) -> str:
+    """Where the value of setting `key` (or of its entries, `key.NAME`) came from."""
+    found = dict.fromkeys(where for name, where in sorted(cfg.sources.items())
+                          if name == key or name.startswith(key + "."))
+    return ", ".join(found) or "default"
+
+
+def _key_problems(cfg: StageConfig) -> list[str]:
+    """The problems `processor run` would stop at when it reads the keys
+    (`Keyring.load`), one line each naming the setting."""
+    from processor.core.errors import ConfigError
+    from processor.security.policy import Keyring, SecurityConfig
+
+    security = cfg.security
+    if not security.active:
+        return []
+    problems = []
+    for key in _KEY_SETTINGS:
+        value = getattr(security, key)
+        if not value:
+            continue
+        try:
+            Keyring.load(SecurityConfig(**{key: value}))
+        except ConfigError as exc:
+            message = str(exc)
+            shown = message if message.startswith(key) else f"{key}: {message}"
+            problems.append(f"{shown} (from {_origin(cfg, key)})")
+    if not problems:  # what they mean together: one key under two ids, a policy without keys
+        try:
+            Keyring.load(SecurityConfig(
+                trust_store=security.trust_store, trusted_keys=security.trusted_keys,
+                retired_keys=security.retired_keys,
+                require_signature=security.require_signature,
+                require_approvals=security.require_approvals))
+        except ConfigError as exc:
+            message = str(exc)
+            if not message.startswith("require_"):
+                named = [k for k in ("trust_store", "trusted_keys", "retired_keys")
+                         if getattr(security, k)]
+                origins = ", ".join(dict.fromkeys(_origin(cfg, k) for k in named))
+                message = f"{', '.join(named)}: {message} (from {origins})"
+            problems.append(message)
+    return problems
+
+
+def _schema_problems(cfg: StageConfig) -> list[str]:
+    """The problems `processor run` would stop at when it builds its codec from the schema
+    files (as `runtime.contracts.stage_codec` does, without the registry), one line each
+    naming the setting."""
+    from processor.core.errors import SchemaError
+    from processor.serde.codec import Codec, read_schema_file
+
+    problems = []
+    if cfg.schema_file:
+        try:
+            Codec(read_schema_file(cfg.schema_file))
+        except SchemaError as exc:
+            problems.append(f"schema_file: {exc} (from {_origin(cfg, 'schema_file')})")
+    for path in cfg.writer_schemas:
+        try:
+            Codec().register(read_schema_file(path))
+        except SchemaError as exc:
+            problems.append(f"writer_schemas: {exc} (from {_origin(cfg, 'writer_schemas')})")
+    return problems

@@ -44,6 +44,7 @@ from pydantic import SecretStr
 
 from processor.core.errors import ConfigError
 from processor.ops.secrets import REDACTED, is_secret_key
+from processor.ops.tracing import current_ids
 
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -104,7 +105,8 @@ def _jsonable(value: object) -> object:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: ts, level, logger, message, extra fields, exc."""
+    """One JSON object per record: ts, level, logger, message, `trace_id` and `span_id`
+    when a span is current (`processor.ops.tracing`), extra fields, exc."""
 
     def format(self, record: logging.LogRecord) -> str:
         obj: dict[str, object] = {
@@ -113,6 +115,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": scrub(record.getMessage()),
         }
+        ids = current_ids()
+        if ids is not None:
+            obj["trace_id"], obj["span_id"] = ids
         for key, value in extra_fields(record).items():
             obj.setdefault(key, _jsonable(value))
         if record.exc_info:

@@ -142,6 +142,7 @@ from processor.ops.setting_sources import (
     flag_source,
     kafka_key_from_env,
 )
+from processor.ops.tracing import OtlpProtocol, TracingMode
 from processor.security.keys import ALLOW_READABLE_KEYS_ENV
 from processor.security.policy import SecurityConfig
 from processor.serde.formats import InputFormat, OutputFormat
@@ -332,6 +333,26 @@ class StageConfig:
     merkle: Annotated[bool, Field(
         description="outputs carry the Merkle root of their payload's 4 KiB chunks",
         json_schema_extra={"group": "security"})] = False
+    # Tracing (docs/operations.md, "Tracing"): OpenTelemetry spans, exported over OTLP.
+    tracing: Annotated[TracingMode, Field(
+        description="off (the default: OpenTelemetry is not even loaded), or otlp: a span "
+                    "per record, its context carried on in the headers of the outputs, "
+                    "exported over OTLP",
+        json_schema_extra={"group": "operations"})] = "off"
+    otlp_endpoint: Annotated[Name | None, Field(
+        description="where spans are sent, e.g. http://127.0.0.1:4317 (gRPC) or "
+                    "http://127.0.0.1:4318 (HTTP); default: OTEL_EXPORTER_OTLP_ENDPOINT, "
+                    "else localhost on the protocol's port",
+        json_schema_extra={"group": "operations", "metavar": "URL",
+                           "none": "the exporter's default"})] = None
+    otlp_protocol: Annotated[OtlpProtocol, Field(
+        description="OTLP transport: grpc or http/protobuf",
+        json_schema_extra={"group": "operations"})] = "grpc"
+    trace_sample_ratio: Annotated[float, Field(
+        ge=0.0, le=1.0, description="share of new traces sampled; a record that comes "
+                                    "with a context follows its sampling decision "
+                                    "(parent-based)",
+        json_schema_extra={"group": "operations", "metavar": "RATIO"})] = 1.0
     sources: Annotated[Mapping[str, str], ReadOnly] = dataclasses.field(
         default_factory=lambda: MappingProxyType({}), compare=False, repr=False)
     """Setting -> where its value came from ("default", "file stage.yaml", ...)."""

@@ -13,6 +13,8 @@ their stages here, so every stage gets the same parts:
 * the metrics: `StageMetrics` in Prometheus, labelled with the stage's name, topics and
   guarantee (or the `Metrics` given, for example `NullMetrics`);
 * the health state the `/healthz` and `/readyz` probes read;
+* the tracer: none (`NULL_TRACER`) unless the settings say `tracing: otlp`, then spans
+  exported over OTLP (`processor.ops.tracing`; or the `Tracer` given);
 * the codec: the schema and the registry of the settings (`processor.runtime.contracts`);
 * on Kafka, the librdkafka statistics: `statistics.interval.ms` (unless the settings
   name one) and a `stats_cb` feeding `processor.ops.metrics.record_librdkafka_stats`,
@@ -42,6 +44,7 @@ from processor.ops.metrics import (
     StageMetrics,
     librdkafka_stats_callback,
 )
+from processor.ops.tracing import OtlpProtocol, Tracer, TracingMode, TracingSettings, make_tracer
 from processor.runtime.contracts import stage_codec
 from processor.runtime.stage import Stage
 from processor.security.handlers import bound_chain
@@ -77,6 +80,10 @@ class StageSetup:
     bootstrap_servers: str | None = None
     kafka: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
     security: SecurityConfig | None = None
+    tracing: TracingMode = "off"
+    otlp_endpoint: str | None = None
+    otlp_protocol: OtlpProtocol = "grpc"
+    trace_sample_ratio: float = 1.0
 
 
 def build_stage(
@@ -91,6 +98,7 @@ def build_stage(
     clock: Callable[[], float] = time.monotonic,
     consumer_settings: Mapping[str, object] | None = None,
     producer_settings: Mapping[str, object] | None = None,
+    tracer: Tracer | None = None,
 ) -> Stage:
     """A ready `Stage` for `settings` (see the module documentation for its parts).
 
@@ -100,7 +108,8 @@ def build_stage(
     options' one (the runner claims one per process); `metrics` defaults to the
     stage's Prometheus metrics and `health` to a new `HealthState`.
     `consumer_settings`/`producer_settings` are librdkafka settings for one client only
-    (on top of the broker's own `kafka` settings).
+    (on top of the broker's own `kafka` settings). `tracer` replaces the one the
+    settings' `tracing` makes.
     """
     options = settings.options
     if transactional_id is not None:
@@ -120,6 +129,8 @@ def build_stage(
                                options.guarantee, extra_topics=_produced_topics(options))
     if codec is None:
         codec = stage_codec(settings, options)
+    if tracer is None:
+        tracer = make_tracer(TracingSettings.of(settings), service=options.name)
     consumer = dict(consumer_settings or {})
     producer = dict(producer_settings or {})
     if broker.client_statistics:
@@ -128,7 +139,7 @@ def build_stage(
     return Stage(
         options, broker, handler, codec=codec, metrics=metrics,
         health=health if health is not None else HealthState(clock=clock), clock=clock,
-        consumer_settings=consumer, producer_settings=producer,
+        consumer_settings=consumer, producer_settings=producer, tracer=tracer,
     )
 
 
@@ -162,6 +173,18 @@ def check_topics(broker: Broker, options: StageOptions) -> None:
     ensure_topics(broker, options, create=False)
 
 
+def _hidden_hint(broker: Broker, options: StageOptions, missing: Sequence[str]) -> str:
+    """On a cluster clients authenticate to, the ACLs that would show `missing`: Kafka
+    hides a topic from a principal that may neither read nor write it."""
+    protocol = str(broker.settings.get("security.protocol", "")).strip().upper()
+    if protocol in ("", "PLAINTEXT"):
+        return ""
+    grants = [f"{'READ' if topic == options.input_topic else 'WRITE'} on topic {topic}"
+              for topic in missing]
+    return (f", or this client's principal may not see them (grant it {', '.join(grants)}; "
+            "`processor acls show` lists what a stage needs)")
+
+
 def ensure_topics(broker: Broker, options: StageOptions, *, create: bool,
                   partitions: int | None = None, replication: int | None = None) -> list[str]:
     """Check that the stage's topics exist; with `create`, create the missing ones
@@ -173,7 +196,8 @@ def ensure_topics(broker: Broker, options: StageOptions, *, create: bool,
         missing = [t for t in stage_topics(options) if t not in existing]
         if missing and not create:
             raise ConfigError(
-                f"topic(s) {', '.join(missing)} do not exist on {broker.name}; create them "
+                f"topic(s) {', '.join(missing)} do not exist on {broker.name}"
+                f"{_hidden_hint(broker, options, missing)}; create them "
                 "first (processor topics create), or let the stage create them "
                 "(--create-topics)")
         for topic in missing:

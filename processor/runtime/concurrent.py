@@ -41,6 +41,7 @@ import logging
 import queue
 import time
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 from processor.backends.abstract import Message, TopicPartition
@@ -65,6 +66,7 @@ from processor.core.handlers import (
 from processor.core.options import StageOptions
 from processor.ops.logs import lifecycle
 from processor.ops.metrics import LATENCY_SAMPLE_EVERY, PAUSE_BACKPRESSURE
+from processor.ops.tracing import StageTracing, TracedMessage
 from processor.runtime.dead_letters import Reason
 from processor.runtime.deadline import ThreadDeadlines
 from processor.runtime.executors import (
@@ -152,6 +154,10 @@ class ConcurrentLoop:
             self.deadlines = ThreadDeadlines(handler, options.handler_timeout, stage.health,
                                              options.name)
             fn = self.deadlines
+        self.tracing = stage.tracing
+        if self.tracing is not None:
+            # Each call runs in its record's context; a batch call in a span of its own.
+            fn = self.tracing.handler(fn, batch=self.batch, is_async=is_async)
         if is_async:
             self.executor = AsyncExecutor(fn, self.batch, options.retry, self.completed,
                                           options.handler_timeout, options.name)
@@ -163,6 +169,9 @@ class ConcurrentLoop:
             self.executor = ThreadExecutor(fn, self.batch, options.retry, self.completed,
                                            calls, options.name)
         self.executor.retry_log = stage.retry_log
+        self._submit: Callable[[list[list[Entry]]], None] = (
+            self.executor.submit if self.tracing is None else self._submit_traced)
+        """Hands calls to the executor (traced: after telling the tracing their records)."""
         self.capacity = calls * (options.handler_batch_size if self.batch else 1)
         """Records in handler calls at most (`max_concurrency`, times the batch size)."""
         self.held_capacity = HELD_FACTOR * self.capacity
@@ -215,6 +224,8 @@ class ConcurrentLoop:
         """Decode `messages` and hand them to the executor (a record that does not
         decode is done at once: it is dead-lettered when its turn to leave comes)."""
         stage = self.stage
+        if self.tracing is not None:
+            messages = self.tracing.start_all(messages)  # a span per record
         codec = stage.codec
         passthrough = codec.passthrough
         eos = stage.eos
@@ -258,13 +269,13 @@ class ConcurrentLoop:
             if len(calls) >= SUBMIT_CHUNK:
                 # Start the first calls while the rest decode: the calls of a batch then
                 # finish spread out, and the loop's work overlaps their waiting.
-                self.executor.submit(calls)
+                self._submit(calls)
                 calls = []
         stage.stats.consumed += len(messages)
         stage.stats.bytes_in += bytes_in
         stage.metrics.consumed(len(messages), bytes_in)
         if calls:
-            self.executor.submit(calls)
+            self._submit(calls)
         if failed:
             self._finished(failed)
 
@@ -275,8 +286,17 @@ class ConcurrentLoop:
 
     def _dispatch(self) -> None:
         if self.forming:
-            self.executor.submit([self.forming])
+            self._submit([self.forming])
             self.forming = []
+
+    def _submit_traced(self, calls: list[list[Entry]]) -> None:
+        tracing = self.tracing
+        assert tracing is not None  # only ever set with tracing on
+        bind = tracing.bind
+        for entries in calls:
+            for entry in entries:
+                bind(entry.msg, entry.artifact)
+        self.executor.submit(calls)
 
     def collect(self, timeout: float) -> int:
         """Take the results of finished calls (waiting up to `timeout` seconds for the
@@ -319,6 +339,34 @@ class ConcurrentLoop:
     def _emit(self, entries: list[Entry]) -> None:
         """Produce the outputs of `entries` (in order), or dead-letter or drop them, as
         the loop's own path does for a synchronous handler."""
+        if self.tracing is not None:
+            self._emit_traced(self.tracing, entries)
+        else:
+            self._emit_records(entries)
+
+    def _emit_traced(self, tracing: StageTracing, entries: list[Entry]) -> None:
+        """`_emit` with tracing on: each record in its span, which ends with the
+        outcome."""
+        stats = self.stage.stats
+        index = 0
+        try:
+            for index, entry in enumerate(entries):  # noqa: B007 - read by the except
+                msg = entry.msg
+                if entry.artifact is not None:
+                    tracing.unbind(entry.artifact)
+                if type(msg) is not TracedMessage:
+                    self._emit_records([entry])
+                    continue
+                tracing.run(msg, stats, partial(self._emit_records, [entry]),
+                            max(0, entry.attempts - 1))
+        except BaseException:
+            # As in `_emit_records`: the records after the failed one have not left.
+            fence = self.stage.ledger.fence
+            for entry in entries[index + 1:]:
+                fence(entry.tp, entry.msg.offset())
+            raise
+
+    def _emit_records(self, entries: list[Entry]) -> None:
         stage = self.stage
         if stage.eos:
             stage.commits.open()
@@ -489,6 +537,11 @@ class ConcurrentLoop:
         or their transaction aborted; their calls are cancelled where possible."""
         tps = None if partitions is None else list(partitions)
         dropped = self.inflight.discard(tps)
+        if self.tracing is not None and dropped:
+            for entry in dropped:
+                if entry.artifact is not None:
+                    self.tracing.unbind(entry.artifact)
+            self.tracing.cancelled(e.msg for e in dropped)
         if tps is None:
             self.forming = []
             # Every slot is free again: what this loop paused reads again (a transaction

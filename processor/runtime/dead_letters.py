@@ -6,7 +6,9 @@ handler declared it invalid, a security policy refused it (signature, approvals,
 payload that does not open), its retries ran out, a handler failed and the error policy is
 "dead-letter", or an output made from it is larger than its topic accepts. Nothing is lost:
 the value and key are the input's own (a tombstone stays a tombstone), so the record can be
-replayed once the cause is fixed (`processor dlq replay`).
+replayed once the cause is fixed (`processor dlq replay`). With tracing on, the headers
+carry the context of the record's span (`processor.ops.tracing`), which records the
+reason.
 
 `DeadLetterLimit` stops a stage whose input is broken wholesale: when more than a share
 of the records consumed within a window were dead-lettered, the stage stops with a
@@ -23,6 +25,7 @@ from typing import Final
 
 from processor.backends.abstract import Headers, Message, Producer
 from processor.ops.metrics import Metrics
+from processor.ops.tracing import TracedMessage
 from processor.runtime.stats import StageStats
 
 logger = logging.getLogger(__name__)
@@ -117,6 +120,8 @@ class DeadLetters:
         headers = dead_letter_headers(message, stage=self.stage, reason=reason, error=error,
                                       attempts=attempts)
         self.producer.produce(topic, value, message.key(), headers)
+        if type(message) is TracedMessage:  # its span records why (processor.ops.tracing)
+            message.dead_lettered(reason, error, topic)
         stats = self.stats
         stats.dead_lettered += 1
         stats.dead_letter_reasons[reason] = stats.dead_letter_reasons.get(reason, 0) + 1

@@ -17,6 +17,7 @@ from processor.backends.abstract import Consumer, Message, Producer, TopicPartit
 from processor.core.options import StageOptions
 from processor.ops.health import HealthState
 from processor.ops.metrics import Metrics
+from processor.ops.tracing import StageTracing
 from processor.runtime.commit import CommitStrategy
 from processor.runtime.emit import Emitter
 from processor.runtime.flow import Backpressure
@@ -52,6 +53,8 @@ class StageHost(Protocol):
     last_commit: float
     emitter: Emitter
     """Writes the outputs of fan-out and routed outcomes (`runtime/emit.py`)."""
+    tracing: StageTracing | None
+    """The stage's spans (`processor.ops.tracing`); None when tracing is off."""
 
     @property
     def concurrent_calls(self) -> bool:

@@ -13,7 +13,10 @@ tombstone stays one) and key, and its original headers. The dead-letter headers
 -> `replay.reason`...), plus `replay.from`, `replay.partition`, `replay.offset` (where it
 was in the dead-letter topic) and `replay.at` (milliseconds since the epoch). They are not
 `dlq.*` headers, so if the record fails again its new dead letter keeps them: a record's
-history of failures and replays accumulates in its headers.
+history of failures and replays accumulates in its headers. With a tracer
+(`processor.ops.tracing`), each replayed record starts a new trace, a `send <target>`
+span linked to the context in the dead letter's headers (the span of the stage that
+dead-lettered it), whose context replaces it in the replayed record's headers.
 
 `inspect()` is `processor dlq inspect`: it reads a dead-letter topic to its end (as a
 throwaway group that never commits) and summarises it by reason: how many, the first and
@@ -34,6 +37,7 @@ from datetime import UTC, datetime
 
 from processor.backends.abstract import Broker, Consumer, Headers, Message, TopicPartition
 from processor.core.errors import ProcessorError
+from processor.ops.tracing import Tracer
 from processor.runtime.dead_letters import (
     H_ERROR_CLASS,
     H_ERROR_MESSAGE,
@@ -160,10 +164,13 @@ def _read_to_end(consumer: Consumer, topic: str, end: dict[TopicPartition, int],
 def replay(broker: Broker, source: str, target: str, *, group: str | None = None,
            reason: str | None = None, since_ms: int | None = None, batch_size: int = 500,
            idle_timeout: float = 3.0, timeout: float = 600.0,
-           clock: Callable[[], float] = time.time) -> ReplayResult:
+           clock: Callable[[], float] = time.time, tracer: Tracer | None = None
+           ) -> ReplayResult:
     """Copy the dead letters of `source` (those with `reason`, dead-lettered at or after
     `since_ms`) to `target`, exactly once per consumer `group`. Records passed over by
-    the filters are committed too: the group will not see them again."""
+    the filters are committed too: the group will not see them again. `tracer`: each
+    replayed record links to its original trace (see the module documentation)."""
+    publisher = tracer.publisher() if tracer is not None else None
     if source == target:
         raise ReplayError("--from and --to must be different topics")
     _check_topics(broker, source, target)
@@ -197,7 +204,11 @@ def replay(broker: Broker, source: str, target: str, *, group: str | None = None
                             since_ms is not None and _int(headers.get(H_TIMESTAMP)) < since_ms):
                         result.skipped += 1
                         continue
-                    producer.produce(target, msg.value(), msg.key(), replay_headers(msg, now_ms))
+                    out_headers = replay_headers(msg, now_ms)
+                    if publisher is not None:
+                        out_headers = publisher.send(target, out_headers,
+                                                     link_from=msg.headers())
+                    producer.produce(target, msg.value(), msg.key(), out_headers)
                     result.copied += 1
                     result.by_reason[why or "(none)"] += 1
                 producer.send_offsets_to_transaction(offsets, consumer.group_metadata(),
@@ -213,6 +224,8 @@ def replay(broker: Broker, source: str, target: str, *, group: str | None = None
                     "to go on)") from exc
         logger.info("replayed %d of %d records from %s to %s (group %s)", result.copied,
                     result.read, source, target, group)
+        if tracer is not None:
+            tracer.flush(10.0)
         return result
     finally:
         try:

@@ -35,6 +35,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import cast
 
 from processor.backends.abstract import Broker, Consumer, Message, Producer, TopicPartition
@@ -59,6 +60,7 @@ from processor.ops.metrics import (
     Metrics,
     NullMetrics,
 )
+from processor.ops.tracing import NULL_TRACER, StageTracing, Tracer
 from processor.runtime.commit import (
     AtLeastOnce,
     CommitResult,
@@ -125,8 +127,9 @@ class Stage(StageEvents):
     """One buffer stage on a backend. `run()` loops until `stop()`.
 
     Build it with `processor.runtime.build.build_stage`; the constructor takes the parts
-    ready-made. `metrics` defaults to `NullMetrics` (nothing reported) and `health` to a
-    fresh `HealthState`.
+    ready-made. `metrics` defaults to `NullMetrics` (nothing reported), `health` to a
+    fresh `HealthState` and `tracer` to `NULL_TRACER` (nothing traced, nothing of
+    OpenTelemetry loaded; `processor.ops.tracing`).
     """
 
     def __init__(
@@ -141,6 +144,7 @@ class Stage(StageEvents):
         clock: Callable[[], float] = time.monotonic,
         consumer_settings: Mapping[str, object] | None = None,
         producer_settings: Mapping[str, object] | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.options = options
         self.broker = broker
@@ -148,6 +152,9 @@ class Stage(StageEvents):
         self.codec = codec if isinstance(codec, WireCodec) else WireCodec(codec)
         self.metrics: Metrics = metrics if metrics is not None else NullMetrics()
         self.health = health if health is not None else HealthState(clock=clock)
+        self.tracer: Tracer = tracer if tracer is not None else NULL_TRACER
+        # None unless traced: the record paths check it once per batch.
+        self.tracing: StageTracing | None = self.tracer.stage(options.name, options.group)
         self._deadline: DeadlineHandler | None = None
         concurrent = runs_concurrently(handler, options)
         if options.handler_timeout is not None and not concurrent:
@@ -155,6 +162,8 @@ class Stage(StageEvents):
                                              self.health, options.name)
             handler = self._deadline
         self.handler = cast(Handler, handler)
+        if self.tracing is not None and not concurrent:
+            self.handler = self.tracing.identified(self.handler)
         self.clock = clock
         self.stats = StageStats(started=clock())
         self.eos = options.guarantee == EXACTLY_ONCE
@@ -380,6 +389,8 @@ class Stage(StageEvents):
                 finally:
                     if self.concurrent is not None:
                         self.concurrent.close()  # after the revocation in the close
+                    if self.tracing is not None:
+                        self.tracing.flush(min(CLOSE_FLOOR * 4, left()))
                     if self.ledger or self.failed:
                         logger.warning("stage %s: stopped with %s; those records will be "
                                        "read again", self.options.name, self.uncommitted())
@@ -485,10 +496,35 @@ class Stage(StageEvents):
         return n
 
     def process(self, messages: Sequence[Message], previous_attempts: int = 0) -> None:
-        """The hot path: every record of one batch.
+        """The hot path: every record of one batch (traced: `_process_traced`).
 
         `previous_attempts` > 0 means `messages` is one record handled again after that
         many failed attempts (it was counted as consumed the first time)."""
+        if self.tracing is not None:
+            self._process_traced(self.tracing, messages, previous_attempts)
+        else:
+            self._records(messages, previous_attempts)
+
+    def _process_traced(self, tracing: StageTracing, messages: Sequence[Message],
+                        previous_attempts: int) -> None:
+        """`process` with tracing on: each record in a span of its own (current while it
+        is handled), handed on as a `TracedMessage` whose headers carry the span's
+        context into its outputs and dead letter; the span ends with the outcome."""
+        held = self.retries.held
+        records = self._records
+        stats = self.stats
+        for msg in messages:
+            if held and TopicPartition(msg.topic(), msg.partition()) in held:
+                # Behind a record waiting for its retry: its span starts when it is
+                # handled (`_retry_due`).
+                records([msg])
+                continue
+            traced = tracing.start(msg, previous_attempts)
+            tracing.run(traced, stats, partial(records, [traced], previous_attempts),
+                        previous_attempts)
+
+    def _records(self, messages: Sequence[Message], previous_attempts: int = 0) -> None:
+        """The loop's own record path (see `process`)."""
         stats = self.stats
         decode = self.codec.decode
         encode = self.codec.encode

@@ -1,12 +1,13 @@
-"""The README's async enrich example, run as written against a price service on 127.0.0.1.
+"""The README's async enrich example, run as written against the price service the
+repository ships (`examples/price_service.py`) on 127.0.0.1.
 
 The Python block of the "Async handlers" section is read from README.md and imported as
-`enrich_async`; the service is a small threaded HTTP server started here, which answers
-`/price?item=...` after a short delay (a service's latency) and counts the requests it
-serves at once. A stage on the in-memory broker runs the example's `enrich`: every known
-order comes out priced, in order per key, the unknown item is dead-lettered, and the
-service saw many requests at once. The section's shell command is checked against the
-CLI's parser.
+`enrich_async`; the service, a small threaded HTTP server, answers `/price?item=...` after
+a short delay (a service's latency) and counts the requests it serves at once. A stage on
+the in-memory broker runs the example's `enrich`: every known order comes out priced, in
+order per key, the unknown item is dead-lettered, and the service saw many requests at
+once. The service also runs as the README says to start it, as a script; the section's
+shell command is checked against the CLI's parser.
 """
 
 from __future__ import annotations
@@ -15,12 +16,16 @@ import importlib.util
 import json
 import re
 import shlex
+import signal
+import subprocess
+import sys
 import threading
-import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
+from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -35,7 +40,6 @@ from tests.procs import ROOT
 pytestmark = pytest.mark.timeout(120)
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
-PRICES = {"tea": 2.5, "coffee": 3.0, "cake": 4.25}
 LATENCY = 0.02
 """Seconds the service takes per request."""
 CODEC = Codec()
@@ -47,51 +51,23 @@ def section() -> str:
     return match.group(1)
 
 
-class PriceService(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 512  # the listen backlog: many connections open at once
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), PriceHandler)
-        self.lock = threading.Lock()
-        self.running = 0
-        self.most_at_once = 0
-        self.requests = 0
+def load_example(name: str) -> ModuleType:
+    """A module of the repository's `examples/` folder, as shipped."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-class PriceHandler(BaseHTTPRequestHandler):
-    server: PriceService
-
-    def do_GET(self) -> None:
-        server = self.server
-        with server.lock:
-            server.running += 1
-            server.requests += 1
-            server.most_at_once = max(server.most_at_once, server.running)
-        try:
-            time.sleep(LATENCY)  # the service's latency, not a synchronisation
-            url = urlparse(self.path)
-            item = parse_qs(url.query).get("item", [""])[0]
-            if url.path != "/price" or item not in PRICES:
-                self.send_error(404)
-                return
-            body = json.dumps({"price": PRICES[item]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        finally:
-            with server.lock:
-                server.running -= 1
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass  # quiet: the test reads the counts
+PRICE_SERVICE = load_example("price_service")
+PRICES: dict[str, float] = dict(PRICE_SERVICE.PRICES)
 
 
 @pytest.fixture
-def price_service() -> Iterator[PriceService]:
-    service = PriceService()
+def price_service() -> Iterator[Any]:
+    """The shipped example service (`examples/price_service.py`) on a free port."""
+    service = PRICE_SERVICE.PriceService(port=0, latency=LATENCY)
     thread = threading.Thread(target=service.serve_forever, name="prices", daemon=True)
     thread.start()
     try:
@@ -103,14 +79,13 @@ def price_service() -> Iterator[PriceService]:
 
 
 def test_the_readme_async_example_prices_orders_concurrently(
-    price_service: PriceService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    price_service: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     blocks = re.findall(r"```python\n(.*?)```", section(), flags=re.S)
     assert blocks and blocks[0].startswith("# enrich_async.py")
     path = tmp_path / "enrich_async.py"
     path.write_text(blocks[0], encoding="utf-8")
-    host, port = price_service.server_address[:2]
-    monkeypatch.setenv("PRICES_URL", f"http://{host!s}:{port}")
+    monkeypatch.setenv("PRICES_URL", price_service.url)
     spec = importlib.util.spec_from_file_location("enrich_async", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -162,3 +137,45 @@ def test_the_readme_async_command_is_valid() -> None:
     assert command[:2] == ["processor", "run"]
     args = build_parser().parse_args(command[1:])
     assert args.max_concurrency == 200
+
+
+def test_the_readme_says_how_to_get_httpx_and_the_price_service() -> None:
+    import tomllib
+
+    text = " ".join(section().split())
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["project"][
+        "optional-dependencies"]
+    assert "pip install 'processor[examples]'" in text
+    assert ".venv/bin/pip install -e '.[examples]'" in text
+    assert any(re.match(r"httpx\b", requirement) for requirement in extras["examples"])
+    assert any(re.match(r"httpx\b", requirement) for requirement in extras["test"])
+    assert "python examples/price_service.py &" in text
+    assert "127.0.0.1:8080" in text and PRICE_SERVICE.PORT == 8080
+    assert PRICE_SERVICE.HOST == "127.0.0.1"
+
+
+def test_the_price_service_runs_as_a_script() -> None:
+    script = ROOT / "examples" / "price_service.py"
+    with subprocess.Popen([sys.executable, str(script), "--port", "0", "--latency", "0"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            first = proc.stdout.readline()
+            match = re.match(r"price service on (http://127\.0\.0\.1:\d+) ", first)
+            assert match is not None, first + (proc.stderr.read() if proc.stderr else "")
+            url = match.group(1)
+            with urllib.request.urlopen(f"{url}/price?item=tea", timeout=10) as response:
+                assert response.headers["Content-Type"] == "application/json"
+                assert json.loads(response.read()) == {"price": PRICES["tea"]}
+            for path in ("/price?item=durian", "/other"):
+                with pytest.raises(urllib.error.HTTPError) as missing:
+                    urllib.request.urlopen(f"{url}{path}", timeout=10)
+                assert missing.value.code == 404
+                missing.value.close()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    # One request after another; the next may begin before the last one's thread has
+    # counted itself out.
+    assert re.fullmatch(r"served 3 requests, at most [12] at once\n", out), out

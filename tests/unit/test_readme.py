@@ -37,8 +37,10 @@ def test_the_readme_handler_example_runs(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "my_handlers.py"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert "shouted" in result.stdout
-    assert "payload=13 bytes" in result.stdout
+    printed = re.search(r"^`python my_handlers.py` prints .*?: `([^`]+)`", README,
+                        flags=re.S | re.M)
+    assert printed is not None, "the README does not say what `python my_handlers.py` prints"
+    assert result.stdout == f"{printed.group(1)}\n" == "HELLO, STREAM True\n"
 
     sys.path.insert(0, str(tmp_path))
     try:

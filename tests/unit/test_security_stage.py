@@ -294,6 +294,7 @@ def test_config_check_never_prints_the_pseudonym_key(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from processor.cli.main import main
 
+    generate("signing", "shop", tmp_path)  # a trust store with a key, as run requires
     path = tmp_path / "stage.yaml"
     path.write_text(f"input_topic: in\ngroup: g\nhandlers: [verify]\n"
                     f"bootstrap_servers: 127.0.0.1:9092\nrequire_signature: true\n"

@@ -1,0 +1,616 @@
+"""Tracing: OpenTelemetry spans across stages, with the W3C trace context in record headers.
+
+A stage is handed a `Tracer`, as it is handed its `Metrics`. `NULL_TRACER`, the default,
+traces nothing and imports nothing of OpenTelemetry: with tracing off the stage's record
+path pays one check per batch (`Stage.tracing is None`). `OtelTracer` (the settings
+`tracing: otlp`, or a `TracerProvider` given in code) is the real one; this module imports
+the OpenTelemetry API and SDK only when one is made.
+
+What a traced stage does (docs/operations.md, "Tracing"):
+
+* The context travels in the record's Kafka headers, `traceparent`, `tracestate` and
+  `baggage` (W3C Trace Context and Baggage), never in the artifact: its fields are covered
+  by the checksum and the signatures.
+* Each consumed record gets one span, kind CONSUMER, named `<stage> process`, a child of
+  the context in its headers (a new trace when there is none). Its attributes follow the
+  OpenTelemetry messaging conventions (`messaging.system`, `messaging.destination.name`,
+  `messaging.destination.partition.id`, `messaging.kafka.offset`,
+  `messaging.consumer.group.name`, `messaging.message.id`: the artifact's id) plus the
+  stage's outcome: `processor.outcome` (`passed`, `dropped`, `dead_lettered`; `failed`
+  when the record stopped the stage), `processor.dead_letter.reason`,
+  `processor.retries`, `processor.outputs`.
+* The record is handed on as a `TracedMessage`: the same record, its headers carrying the
+  span's context instead of the incoming one. Every output, routed output and dead letter
+  made from it copies those headers, so the next stage's span is a child of this one.
+* A dead letter adds the event `dead_letter` (reason, error) to the span and sets its
+  status to error.
+* A batch handler's call gets one span, `<stage> handle`, linked to the span of each
+  record in the batch.
+* `processor produce --trace` starts traces (a PRODUCER span `send <topic>` per record);
+  `processor dlq replay` starts one per replayed record, linked to the context found in
+  the dead letter's headers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, cast, get_args
+
+from processor.backends.abstract import Headers, Message
+
+if TYPE_CHECKING:  # pragma: no cover - types only; the modules load when a tracer is made
+    from opentelemetry.context import Context
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import Span
+
+TracingMode = Literal["off", "otlp"]
+OtlpProtocol = Literal["grpc", "http/protobuf"]
+TRACING_MODES: Final[tuple[str, ...]] = get_args(TracingMode)
+OTLP_PROTOCOLS: Final[tuple[str, ...]] = get_args(OtlpProtocol)
+
+TRACEPARENT: Final = "traceparent"
+TRACESTATE: Final = "tracestate"
+BAGGAGE: Final = "baggage"
+TRACE_HEADERS: Final = frozenset((TRACEPARENT, TRACESTATE, BAGGAGE))
+"""The record headers the trace context travels in."""
+
+INSTRUMENTATION: Final = "processor"
+
+# Span attributes: the OpenTelemetry messaging conventions, then the stage's own.
+MESSAGING_SYSTEM: Final = "messaging.system"
+DESTINATION: Final = "messaging.destination.name"
+PARTITION: Final = "messaging.destination.partition.id"
+OFFSET: Final = "messaging.kafka.offset"
+CONSUMER_GROUP: Final = "messaging.consumer.group.name"
+MESSAGE_ID: Final = "messaging.message.id"
+OPERATION_TYPE: Final = "messaging.operation.type"
+OPERATION_NAME: Final = "messaging.operation.name"
+BATCH_COUNT: Final = "messaging.batch.message_count"
+OUTCOME: Final = "processor.outcome"
+DEAD_LETTER_REASON: Final = "processor.dead_letter.reason"
+RETRIES: Final = "processor.retries"
+OUTPUTS: Final = "processor.outputs"
+STAGE: Final = "processor.stage"
+
+PASSED: Final = "passed"
+DROPPED: Final = "dropped"
+DEAD_LETTERED: Final = "dead_lettered"
+FAILED: Final = "failed"
+DEAD_LETTER_EVENT: Final = "dead_letter"
+RETRY_EVENT: Final = "retry"
+
+ENV_PREFIX: Final = "PROCESSOR_"
+
+
+# --- settings ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TracingSettings:
+    """The tracing settings (`processor.ops.settings`: `tracing`, `otlp_endpoint`,
+    `otlp_protocol`, `trace_sample_ratio`)."""
+
+    tracing: TracingMode = "off"
+    otlp_endpoint: str | None = None
+    """None: the exporter's own default (`OTEL_EXPORTER_OTLP_ENDPOINT`, else
+    localhost:4317 for gRPC, localhost:4318 for HTTP)."""
+    otlp_protocol: OtlpProtocol = "grpc"
+    trace_sample_ratio: float = 1.0
+    """Parent-based: a record whose incoming context is sampled (or not) follows it; a
+    new trace is sampled with this probability."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.tracing != "off"
+
+    @classmethod
+    def of(cls, settings: object) -> TracingSettings:
+        """The tracing settings of a configuration (defaults for what it lacks)."""
+        default = cls()
+        return cls(**{f.name: getattr(settings, f.name, getattr(default, f.name))
+                      for f in dataclasses.fields(cls)})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *,
+                 enable: bool = False) -> TracingSettings:
+        """The settings from `PROCESSOR_TRACING`, `PROCESSOR_OTLP_ENDPOINT`,
+        `PROCESSOR_OTLP_PROTOCOL` and `PROCESSOR_TRACE_SAMPLE_RATIO` (for the commands
+        that read no stage configuration: `produce`, `dlq replay`); `enable` (their
+        `--trace`) turns tracing on whatever `PROCESSOR_TRACING` says."""
+        env = os.environ if environ is None else environ
+        default = cls()
+        mode = "otlp" if enable else env.get(ENV_PREFIX + "TRACING", "off").strip().lower()
+        protocol = env.get(ENV_PREFIX + "OTLP_PROTOCOL", default.otlp_protocol).strip()
+        ratio = env.get(ENV_PREFIX + "TRACE_SAMPLE_RATIO")
+        return cls(
+            tracing="otlp" if mode == "otlp" else "off",
+            otlp_endpoint=env.get(ENV_PREFIX + "OTLP_ENDPOINT") or None,
+            otlp_protocol="http/protobuf" if protocol == "http/protobuf" else "grpc",
+            trace_sample_ratio=float(ratio) if ratio else default.trace_sample_ratio,
+        )
+
+
+# --- the interface the runtime sees ------------------------------------------------------
+
+
+class Counts(Protocol):
+    """The running totals a traced record's outcome is read from (`StageStats`)."""
+
+    passed: int
+    dropped: int
+    dead_lettered: int
+    produced: int
+    retried: int
+
+
+class Tracer(Protocol):
+    """What a stage is handed: `stage()` answers the stage's tracing, or None (off)."""
+
+    def stage(self, name: str, group: str) -> StageTracing | None: ...
+
+    def publisher(self) -> Publisher | None:
+        """Spans for records written outside a stage (`produce`, `dlq replay`)."""
+        ...
+
+    def flush(self, timeout: float) -> None: ...
+
+
+class NullTracer:
+    """Traces nothing; the default. Imports nothing of OpenTelemetry."""
+
+    def stage(self, name: str, group: str) -> StageTracing | None:
+        return None
+
+    def publisher(self) -> Publisher | None:
+        return None
+
+    def flush(self, timeout: float) -> None:
+        pass
+
+
+NULL_TRACER: Final = NullTracer()
+
+
+def make_tracer(settings: TracingSettings, service: str = INSTRUMENTATION) -> Tracer:
+    """The tracer of `settings`: `NULL_TRACER` when tracing is off, else an `OtelTracer`
+    exporting OTLP (`service` is the resource's `service.name` unless the environment's
+    `OTEL_SERVICE_NAME` names one)."""
+    if not settings.enabled:
+        return NULL_TRACER
+    return OtelTracer.otlp(settings, service)
+
+
+# --- the W3C context in Kafka headers ----------------------------------------------------
+
+
+class _HeaderGetter:
+    """Reads a context from Kafka headers (a list of (key, bytes); keys matched without
+    regard to case, as W3C header names are)."""
+
+    def get(self, carrier: Headers, key: str) -> list[str] | None:
+        found = [(v or b"").decode("latin-1") for k, v in carrier if k.lower() == key]
+        return found or None
+
+    def keys(self, carrier: Headers) -> list[str]:
+        return [k for k, _ in carrier]
+
+
+def without_trace_headers(headers: Iterable[tuple[str, bytes]] | None) -> Headers:
+    """`headers` without the trace context ones."""
+    return [(k, v) for k, v in headers or () if k.lower() not in TRACE_HEADERS]
+
+
+class _Propagation:
+    """The W3C trace context and baggage propagators, extracting from and injecting into
+    Kafka headers."""
+
+    def __init__(self) -> None:
+        from opentelemetry.baggage.propagation import W3CBaggagePropagator
+        from opentelemetry.propagators.composite import CompositePropagator
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        self.propagator = CompositePropagator(
+            [TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+        self.getter = _HeaderGetter()
+
+    def extract(self, headers: Headers | None) -> Context:
+        # `_HeaderGetter` has the shape of OpenTelemetry's `Getter` (not imported here).
+        return self.propagator.extract(headers or [], getter=cast(Any, self.getter))
+
+    def inject(self, headers: Headers | None, context: Context) -> Headers:
+        """`headers` with the trace headers replaced by those of `context`."""
+        carrier: dict[str, str] = {}
+        self.propagator.inject(carrier, context=context)
+        out = without_trace_headers(headers)
+        out.extend((k, v.encode("latin-1")) for k, v in carrier.items())
+        return out
+
+
+# --- a record in a traced stage ----------------------------------------------------------
+
+
+class TracedMessage:
+    """A consumed record with its span: the same record, whose headers carry the span's
+    context (so everything made from it continues the trace)."""
+
+    __slots__ = ("_headers", "context", "msg", "owner", "span")
+
+    def __init__(self, msg: Message, span: Span, context: Context, headers: Headers,
+                 owner: StageTracing) -> None:
+        self.msg = msg
+        self.span = span
+        self.context = context
+        self._headers = headers
+        self.owner = owner
+
+    def topic(self) -> str:
+        return self.msg.topic()
+
+    def partition(self) -> int:
+        return self.msg.partition()
+
+    def offset(self) -> int:
+        return self.msg.offset()
+
+    def key(self) -> bytes | None:
+        return self.msg.key()
+
+    def value(self) -> bytes | None:
+        return self.msg.value()
+
+    def headers(self) -> Headers | None:
+        return self._headers
+
+    def timestamp(self) -> tuple[int, int]:
+        return self.msg.timestamp()
+
+    def dead_lettered(self, reason: str, error: BaseException, topic: str) -> None:
+        """Record on the span that the record went to the dead-letter topic."""
+        self.owner.dead_lettered(self, reason, error, topic)
+
+
+def original(msg: Message) -> Message:
+    """The consumed record behind `msg` (itself unless it is a `TracedMessage`)."""
+    return msg.msg if type(msg) is TracedMessage else msg
+
+
+class StageTracing:
+    """The spans of one stage (see the module documentation). Made by `OtelTracer.stage`."""
+
+    def __init__(self, tracer: OtelTracer, name: str, group: str) -> None:
+        from opentelemetry import context as otel_context
+        from opentelemetry import trace
+        from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+        self.owner = tracer
+        self.name = name
+        self.group = group
+        self.tracer = tracer.provider.get_tracer(INSTRUMENTATION)
+        self.propagation = tracer.propagation
+        self.span_name = f"{name} process"
+        self._attach = otel_context.attach
+        self._detach = otel_context.detach
+        self._in_context = trace.set_span_in_context
+        self._current_span = trace.get_current_span
+        self._link = Link
+        self._consumer = SpanKind.CONSUMER
+        self._internal = SpanKind.INTERNAL
+        self._error = Status(StatusCode.ERROR, "dead-lettered")
+        self._status = Status
+        self._error_code = StatusCode.ERROR
+        self.contexts: dict[int, Context] = {}
+        """id(artifact) -> its record's context, while its handler call may run (the
+        concurrent path: the handler sees artifacts, not records)."""
+        self.spans: dict[int, Span] = {}
+
+    # --- a record's span ---
+
+    def start(self, msg: Message, retries: int = 0) -> TracedMessage:
+        """Start the span of `msg` (a child of the context in its headers)."""
+        msg = original(msg)
+        headers = msg.headers()
+        parent = self.propagation.extract(headers)
+        attributes: dict[str, str | int] = {
+            MESSAGING_SYSTEM: "kafka",
+            DESTINATION: msg.topic(),
+            PARTITION: str(msg.partition()),
+            OFFSET: msg.offset(),
+            CONSUMER_GROUP: self.group,
+            OPERATION_TYPE: "process",
+            OPERATION_NAME: "process",
+            STAGE: self.name,
+        }
+        if retries:
+            attributes[RETRIES] = retries
+        span = self.tracer.start_span(self.span_name, context=parent, kind=self._consumer,
+                                      attributes=attributes)
+        context = self._in_context(span, parent)  # keeps the incoming baggage
+        return TracedMessage(msg, span, context, self.propagation.inject(headers, context),
+                             self)
+
+    def start_all(self, messages: Sequence[Message]) -> list[Message]:
+        return [self.start(m) for m in messages]
+
+    def run(self, tm: TracedMessage, counts: Counts, call: Callable[[], object],
+            retries: int = 0) -> None:
+        """Run `call` (which handles `tm` to its end) with the span current, then end the
+        span with the outcome the change of `counts` tells."""
+        before = self.snapshot(counts)
+        token = self._attach(tm.context)
+        try:
+            call()
+        except BaseException as exc:
+            self.failed(tm, exc)
+            raise
+        finally:
+            self._detach(token)
+        self.settle(tm, before, counts, retries)
+
+    def snapshot(self, counts: Counts) -> tuple[int, int, int, int, int]:
+        return (counts.passed, counts.dropped, counts.dead_lettered, counts.produced,
+                counts.retried)
+
+    def settle(self, tm: TracedMessage, before: tuple[int, int, int, int, int],
+               counts: Counts, retries: int = 0) -> None:
+        """End the span of `tm` with the outcome read from how `counts` moved."""
+        passed, dropped, dead, produced, retried = before
+        span = tm.span
+        if retries:
+            span.set_attribute(RETRIES, retries)
+        if counts.passed > passed:
+            span.set_attribute(OUTCOME, PASSED)
+            span.set_attribute(OUTPUTS, counts.produced - produced)
+        elif counts.dropped > dropped:
+            span.set_attribute(OUTCOME, DROPPED)
+        elif counts.dead_lettered > dead:
+            span.set_attribute(OUTCOME, DEAD_LETTERED)
+        elif counts.retried > retried:
+            span.add_event(RETRY_EVENT, {RETRIES: retries + 1})
+        span.end()
+
+    def failed(self, tm: TracedMessage, error: BaseException) -> None:
+        """The record stopped the stage (or a fatal error cut its handling short)."""
+        span = tm.span
+        span.set_attribute(OUTCOME, FAILED)
+        span.record_exception(error)
+        span.set_status(self._status(self._error_code, f"{type(error).__name__}: {error}"))
+        span.end()
+
+    def cancelled(self, tms: Iterable[Message]) -> None:
+        """Records dropped in flight (revoked, or their transaction aborted): their spans
+        end without an outcome; the records are read again."""
+        for tm in tms:
+            if type(tm) is TracedMessage:
+                tm.span.add_event("cancelled")
+                tm.span.end()
+
+    def dead_lettered(self, tm: TracedMessage, reason: str, error: BaseException,
+                      topic: str) -> None:
+        span = tm.span
+        span.set_attribute(OUTCOME, DEAD_LETTERED)
+        span.set_attribute(DEAD_LETTER_REASON, reason)
+        span.add_event(DEAD_LETTER_EVENT, {
+            DEAD_LETTER_REASON: reason,
+            "messaging.destination.name": topic,
+            "exception.type": f"{type(error).__module__}.{type(error).__qualname__}",
+            "exception.message": str(error) or type(error).__name__,
+        })
+        span.set_status(self._status(self._error_code, f"dead-lettered: {reason}"))
+
+    # --- the handler's side ---
+
+    def identified(self, handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """The loop's own path: `handler`, naming the artifact on the current span."""
+        current = self._current_span
+
+        def traced(artifact: Any) -> Any:
+            current().set_attribute(MESSAGE_ID, artifact.id)
+            return handler(artifact)
+
+        return traced
+
+    def bind(self, tm: Message, artifact: Any) -> None:
+        """The concurrent path: `artifact` decoded from `tm`, about to be handed to the
+        handler (which finds its record's context by it)."""
+        if type(tm) is TracedMessage:
+            tm.span.set_attribute(MESSAGE_ID, artifact.id)
+            self.contexts[id(artifact)] = tm.context
+            self.spans[id(artifact)] = tm.span
+
+    def unbind(self, artifact: Any) -> None:
+        self.contexts.pop(id(artifact), None)
+        self.spans.pop(id(artifact), None)
+
+    def handler(self, fn: Callable[..., Any], *, batch: bool,
+                is_async: bool) -> Callable[..., Any]:
+        """`fn` for the executor: a call for one record runs in its record's context; a
+        batch handler's call runs in a span of its own, linked to each record's span."""
+        contexts = self.contexts
+        spans = self.spans
+        attach = self._attach
+        detach = self._detach
+        tracer = self.tracer
+        link = self._link
+        kind = self._internal
+        name = f"{self.name} handle"
+
+        def links(artifacts: Sequence[Any]) -> list[Any]:
+            found = (spans.get(id(a)) for a in artifacts)
+            return [link(s.get_span_context()) for s in found if s is not None]
+
+        if batch and is_async:
+            async def traced_batch_async(artifacts: list[Any]) -> Any:
+                with tracer.start_as_current_span(
+                        name, kind=kind, links=links(artifacts),
+                        attributes={BATCH_COUNT: len(artifacts), STAGE: self.name}):
+                    return await fn(artifacts)
+
+            return traced_batch_async
+        if batch:
+            def traced_batch(artifacts: list[Any]) -> Any:
+                with tracer.start_as_current_span(
+                        name, kind=kind, links=links(artifacts),
+                        attributes={BATCH_COUNT: len(artifacts), STAGE: self.name}):
+                    return fn(artifacts)
+
+            return traced_batch
+        if is_async:
+            async def traced_async(artifact: Any) -> Any:
+                ctx = contexts.get(id(artifact))
+                if ctx is None:
+                    return await fn(artifact)
+                token = attach(ctx)
+                try:
+                    return await cast_awaitable(fn(artifact))
+                finally:
+                    detach(token)
+
+            return traced_async
+
+        def traced(artifact: Any) -> Any:
+            ctx = contexts.get(id(artifact))
+            if ctx is None:
+                return fn(artifact)
+            token = attach(ctx)
+            try:
+                return fn(artifact)
+            finally:
+                detach(token)
+
+        return traced
+
+    def flush(self, timeout: float) -> None:
+        self.owner.flush(timeout)
+
+
+def cast_awaitable(value: object) -> Awaitable[Any]:
+    return value  # type: ignore[return-value]
+
+
+class Publisher:
+    """PRODUCER spans for records written outside a stage: `processor produce` starts a
+    trace per record; `processor dlq replay` starts one linked to the dead letter's."""
+
+    def __init__(self, tracer: OtelTracer) -> None:
+        from opentelemetry import trace
+        from opentelemetry.trace import Link, SpanKind
+
+        self.tracer = tracer.provider.get_tracer(INSTRUMENTATION)
+        self.propagation = tracer.propagation
+        self._in_context = trace.set_span_in_context
+        self._kind = SpanKind.PRODUCER
+        self._link = Link
+        self._get_span = trace.get_current_span
+
+    def send(self, topic: str, headers: Headers | None, *, message_id: str | None = None,
+             link_from: Headers | None = None,
+             attributes: Mapping[str, str | int] | None = None) -> Headers:
+        """One `send <topic>` span (a new trace); the headers to write with the record,
+        carrying its context. `link_from`: headers whose context the span links to."""
+        links = []
+        if link_from:
+            linked = self._get_span(self.propagation.extract(link_from)).get_span_context()
+            if linked.is_valid:
+                links.append(self._link(linked))
+        attrs: dict[str, str | int] = {MESSAGING_SYSTEM: "kafka", DESTINATION: topic,
+                                       OPERATION_TYPE: "send", OPERATION_NAME: "send"}
+        if message_id is not None:
+            attrs[MESSAGE_ID] = message_id
+        attrs.update(attributes or {})
+        from opentelemetry.context import Context
+
+        span = self.tracer.start_span(f"send {topic}", context=Context(), kind=self._kind,
+                                      attributes=attrs, links=links)
+        try:
+            return self.propagation.inject(headers, self._in_context(span))
+        finally:
+            span.end()
+
+
+class OtelTracer:
+    """The OpenTelemetry tracer: spans from a `TracerProvider` (the SDK's), exported as
+    its span processors say. `OtelTracer.otlp(settings)` builds one exporting OTLP."""
+
+    def __init__(self, provider: TracerProvider) -> None:
+        self.provider = provider
+        self.propagation = _Propagation()
+
+    @classmethod
+    def otlp(cls, settings: TracingSettings, service: str = INSTRUMENTATION) -> OtelTracer:
+        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+        resource = Resource.create(
+            {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: service})
+        provider = TracerProvider(
+            sampler=ParentBased(TraceIdRatioBased(settings.trace_sample_ratio)),
+            resource=resource)
+        provider.add_span_processor(BatchSpanProcessor(_exporter(settings)))
+        _install_global(provider)
+        return cls(provider)
+
+    def stage(self, name: str, group: str) -> StageTracing | None:
+        return StageTracing(self, name, group)
+
+    def publisher(self) -> Publisher | None:
+        return Publisher(self)
+
+    def flush(self, timeout: float) -> None:
+        """Export the spans ended so far (waiting up to `timeout` seconds)."""
+        self.provider.force_flush(max(1, int(timeout * 1000)))
+
+
+def _exporter(settings: TracingSettings) -> Any:
+    endpoint = settings.otlp_endpoint
+    if settings.otlp_protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as HttpExporter,
+        )
+
+        if endpoint is not None:
+            endpoint = endpoint.rstrip("/")
+            if "://" not in endpoint:
+                endpoint = "http://" + endpoint
+            if endpoint.count("/") < 3:  # no path: the standard one
+                endpoint += "/v1/traces"
+        return HttpExporter(endpoint=endpoint)
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+        OTLPSpanExporter as GrpcExporter,
+    )
+
+    insecure = None
+    if endpoint is not None:
+        insecure = not endpoint.startswith("https://")
+        endpoint = endpoint.split("://", 1)[-1]
+    return GrpcExporter(endpoint=endpoint, insecure=insecure)
+
+
+_global_installed = False
+
+
+def _install_global(provider: TracerProvider) -> None:
+    """The first tracer made from settings becomes the global provider, so that spans a
+    handler starts (`opentelemetry.trace.get_tracer(...)`) are exported too."""
+    global _global_installed
+    if not _global_installed:
+        from opentelemetry import trace
+
+        _global_installed = True
+        trace.set_tracer_provider(provider)
+
+
+def current_ids() -> tuple[str, str] | None:
+    """(trace id, span id) in hex of the span current in this thread or task, or None.
+    Free when nothing imported OpenTelemetry (tracing off): no span can be current."""
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
+        return None
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return f"{context.trace_id:032x}", f"{context.span_id:016x}"

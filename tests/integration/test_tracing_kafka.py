@@ -1,0 +1,163 @@
+"""Traces across three chained stages on a real Kafka, received by the OpenTelemetry
+Collector's OTLP receiver (`processor.devtools.otelcol`) on 127.0.0.1.
+
+`processor produce --trace` writes 200 artifacts, each starting a trace; three stages
+(sync, async, sync; the second dead-letters one record in ten) export their spans over
+OTLP/gRPC. Every record's spans must form one trace: send -> hop1 -> hop2 -> hop3, each
+the parent of the next, the dead-lettered ones ending in hop2's span marked so."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from processor.backends.kafka import KafkaBroker
+from processor.core.artifact import Artifact
+from processor.core.errors import InvalidArtifact
+from processor.core.handlers import AnyHandler, Outcome
+from processor.core.options import StageOptions
+from processor.devtools.local_kafka import ToolMissing
+from processor.devtools.otelcol import LocalOtelReceiver, ReceiverError
+from processor.ops.metrics import NullMetrics
+from processor.runtime.build import StageSetup, build_stage
+from processor.runtime.stage import Stage
+from tests.procs import processor_cmd, wait_for
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
+
+COUNT = 200
+PRODUCER_SPAN = 4  # SpanKind values of OTLP/JSON: SPAN_KIND_PRODUCER
+CONSUMER_SPAN = 5
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[LocalOtelReceiver]:
+    try:
+        with LocalOtelReceiver() as running:
+            yield running
+    except ToolMissing as error:  # no `go`: the receiver cannot be built
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(str(error))
+    except ReceiverError as error:
+        pytest.fail(f"the OTLP receiver did not start: {error}", pytrace=False)
+
+
+def hop(a: Artifact) -> Outcome:
+    return a.with_meta("hops", int(a.get("hops", 0)) + 1)
+
+
+async def hop_or_reject(a: Artifact) -> Outcome:
+    if int(a.get("line", 0)) % 10 == 0:
+        raise InvalidArtifact("line divisible by ten")
+    return hop(a)
+
+
+def test_three_stages_on_kafka_make_one_trace_per_record(
+        kafka_bootstrap: str, receiver: LocalOtelReceiver,
+        unique_name: Callable[[str], str], tmp_path: Path) -> None:
+    began = time.monotonic()
+    broker = KafkaBroker(kafka_bootstrap)
+    admin = broker.admin()
+    topics = [unique_name(f"trace{i}") for i in range(4)]
+    dlq = unique_name("trace-dlq")
+    for topic in [*topics, dlq]:
+        admin.create_topic(topic, partitions=3)
+
+    # `processor produce --trace` starts a trace per record.
+    lines = tmp_path / "orders.jsonl"
+    lines.write_text("".join(f'{{"order": {i}}}\n' for i in range(1, COUNT + 1)))
+    env = {**os.environ, "PROCESSOR_OTLP_ENDPOINT": receiver.grpc_endpoint,
+           "PROCESSOR_OTLP_PROTOCOL": "grpc"}
+    import subprocess
+
+    produced = subprocess.run(
+        processor_cmd("produce", "--bootstrap-servers", kafka_bootstrap, "--topic",
+                      topics[0], "--trace", str(lines)),
+        env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert produced.returncode == 0, produced.stderr[-2000:]
+
+    handlers: list[AnyHandler] = [hop, hop_or_reject, hop]
+    stages: list[Stage] = []
+    for i, handler in enumerate(handlers):
+        options = StageOptions(
+            name=f"hop{i + 1}", input_topic=topics[i], output_topic=topics[i + 1],
+            group=unique_name(f"trace-g{i}"), dlq_topic=dlq, poll_timeout=0.05,
+            commit_interval=0.2)
+        setup = StageSetup(options, bootstrap_servers=kafka_bootstrap, tracing="otlp",
+                           otlp_endpoint=receiver.grpc_endpoint, otlp_protocol="grpc")
+        stages.append(build_stage(setup, broker, handler=handler, metrics=NullMetrics(),
+                                  consumer_settings={"auto.offset.reset": "earliest",
+                                                     "fetch.queue.backoff.ms": 10}))
+    dead = COUNT // 10
+    expect = [COUNT, COUNT, COUNT - dead]
+    errors: list[BaseException] = []
+
+    def run(stage: Stage, records: int) -> None:
+        try:
+            stage.run(max_records=records, idle_timeout=45.0)
+        except BaseException as exc:  # reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(s, n), daemon=True)
+               for s, n in zip(stages, expect, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert not errors, errors
+    assert not any(t.is_alive() for t in threads), "a stage did not finish"
+    assert [s.stats.consumed for s in stages] == expect
+    assert stages[1].stats.dead_lettered == dead
+
+    want = COUNT * 4 - dead  # send + three process spans, but no hop3 for the dead
+    wait_for(lambda: len(receiver.spans()) >= want, 30,
+             f"{want} spans at the OTLP receiver")
+    spans = receiver.spans()
+    traces: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for span in spans:
+        traces[span["trace_id"]].append(span)
+    assert len(traces) == COUNT, f"{len(traces)} traces"
+    dead_seen = 0
+    for trace_id, members in traces.items():
+        named = {s["name"]: s for s in members}
+        send = named[f"send {topics[0]}"]
+        assert send["kind"] == PRODUCER_SPAN and send["parent_span_id"] == ""
+        assert send["service"] == "processor-produce"
+        parent = send
+        chain = [f"hop{i} process" for i in (1, 2, 3)]
+        for i, name in enumerate(chain):
+            if name not in named:
+                assert i == 2, f"trace {trace_id}: {sorted(named)}"
+                break
+            span = named[name]
+            assert span["kind"] == CONSUMER_SPAN
+            assert span["parent_span_id"] == parent["span_id"], (trace_id, name)
+            attrs = span["attributes"]
+            assert attrs["messaging.system"] == "kafka"
+            assert attrs["messaging.destination.name"] == topics[i]
+            assert attrs["messaging.consumer.group.name"] == stages[i].options.group
+            assert attrs["messaging.destination.partition.id"] in ("0", "1", "2")
+            assert isinstance(attrs["messaging.kafka.offset"], int)
+            assert attrs["messaging.message.id"] == send["attributes"]["messaging.message.id"]
+            assert span["service"] == f"hop{i + 1}"
+            parent = span
+        last = parent
+        assert len(members) == (4 if last["name"] == "hop3 process" else 3)
+        if last["name"] == "hop2 process":
+            dead_seen += 1
+            assert last["attributes"]["processor.outcome"] == "dead_lettered"
+            assert last["attributes"]["processor.dead_letter.reason"] == "invalid"
+            assert [e["name"] for e in last["events"]] == ["dead_letter"]
+            assert last["status"].get("code") == 2  # STATUS_CODE_ERROR
+        else:
+            assert last["attributes"]["processor.outcome"] == "passed"
+    assert dead_seen == dead
+    print(f"{len(spans)} spans in {len(traces)} traces; {time.monotonic() - began:.1f}s")
