@@ -113,7 +113,9 @@ class StageOptions:
     name: Annotated[Name, Field(
         description="stage name used in metrics and logs (default: the group)")]
     input_topic: Annotated[Name, Field(
-        description="topic the stage reads", json_schema_extra={"metavar": "TOPIC"})]
+        description="topic the stage reads; several, comma-separated, are read together "
+                    "(fan-in; order is kept per partition of each)",
+        json_schema_extra={"metavar": "TOPIC[,TOPIC]"})]
     output_topic: Annotated[Name | None, Field(
         description="topic the stage writes (none: a sink stage)",
         json_schema_extra={"metavar": "TOPIC"})]
@@ -193,9 +195,29 @@ class StageOptions:
         if clash := topic_clash(self.input_topic, self.output_topic, self.dlq_topic):
             raise ValueError(clash)
 
+    @property
+    def input_topics(self) -> tuple[str, ...]:
+        """The topics the stage reads: `input_topic`, split at its commas (a Kafka topic
+        name has none)."""
+        return input_topics(self.input_topic)
+
+
+def input_topics(input_topic: str) -> tuple[str, ...]:
+    """`input_topic` split at its commas, blanks dropped."""
+    return tuple(t.strip() for t in input_topic.split(","))
+
 
 def topic_clash(input_topic: object, output_topic: object, dlq_topic: object) -> str | None:
-    """The rule across fields of `StageOptions`: a stage must not write where it reads."""
-    if input_topic in (output_topic, dlq_topic):
+    """The rules across fields of `StageOptions`: a stage must not write its output or
+    its dead letters where it reads, and its input topics are named once each, none
+    empty."""
+    if not isinstance(input_topic, str):
+        return None
+    inputs = input_topics(input_topic)
+    if "" in inputs:
+        return "input_topic: an empty topic name between commas"
+    if len(set(inputs)) < len(inputs):
+        return "input_topic: a topic named twice"
+    if {output_topic, dlq_topic} & set(inputs):
         return "input_topic must differ from output_topic and dlq_topic"
     return None

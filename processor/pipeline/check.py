@@ -151,22 +151,22 @@ def _signatures(p: Pipeline, graph: Flow) -> Iterator[Problem]:
         if not (s.trust_store or s.trusted_keys):
             yield p.problem(place, f"stage {name} requires signatures but trusts no key: "
                                    "set trust_store or trusted_keys")
-        topic = s.options.input_topic
-        spec = p.topics.get(topic)
-        unsigned = [e for e in graph.writers(topic) if e.kind == "dead-letter"
-                    or not p.stages[e.stage].settings.sign_key]
-        if unsigned:
-            yield p.problem(place, (
-                f"stage {name} requires signatures, but {topic} is written without a "
-                f"signature by {_writers_text(unsigned)}: set sign_key there"
-                + (" (dead letters are never signed)" if any(
-                    e.kind == "dead-letter" for e in unsigned) else "")
-                + ", or every record they write is dead-lettered (reason signature)"))
-        if spec is not None and spec.input and not spec.signed:
-            yield p.problem(place, (
-                f"stage {name} requires signatures, but {topic} is a pipeline input not "
-                f"declared signed: set signed: true on topics.{topic} if its outside "
-                "writers sign"))
+        for topic in s.options.input_topics:
+            spec = p.topics.get(topic)
+            unsigned = [e for e in graph.writers(topic) if e.kind == "dead-letter"
+                        or not p.stages[e.stage].settings.sign_key]
+            if unsigned:
+                yield p.problem(place, (
+                    f"stage {name} requires signatures, but {topic} is written without a "
+                    f"signature by {_writers_text(unsigned)}: set sign_key there"
+                    + (" (dead letters are never signed)" if any(
+                        e.kind == "dead-letter" for e in unsigned) else "")
+                    + ", or every record they write is dead-lettered (reason signature)"))
+            if spec is not None and spec.input and not spec.signed:
+                yield p.problem(place, (
+                    f"stage {name} requires signatures, but {topic} is a pipeline input not "
+                    f"declared signed: set signed: true on topics.{topic} if its outside "
+                    "writers sign"))
 
 
 def _sealing(p: Pipeline, graph: Flow) -> Iterator[Problem]:
@@ -175,20 +175,20 @@ def _sealing(p: Pipeline, graph: Flow) -> Iterator[Problem]:
         if not (s.open_key or "open" in s.handlers):
             continue
         place = p.setting_place(name, "open_key" if s.open_key else "handlers")
-        topic = s.options.input_topic
-        spec = p.topics.get(topic)
-        writers = graph.writers(topic)
-        if not writers and (spec is None or not spec.input):
-            continue  # nothing feeds it at all: `_feeding` says so
-        if spec is not None and spec.sealed:
-            continue
-        if not any(e.kind != "dead-letter" and p.stages[e.stage].settings.seal_recipients
-                   for e in writers):
-            yield p.problem(place, (
-                f"stage {name} opens sealed payloads, but nothing that feeds it seals: no "
-                f"writer of {topic} sets seal_recipients"
-                + (f", and topics.{topic} is not declared sealed: true" if spec is not None
-                   and spec.input else "")))
+        for topic in s.options.input_topics:
+            spec = p.topics.get(topic)
+            writers = graph.writers(topic)
+            if not writers and (spec is None or not spec.input):
+                continue  # nothing feeds it at all: `_feeding` says so
+            if spec is not None and spec.sealed:
+                continue
+            if not any(e.kind != "dead-letter" and p.stages[e.stage].settings.seal_recipients
+                       for e in writers):
+                yield p.problem(place, (
+                    f"stage {name} opens sealed payloads, but nothing that feeds it seals: no "
+                    f"writer of {topic} sets seal_recipients"
+                    + (f", and topics.{topic} is not declared sealed: true" if spec is not None
+                       and spec.input else "")))
 
 
 def _groups(p: Pipeline) -> Iterator[Problem]:

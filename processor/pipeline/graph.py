@@ -1,6 +1,6 @@
 """The pipeline as a graph: the edges that follow from the topics, cycles, and Mermaid.
 
-Nothing in a pipeline file draws an edge: a stage reads its `input_topic` and writes its
+Nothing in a pipeline file draws an edge: a stage reads its `input_topic`s and writes its
 `output_topic`, its named `outputs` and its `dlq_topic`, so a topic joins every stage that
 writes it to every stage that reads it. `flow(pipeline)` works them out (`Flow`): the
 edges (topic -> stage for a read, stage -> topic for a write, by kind), the topics, which
@@ -105,8 +105,8 @@ class Flow:
 def _edges(pipeline: Pipeline) -> Iterator[Edge]:
     for name, plan in pipeline.stages.items():
         options = plan.options
-        yield Edge(name, options.input_topic, "reads",
-                   pipeline.setting_place(name, "input_topic"))
+        for topic in options.input_topics:  # several: a fan-in
+            yield Edge(name, topic, "reads", pipeline.setting_place(name, "input_topic"))
         if options.output_topic is not None:
             yield Edge(name, options.output_topic, "output",
                        pipeline.setting_place(name, "output_topic"))

@@ -163,7 +163,7 @@ def _connect_statistics(stage: str, broker: Broker, client: dict[str, object]) -
 
 def stage_topics(options: StageOptions) -> list[str]:
     """Every topic a stage reads or writes: input, output, named outputs, dead letters."""
-    wanted = [options.input_topic, options.output_topic, *options.outputs.values(),
+    wanted = [*options.input_topics, options.output_topic, *options.outputs.values(),
               options.dlq_topic]
     return list(dict.fromkeys(t for t in wanted if t is not None))
 
@@ -179,7 +179,7 @@ def _hidden_hint(broker: Broker, options: StageOptions, missing: Sequence[str]) 
     protocol = str(broker.settings.get("security.protocol", "")).strip().upper()
     if protocol in ("", "PLAINTEXT"):
         return ""
-    grants = [f"{'READ' if topic == options.input_topic else 'WRITE'} on topic {topic}"
+    grants = [f"{'READ' if topic in options.input_topics else 'WRITE'} on topic {topic}"
               for topic in missing]
     return (f", or this client's principal may not see them (grant it {', '.join(grants)}; "
             "`processor acls show` lists what a stage needs)")

@@ -162,8 +162,11 @@ class Stage(StageEvents):
                                              self.health, options.name)
             handler = self._deadline
         self.handler = cast(Handler, handler)
-        if self.tracing is not None and not concurrent:
-            self.handler = self.tracing.identified(self.handler)
+        if self.tracing is not None:
+            # Latency observations carry the trace of the record they timed (exemplars).
+            self.metrics = self.tracing.exemplars(self.metrics)
+            if not concurrent:
+                self.handler = self.tracing.identified(self.handler)
         self.clock = clock
         self.stats = StageStats(started=clock())
         self.eos = options.guarantee == EXACTLY_ONCE
@@ -237,7 +240,7 @@ class Stage(StageEvents):
     def start(self) -> None:
         """Subscribe to the input topic (called by `run()`; separate for tests)."""
         self.consumer.subscribe(
-            [self.options.input_topic],
+            list(self.options.input_topics),
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,

@@ -162,7 +162,7 @@ class PipelineDriver:
             existing = admin.list_topics()
             for plan in self.pipeline.stages.values():
                 o = plan.options
-                for topic in (o.input_topic, o.output_topic, o.dlq_topic, *o.outputs.values()):
+                for topic in (*o.input_topics, o.output_topic, o.dlq_topic, *o.outputs.values()):
                     if topic is not None and topic not in existing:
                         admin.create_topic(topic, partitions=1, replication=1)
                         existing[topic] = 1
@@ -178,7 +178,8 @@ class PipelineDriver:
                 if topic is not None:
                     codecs.setdefault(topic, stage.codec)
         for stage in self.stages.values():
-            codecs[stage.options.input_topic] = stage.codec
+            for topic in stage.options.input_topics:
+                codecs[topic] = stage.codec
         return codecs
 
     def _codec(self, topic: str) -> WireCodec:
