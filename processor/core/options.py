@@ -190,6 +190,11 @@ class StageOptions:
     transactional_id: Annotated[Name | None, Field(
         description="exactly-once: this instance's transactional id (default: derived from "
                     "the name)", json_schema_extra={"metavar": "ID"})] = None
+    max_hops: Annotated[int | None, Field(
+        ge=1, description="a stage that closes a ring (a feedback loop): how many times a "
+        "record may pass it; each output carries the count in the header processor.hops, "
+        "and a record past it is dead-lettered (reason hops)",
+        json_schema_extra={"metavar": "N"})] = None
 
     def __post_init__(self) -> None:
         if clash := topic_clash(self.input_topic, self.output_topic, self.dlq_topic):

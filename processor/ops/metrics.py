@@ -24,6 +24,13 @@ of one record in `LATENCY_SAMPLE_EVERY` (16), collects the samples of a batch an
 observes every one of them after the batch, which keeps the distribution while cutting
 the cost by that factor; counts of records are never sampled.
 
+Exemplars
+---------
+With tracing on (`processor.ops.tracing`), a stage's latency observations carry an
+exemplar, the `trace_id` and `span_id` of the sampled record they timed
+(`StageMetrics.with_exemplars`); `/metrics` shows them when the scraper asks for
+OpenMetrics. An untraced stage's `StageMetrics` observes as before.
+
 Several worker processes
 ------------------------
 Worker processes of one stage must show one consistent view on one `/metrics` endpoint.
@@ -62,11 +69,14 @@ from prometheus_client import multiprocess as prom_multiprocess
 
 logger = logging.getLogger(__name__)
 
+Exemplar = dict[str, str]
+"""The labels of an exemplar: those of a trace, `trace_id` and `span_id` (hex)."""
+
 LATENCY_SAMPLE_EVERY: Final = 16
 """The stage observes latency histograms for one record in this many."""
 
 DLQ_REASONS: Final = ("decode", "schema", "checksum", "invalid", "retries-exhausted",
-                      "handler-error", "too-large", "signature", "sealed")
+                      "handler-error", "too-large", "signature", "sealed", "hops")
 """The `reason` label values of `processor_dead_lettered_total`
 (see `processor.runtime.dead_letters.Reason`)."""
 
@@ -430,6 +440,16 @@ class StageMetrics:
     def end_to_end_latency(self, seconds: float) -> None:
         self._e2e_latency.observe(seconds)
 
+    def with_exemplars(self, exemplar: Callable[[], Exemplar | None]) -> StageMetrics:
+        """These metrics, their latency observations carrying `exemplar()` (the labels of
+        the traced record they timed: `trace_id`, `span_id`; None: no exemplar). Only a
+        traced stage uses it (`processor.ops.tracing`), so the untraced stage's
+        observations stay as they are."""
+        traced = ExemplarStageMetrics.__new__(ExemplarStageMetrics)
+        traced.__dict__.update(self.__dict__)  # the same children
+        traced.exemplar = exemplar
+        return traced
+
     def commit_latency(self, seconds: float) -> None:
         self._commit_latency.observe(seconds)
 
@@ -472,6 +492,22 @@ class StageMetrics:
             child = REBALANCES.labels(self.stage, kind)
             self._rebalances[kind] = child
         child.inc(n)
+
+
+class ExemplarStageMetrics(StageMetrics):
+    """`StageMetrics` whose handler and end-to-end latency observations carry an exemplar
+    (`StageMetrics.with_exemplars`): the trace of a record they timed, shown where a
+    scrape asks for OpenMetrics (`Accept: application/openmetrics-text`); the plain text
+    format has no exemplars. Multiprocess mode keeps none (prometheus_client stores no
+    exemplar in its files)."""
+
+    exemplar: Callable[[], Exemplar | None]
+
+    def handler_latency(self, seconds: float) -> None:
+        self._handler_latency.observe(seconds, self.exemplar())
+
+    def end_to_end_latency(self, seconds: float) -> None:
+        self._e2e_latency.observe(seconds, self.exemplar())
 
 
 # --- librdkafka statistics -------------------------------------------------------------

@@ -122,8 +122,8 @@ def _reason(error: BaseException) -> str | None:
         return Reason.SCHEMA
     if isinstance(error, ChecksumMismatch):
         return Reason.CHECKSUM
-    if isinstance(error, DecodeError):
-        return Reason.DECODE
+    if isinstance(error, DecodeError):  # HopsExceeded too: a ring's (runtime/ring.py)
+        return getattr(error, "reason", Reason.DECODE)
     if isinstance(error, InvalidArtifact):
         return Reason.INVALID
     if isinstance(error, SecurityError):  # a security policy refused it (docs/security.md)

@@ -62,6 +62,8 @@ class Reason:
     (docs/security.md)."""
     SEALED: Final = "sealed"
     """A sealed payload the stage's opening key cannot open."""
+    HOPS: Final = "hops"
+    """The record went round its ring `max_hops` times already (`runtime/ring.py`)."""
 
     @staticmethod
     def of_security(error: BaseException) -> str:

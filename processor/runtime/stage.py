@@ -77,6 +77,7 @@ from processor.runtime.ledger import OffsetLedger
 from processor.runtime.oversize import TooLargeRecovery
 from processor.runtime.probe import BrokerProbe
 from processor.runtime.retry import RetryHolder, RetryLog
+from processor.runtime.ring import ring_parts
 from processor.runtime.stage_events import StageEvents
 from processor.runtime.stats import StageStats, report_batch
 from processor.serde.codec import Codec
@@ -187,6 +188,9 @@ class Stage(StageEvents):
         self.producer: Producer = broker.producer(
             transactional_id=txn_id, client_id=options.name, settings=producer_settings
         )
+        if options.max_hops is not None:  # it closes a ring: count the passes
+            self.consumer, self.codec = ring_parts(self.consumer, self.codec,
+                                                   options.max_hops)
         self.emitter = Emitter(options.name, self.codec, self.producer, self.outputs)
         self.retries = RetryHolder(options.retry, clock)
         self.retry_log = RetryLog(options.name)
@@ -586,8 +590,8 @@ class Stage(StageEvents):
                     self.dead_letter(msg, Reason.CHECKSUM, exc)
                     pending[tp] = offset + 1
                     continue
-                except DecodeError as exc:
-                    self.dead_letter(msg, Reason.DECODE, exc)
+                except DecodeError as exc:  # HopsExceeded too: a ring's (runtime/ring.py)
+                    self.dead_letter(msg, getattr(exc, "reason", Reason.DECODE), exc)
                     pending[tp] = offset + 1
                     continue
 
