@@ -1,0 +1,1 @@
+"""The docs' shell and Python blocks, run (docs/contributing.md says how)."""
