@@ -13,13 +13,15 @@ A stage (and `defaults`) takes every stage setting under the name it has in a st
 YAML file, `processor run --config` (`handlers`, `handler_mode`, `input_topic`,
 `output_topic`, `outputs`, `dlq_topic`, `guarantee`, `batch_size`, `sign_key`, ...: the
 fields of `processor.ops.settings`), plus what only a pipeline knows: `scale`, `ring`,
-`max_hops`, and, as plain data for the renderers to come, `image`, `resources`, `env`
-and `secrets`. The setting fields are not declared again here: they come from
-`processor.ops.settings.SETTINGS`. In these models a setting is kept as written (`Any`);
-`processor.pipeline.load` validates each stage's settings, `defaults` overlaid by the
-stage's own, with the stage settings' own fields, so one declaration decides what a
-setting accepts wherever it is written. `pipeline_json_schema()` gives the file's JSON
-Schema with the settings' types, bounds and choices.
+`max_hops`, and, for the renderers (`processor.pipeline.render`), `image`, `resources`,
+`env` and `secrets`; the top-level `deploy` section holds what the rendered compose file
+and Kubernetes manifests need beyond the stages. The setting fields are not declared
+again here: they come from `processor.ops.settings.SETTINGS`. In these models a setting
+is kept as written (`Any`); `processor.pipeline.load` validates each stage's settings,
+`defaults` overlaid by the stage's own, with the stage settings' own fields, so one
+declaration decides what a setting accepts wherever it is written.
+`pipeline_json_schema()` gives the file's JSON Schema with the settings' types, bounds and
+choices.
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ from processor.ops.settings import SETTINGS
 
 __all__ = [
     "NOT_IN_DEFAULTS", "NOT_IN_FILE", "SETTINGS_MODEL", "STAGE_NAME_PATTERN",
-    "TOPIC_NAME_PATTERN", "DefaultsSpec", "EntrySpec", "PipelineSpec", "Resources",
-    "ScaleSpec", "SecretRef", "StageSpec", "TopicSpec", "pipeline_json_schema",
-    "schema_text",
+    "TOPIC_NAME_PATTERN", "ComposeDeploy", "ComposeKafka", "DefaultsSpec", "DeploySettings",
+    "DeploySpec", "EntrySpec", "KubernetesDeploy", "PipelineSpec", "Resources", "ScaleSpec",
+    "SecretRef", "StageSpec", "TopicSpec", "pipeline_json_schema", "schema_text",
 ]
 
 TOPIC_NAME_PATTERN: Final = r"^[A-Za-z0-9._-]{1,249}$"
@@ -50,7 +52,7 @@ names a compose service and a Kubernetes object as it is."""
 NOT_IN_FILE: Final = ("name",)
 """Settings a pipeline file does not take: a stage's name is its key under `stages`."""
 NOT_IN_DEFAULTS: Final = ("input_topic", "output_topic", "outputs", "group",
-                          "transactional_id")
+                          "transactional_id", "max_hops")
 """Settings that belong to one stage: `defaults` does not take them."""
 
 _FROZEN: Final = ConfigDict(extra="forbid", frozen=True)
@@ -192,6 +194,73 @@ StageSpec: Final = cast(type[_StageBase], create_model(
 """A stage under `stages`: the model of the entry (settings as written)."""
 
 
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+DeploySettings: Final = cast(type[BaseModel], create_model(
+    "DeploySettings", __config__=_FROZEN, __doc__="Stage settings of one deployment target "
+    "(the cluster's address there, say): over `defaults`, under a stage's own; any stage "
+    "setting but a stage's own topics, group and identity.",
+    **cast(dict[str, Any], {key: _as_written(info) for key, info in SETTINGS.items()
+                            if key not in NOT_IN_FILE + NOT_IN_DEFAULTS})))
+"""`deploy.<target>.settings`: the model of the entry (settings as written)."""
+
+
+class ComposeKafka(BaseModel):
+    """A one-node Kafka (KRaft) service `kafka` on `kafka:9092`, and a `topics` service
+    that creates the pipeline's topics before the stages start."""
+
+    model_config = _FROZEN
+
+    image: Annotated[Name, Field(description="the Kafka image (apache/kafka or alike, "
+                                             "with /opt/kafka/bin)")]
+    env: Mapping[EnvName, PlainValue] = Field(
+        default_factory=dict, description="more KAFKA_* variables of the broker, over the "
+                                          "one-node defaults (KAFKA_NUM_PARTITIONS: 6)")
+
+
+class ComposeDeploy(BaseModel):
+    """What `processor pipeline render compose` needs beyond the stages."""
+
+    model_config = _FROZEN
+
+    settings: DeploySettings = Field(  # type: ignore[valid-type]
+        default_factory=DeploySettings, description="stage settings in the compose file: "
+                                                    "over defaults, under a stage's own")
+    build: Mapping[Name, Any] | None = Field(
+        default=None, description="the build section of every stage's service (paths "
+                                  "as the compose file reads them)")
+    kafka: ComposeKafka | None = Field(
+        default=None, description="run a one-node Kafka and create the topics (default: "
+                                  "none, the stages' bootstrap_servers is elsewhere)")
+    services: Mapping[Name, Mapping[Name, Any]] = Field(
+        default_factory=dict, description="more services, as compose writes them "
+                                          "(a generator, Prometheus, Grafana)")
+
+
+class KubernetesDeploy(BaseModel):
+    """What `processor pipeline render k8s` needs beyond the stages."""
+
+    model_config = _FROZEN
+
+    settings: DeploySettings = Field(  # type: ignore[valid-type]
+        default_factory=DeploySettings, description="stage settings in the manifests: "
+                                                    "over defaults, under a stage's own")
+    scale: ScaleSpec | None = Field(
+        default=None, description="scale in the manifests: over defaults, under a stage's "
+                                  "own")
+
+
+class DeploySpec(BaseModel):
+    """The deployment targets' own options: `compose` and `kubernetes`."""
+
+    model_config = _FROZEN
+
+    compose: ComposeDeploy = Field(default_factory=ComposeDeploy,
+                                   description="the compose file")
+    kubernetes: KubernetesDeploy = Field(default_factory=KubernetesDeploy,
+                                         description="the Kubernetes manifests")
+
+
 class PipelineSpec(BaseModel):
     """A whole pipeline: its defaults, topics and stages."""
 
@@ -207,6 +276,8 @@ class PipelineSpec(BaseModel):
         default_factory=dict, description="topic name -> the topic")
     stages: Annotated[Mapping[StageName, StageSpec], Field(  # type: ignore[valid-type]
         min_length=1, description="stage name -> the stage")]
+    deploy: DeploySpec = Field(default_factory=DeploySpec, description=(
+        "options of the rendered compose file and Kubernetes manifests"))
 
 
 SETTINGS_MODEL: Final = create_model(
@@ -253,7 +324,7 @@ def pipeline_json_schema() -> dict[str, Any]:
     defs: dict[str, Any] = schema["$defs"]
     for name, sub in settings.get("$defs", {}).items():
         defs.setdefault(name, sub)
-    for entry in ("DefaultsSpec", "StageSpec"):
+    for entry in ("DefaultsSpec", "StageSpec", "DeploySettings"):
         props: dict[str, Any] = defs[entry]["properties"]
         for key in list(props):
             if key in settings["properties"]:

@@ -149,13 +149,17 @@ def test_compose_kafka_is_kraft() -> None:
 
 
 def test_compose_stages_are_valid_configurations() -> None:
+    from processor.core.handlers import registry
+
     services = compose()["services"]
     configs = {name: stage_config(services[name]["environment"]) for name in STAGES}
     for name, config in configs.items():
         assert config.name == name
         assert config.metrics_port == CONTAINER_METRICS_PORT
         assert config.bootstrap_servers == "kafka:9092"
-        assert config.handlers == (f"processor.demo:{name}",)
+        # the demo's handler of the stage's name (registered name or module:function)
+        assert [registry.resolve(ref) for ref in config.handlers] == [
+            registry.resolve(f"processor.demo:{name}")]
         assert services[name]["build"]["dockerfile"] == "deploy/Dockerfile"
         check_handlers(config)
     # the stages are chained through their topics

@@ -368,7 +368,7 @@ def test_graph_and_schema_commands(tmp_path: Path, capsys: pytest.CaptureFixture
 
 def _docs_block(first_line: str) -> str:
     docs = (ROOT / "docs" / "pipelines.md").read_text()
-    found = re.search(rf"```(?:yaml)?\n({re.escape(first_line)}\n.*?)```", docs, re.S)
+    found = re.search(rf"```(?:yaml|console)?\n({re.escape(first_line)}\n.*?)```", docs, re.S)
     assert found is not None, f"docs/pipelines.md lost its block {first_line!r}"
     return found.group(1)
 
@@ -394,6 +394,15 @@ def test_the_broken_example_of_the_docs_prints_what_the_docs_show(
 ) -> None:
     path = tmp_path / "broken.yaml"
     path.write_text(_docs_block("# broken.yaml"))
-    shown = _docs_block("$ processor pipeline check broken.yaml").splitlines()[1:]
+    block = _docs_block("$ processor pipeline check broken.yaml").split("\n$ echo $?")[0]
+    shown = block.splitlines()[1:]
     assert main(["pipeline", "check", str(path)]) == 1
     assert capsys.readouterr().out.splitlines() == shown
+
+
+def test_graph_to_a_folder_that_does_not_exist_is_one_error_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["pipeline", "graph", str(DEMO), "--output",
+                 str(tmp_path / "missing" / "demo.mmd")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("processor pipeline: error: cannot write ")

@@ -214,7 +214,7 @@ def test_unknown_keys_are_errors_at_their_place() -> None:
     """)
     assert found == [
         "p.yaml:2: owner: unknown key 'owner'; known keys: version, name, description, "
-        "defaults, topics, stages",
+        "defaults, topics, stages, deploy",
         "p.yaml:5: defaults.input_topic: input_topic belongs to one stage: set it on each "
         "stage, not in defaults",
         "p.yaml:6: defaults.batchsize: unknown key 'batchsize'; did you mean 'batch_size'? "

@@ -84,3 +84,41 @@ def test_a_stage_that_closes_no_ring_leaves_the_header_alone() -> None:
     stage.run(max_records=1, idle_timeout=2.0)
     [out] = read_all(broker, "b")
     assert hops_of(out.headers()) == 7
+
+
+RING = """\
+defaults:
+  bootstrap_servers: 127.0.0.1:9092
+  dlq_topic: ring.dlq
+topics:
+  ring.in: {input: true}
+  ring.back: {}
+  ring.dlq: {}
+stages:
+  first: {handlers: ["tests.unit.test_ring:forward"], input_topic: ring.in,
+          output_topic: ring.back}
+  closing: {handlers: ["tests.unit.test_ring:forward"], input_topic: ring.back,
+            output_topic: ring.in, max_hops: 2}
+"""
+
+
+def test_a_ring_in_a_pipeline_file_is_declared_and_bounded() -> None:
+    from processor.pipeline import check_pipeline, parse_pipeline
+    from processor.testing import PipelineDriver
+
+    pipeline = parse_pipeline(RING, "ring.yaml")
+    report = check_pipeline(pipeline)
+    assert report.ok, report.lines()
+    assert pipeline.stages["closing"].options.max_hops == 2
+    undeclared = check_pipeline(parse_pipeline(RING.replace(", max_hops: 2", ""),
+                                               "ring.yaml"))
+    assert any("cycle" in line for line in undeclared.lines()), undeclared.lines()
+    driver = PipelineDriver(pipeline)
+    try:
+        driver.feed("ring.in", [Artifact.new("x")])
+        driver.run_until_idle()
+        [dead] = driver.read("ring.dlq")
+        assert dead.header(H_REASON) == "hops"
+        assert len(driver.read("ring.in")) == 1 + 2  # the input, then two passes
+    finally:
+        driver.close()
