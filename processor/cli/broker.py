@@ -23,13 +23,16 @@ def add_parsers(sub: Subcommands) -> None:
         "  processor broker --nodes 3           # a 3-node cluster, replicated internal topics\n"
         "  processor broker --secure tls --user orders\n"
         "                                       # SASL_SSL only; client settings in tls/\n\n"
-        "With --secure DIR the only client listener is SASL_SSL: a new CA and broker "
-        "certificate (DIR/ca.pem, DIR/broker-keystore.pem), SCRAM-SHA-512 users `admin` "
-        "(a super user) and each --user with a random password, and the StandardAuthorizer: "
-        "a user other than admin may do nothing until ACLs allow it. For each user, "
-        "DIR/USER.properties (librdkafka/kcat settings) and DIR/USER.kafka.yaml (for "
-        "`processor run --config`) hold its client settings, password included (mode "
-        "0600). See docs/security.md for the ACLs a stage needs.",
+        "With --secure DIR the only client listener is SASL_SSL: a CA and broker "
+        "certificate (DIR/ca.pem, DIR/broker-keystore.pem; made at the first start and "
+        "kept in DIR for the next, renewed only when missing or about to expire), "
+        "SCRAM-SHA-512 users `admin` (a super user) and each --user with a random "
+        "password (kept in DIR/scram-users.yaml, mode 0600, and never on a command line), "
+        "and the StandardAuthorizer: a user other than admin may do nothing until ACLs "
+        "allow it. For each user, DIR/USER.properties (librdkafka/kcat settings) and "
+        "DIR/USER.kafka.yaml (for `processor run --config` and every other command's "
+        "--command-config) hold its client settings, password included (mode 0600). "
+        "`processor acls show|apply` gives a stage the ACLs it needs (docs/security.md).",
     )
     broker.add_argument("--nodes", type=int, choices=(1, 3), default=1,
                         help="1 broker, or a 3-node cluster (default: %(default)s)")

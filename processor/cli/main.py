@@ -11,7 +11,8 @@ table (`add_parsers`) and names the function that runs it (`func`):
 * `processor.cli.registry`: `registry`, a local schema registry for development;
 * `processor.cli.lag`: `lag`, a consumer group's lag;
 * `processor.cli.schema`: `schema register | check | show`, the schema registry;
-* `processor.cli.keys`: `keys generate | show`, the keys that sign and seal artifacts.
+* `processor.cli.keys`: `keys generate | show`, the keys that sign and seal artifacts;
+* `processor.cli.acls`: `acls show | apply`, the Kafka ACLs a stage needs.
 
 A command's `ProcessorError` is one line on stderr (`processor COMMAND: error: ...`) and
 exit status 1; Ctrl-C is status 130; a closed output pipe (`| head`) ends quietly.
@@ -26,11 +27,13 @@ import sys
 from collections.abc import Callable, Sequence
 
 from processor.cli import (
+    acls,
     broker,
     demo,
     dlq,
     keys,
     lag,
+    pipeline,
     produce,
     registry,
     run,
@@ -55,7 +58,8 @@ examples:
 `processor COMMAND --help` explains a command and its flags.
 """
 
-COMMAND_GROUPS = (demo, run, produce, topics, broker, registry, lag, dlq, schema, keys)
+COMMAND_GROUPS = (demo, run, produce, topics, broker, registry, lag, dlq, schema, keys, acls,
+                  pipeline)
 """The modules whose `add_parsers` build the sub-commands, in the order `--help` lists them."""
 
 Command = Callable[[argparse.Namespace], int]

@@ -1,31 +1,48 @@
-"""`processor pipeline check | graph | render | plan | schema`: a whole pipeline in one file.
+"""`processor pipeline check | graph | render | plan | up | down | status | schema`: a whole
+pipeline in one file.
 
 `check` lists every problem of a pipeline file, each as `FILE:LINE: place: message`
 (exit 1), or prints a one-line summary (exit 0). `graph` draws the pipeline as Mermaid
 text. `render` writes the compose file or the Kubernetes manifests of the pipeline
 (`processor.pipeline.render` builds them; the YAML is written here). `plan` prints what
-bringing the file's topics up would change on a cluster. `schema` prints the file's JSON
-Schema, the one `schemas/pipeline.schema.json` holds. See docs/pipelines.md.
+bringing the file's topics up would change on a cluster. `up` creates the missing topics
+and runs every stage as local processes under a supervisor (`processor.pipeline.supervisor`),
+`down` stops it, `status` shows each stage's figures (`processor.pipeline.status`).
+`schema` prints the file's JSON Schema, the one `schemas/pipeline.schema.json` holds. See
+docs/pipelines.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import re
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
 import yaml
 
-from processor.cli.common import Subcommands, add_client_settings, command_parser, kafka_broker
+from processor.cli.common import (
+    BOOTSTRAP_ENV,
+    CONFIG_ENV,
+    Subcommands,
+    add_client_settings,
+    client_config,
+    command_parser,
+    kafka_broker,
+    positive_float,
+    positive_int,
+)
 from processor.core.errors import ProcessorError
 from processor.pipeline.check import check_pipeline
 from processor.pipeline.graph import flow, mermaid
 from processor.pipeline.load import Pipeline, load_pipeline
 from processor.pipeline.model import schema_text
-from processor.pipeline.plan import plan_lines, plan_summary, plan_topics
+from processor.pipeline.plan import create_missing, plan_lines, plan_summary, plan_topics
 from processor.pipeline.render import load_deploy, render_compose, render_k8s
 
 FORMATS = ("mermaid",)
@@ -63,6 +80,7 @@ def add_parsers(sub: Subcommands) -> None:
         "  processor pipeline render compose examples/pipelines/demo.yaml > "
         "docker-compose.yml\n"
         "  processor pipeline plan pipeline.yaml --bootstrap-servers localhost:9092\n"
+        "  processor pipeline up pipeline.yaml --bootstrap-servers localhost:9092\n"
         "  processor pipeline schema > pipeline.schema.json")
     actions = pipeline.add_subparsers(dest="action", metavar="ACTION", required=True)
     check = command_parser(
@@ -140,6 +158,7 @@ def add_parsers(sub: Subcommands) -> None:
     plan.add_argument("file", type=Path, metavar="FILE", help="the pipeline file (YAML)")
     add_client_settings(plan, config_flag=False)
     plan.set_defaults(func=cmd_plan)
+    _add_run_parsers(actions)
     schema = command_parser(
         actions, "schema", help="print the JSON Schema of pipeline files",
         description="Print the JSON Schema (draft 2020-12) of a pipeline file, for editors "
@@ -152,6 +171,9 @@ def add_parsers(sub: Subcommands) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from processor.cli.run import _import_from_cwd
+
+    _import_from_cwd()  # handlers resolve as processor run resolves them
     report = check_pipeline(load_pipeline(args.file), handlers=args.handlers)
     for line in report.lines():
         print(line)
@@ -281,3 +303,175 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(line)
     print(plan_summary(plans, pipeline.source))
     return 0
+
+
+# --- up, down, status -------------------------------------------------------------------
+
+
+def _add_run_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run-dir", type=Path, metavar="DIR", default=None,
+                        help="the run directory: state file and logs (default: "
+                        ".processor/run/<pipeline name> below the current directory)")
+
+
+def _add_run_parsers(actions: Subcommands) -> None:
+    up = command_parser(
+        actions, "up", help="create the missing topics and run every stage locally, "
+        "supervised",
+        description="Bring a pipeline file up on a cluster from this machine: create the "
+        "topics that plan shows missing (+), then run scale.replicas processes of each "
+        "stage (processor run, with the stage's effective settings as PROCESSOR_* "
+        "variables, metrics on a free port of 127.0.0.1, output in a log file per stage "
+        "in the run directory), under one supervisor, in the foreground. A stage that "
+        "exits on its own is started again after a delay doubling from 1 s to 30 s; one "
+        "that crashes --max-restarts times in a row stops the pipeline.\n\n"
+        "Ctrl-C or SIGTERM (processor pipeline down) stops the stages in file order, the "
+        "first first, each after the one before it stopped and it read what that one "
+        "wrote: SIGTERM, up to its shutdown_timeout + 10 s to drain and commit, then "
+        "SIGKILL; a second Ctrl-C kills them at once. The exit status is 0 when every "
+        "stage stopped in time, 1 when one had to be killed or kept crashing.\n\n"
+        "The client settings name the cluster, in place of the stages' own "
+        "bootstrap_servers (and kafka settings added to theirs); without any, the stages "
+        "use their own. The run directory holds state.json (the supervisor's pid, each "
+        "process's pid, metrics URL and log file), which status and down read.",
+        epilog="examples:\n"
+        "  processor pipeline up examples/pipelines/demo.yaml --bootstrap-servers "
+        "localhost:9092\n"
+        "  processor pipeline up pipeline.yaml --command-config admin.kafka.yaml "
+        "--run-dir /tmp/run")
+    up.add_argument("file", type=Path, metavar="FILE", help="the pipeline file (YAML)")
+    add_client_settings(up, config_flag=False)
+    _add_run_dir(up)
+    up.add_argument("--max-restarts", type=positive_int, metavar="N", default=5,
+                    help="crashes in a row of one process after which the pipeline is "
+                    "stopped (default: 5)")
+    up.set_defaults(func=cmd_up)
+    down = command_parser(
+        actions, "down", help="stop a pipeline that processor pipeline up runs",
+        description="Send SIGTERM to the supervisor of processor pipeline up that runs "
+        "the pipeline file (found in the state file of its run directory) and wait until "
+        "it has stopped every stage in order. The exit status is the supervisor's: 0 when "
+        "every stage stopped in time; 1 when nothing runs there.",
+        epilog="examples:\n"
+        "  processor pipeline down examples/pipelines/demo.yaml")
+    down.add_argument("file", type=Path, metavar="FILE", help="the pipeline file (YAML)")
+    _add_run_dir(down)
+    down.add_argument("--timeout", type=positive_float, metavar="SECONDS", default=None,
+                      help="wait at most this long (default: what stopping every stage "
+                      "may take, plus 30 s)")
+    down.set_defaults(func=cmd_down)
+    status = command_parser(
+        actions, "status", help="show each stage of a running pipeline: rates, lag, "
+        "health",
+        description="Print a table of the stages of the pipeline processor pipeline up "
+        "runs, from their Prometheus metrics, summed over each stage's processes: UP "
+        "(processes running whose metrics answer), IN and OUT (records consumed; produced "
+        "to the outputs, dead letters left out), IN/S and OUT/S (per second between two "
+        "scrapes), DROPPED, DEAD (dead-lettered), LAG (consumer lag), HEALTH (/healthz) "
+        "and RESTARTS. The exit status is 1 when the pipeline is not running.",
+        epilog="examples:\n"
+        "  processor pipeline status examples/pipelines/demo.yaml\n"
+        "  processor pipeline status examples/pipelines/demo.yaml --watch 2")
+    status.add_argument("file", type=Path, metavar="FILE", help="the pipeline file (YAML)")
+    _add_run_dir(status)
+    status.add_argument("--watch", type=positive_float, metavar="SECONDS", default=None,
+                        help="print the table again every SECONDS until Ctrl-C (or until "
+                        "the pipeline stops)")
+    status.set_defaults(func=cmd_status)
+
+
+def _run_dir(args: argparse.Namespace, pipeline: Pipeline | None = None) -> Path:
+    from processor.pipeline.supervisor import run_dir_of
+
+    if args.run_dir is not None:
+        return Path(args.run_dir)
+    return run_dir_of(pipeline or load_pipeline(args.file), args.file)
+
+
+def _client_given(args: argparse.Namespace) -> bool:
+    return bool(args.bootstrap_servers or args.command_config or args.kafka
+                or os.environ.get(BOOTSTRAP_ENV) or os.environ.get(CONFIG_ENV))
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from processor.backends.kafka import KafkaBroker
+    from processor.pipeline.supervisor import ClientSettings, Supervisor, refuse_second_run
+
+    pipeline = load_pipeline(args.file).require_valid()
+    run_dir = _run_dir(args, pipeline)
+    refuse_second_run(run_dir)
+    client = None
+    if _client_given(args):
+        config = client_config(args)
+        client = ClientSettings(config.bootstrap_servers,
+                                {k: str(v).lower() if isinstance(v, bool) else str(v)
+                                 for k, v in config.kafka.items()})
+        broker = kafka_broker(args)
+    else:
+        first = next(iter(pipeline.stages.values())).settings
+        broker = KafkaBroker(first.bootstrap_servers, first.kafka)
+    admin = broker.admin()
+    try:
+        plans = plan_topics(pipeline, admin)
+        created = create_missing(plans, admin)
+    finally:
+        admin.close()
+    for plan in plans:
+        if plan in created:
+            print(f"created {plan.lines()[0][2:]}")
+        elif plan.action == "change" or plan.conflicts:
+            for line in plan.lines():
+                print(f"left as it is: {line}")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s pipeline %(message)s", "%H:%M:%S"))
+    log = logging.getLogger("processor.pipeline.supervisor")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    supervisor = Supervisor(pipeline, run_dir, source=str(args.file), client=client,
+                            max_crashes=args.max_restarts)
+    print(f"{pipeline.source}: {len(supervisor.stages)} stage(s) starting; state and logs "
+          f"in {run_dir}; Ctrl-C (or processor pipeline down {args.file}) stops them",
+          flush=True)
+    code = supervisor.up()
+    print(f"{pipeline.source}: stopped" + (
+        "" if code == 0 else f" (exit status {code}: see the log above)"), flush=True)
+    return code
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from processor.pipeline.supervisor import stop_supervisor
+
+    run_dir = _run_dir(args)
+    code = stop_supervisor(run_dir, args.timeout)
+    print(f"{args.file}: stopped" + ("" if code == 0 else f" (exit status {code})"))
+    return code
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from processor.pipeline.status import heading, stage_rows, status_table
+    from processor.pipeline.supervisor import read_state, supervisor_alive
+
+    run_dir = _run_dir(args)
+    state = read_state(run_dir)
+    if state is None:
+        print(f"{args.file}: not running (no {run_dir / 'state.json'})")
+        return 1
+    rows, samples = stage_rows(state)
+    if args.watch is None:  # a second scrape, for the rates
+        time.sleep(1.0)
+        state = read_state(run_dir) or state
+        rows, samples = stage_rows(state, samples)
+    clear = "\x1b[H\x1b[2J" if args.watch is not None and sys.stdout.isatty() else ""
+    try:
+        while True:
+            live = supervisor_alive(state)
+            sys.stdout.write(clear + heading(state, live) + "\n" + status_table(rows))
+            sys.stdout.flush()
+            if args.watch is None or not live:
+                return 0 if live else 1
+            time.sleep(args.watch)
+            state = read_state(run_dir) or state
+            rows, samples = stage_rows(state, samples)
+    except KeyboardInterrupt:
+        return 0

@@ -6,9 +6,15 @@
   with the `cryptography` package, written as PEM files (Kafka reads PEM key stores and
   trust stores, `ssl.keystore.type=PEM`; librdkafka's `ssl.ca.location` reads the CA);
   a second, unrelated CA (`untrusted_ca`) lets tests show that a client trusting the
-  wrong authority is refused;
+  wrong authority is refused. A directory that holds them already keeps them
+  (`ensure_certificates`): only what is missing, expires within a day or no longer fits
+  is made again, so clients that trust the CA keep trusting it;
 * SCRAM-SHA-512 users, created when the storage is formatted (`--add-scram`): `broker`
-  (the nodes among themselves), `admin`, and any others asked for;
+  (the nodes among themselves), `admin`, and any others asked for. Their passwords are
+  kept in `scram-users.yaml` (mode 0600) and read again at the next start, so the client
+  files stay valid. No password is ever on a command line: the storage tool gets its
+  arguments from a Java argument file (`java @FILE`, mode 0600, removed once the
+  storage is formatted; see `processor.devtools.local_kafka`);
 * the `StandardAuthorizer`, `broker` and `admin` as super users, and no access for anyone
   else without an ACL (`allow.everyone.if.no.acl.found=false`).
 
@@ -38,6 +44,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._acl import AclBinding, AclOperation, AclPermissionType
 from confluent_kafka.admin._resource import ResourcePatternType, ResourceType
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -52,9 +59,13 @@ LISTENER: Final = "SECURE"
 """The name of the SASL_SSL client (and inter-broker) listener."""
 
 CA_FILE: Final = "ca.pem"
+CA_KEY_FILE: Final = "ca-key.pem"
 UNTRUSTED_CA_FILE: Final = "untrusted-ca.pem"
 BROKER_KEYSTORE_FILE: Final = "broker-keystore.pem"
+USERS_FILE: Final = "scram-users.yaml"
 VALID_DAYS: Final = 30
+RENEW_BEFORE: Final = datetime.timedelta(days=1)
+"""A certificate that expires sooner than this is made again at the next start."""
 
 
 @dataclass(frozen=True)
@@ -107,15 +118,10 @@ def _write_private(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def generate_certificates(directory: Path, hosts: tuple[str, ...] = ("localhost",),
-                          addresses: tuple[str, ...] = ("127.0.0.1",)) -> Certificates:
-    """A CA, a broker certificate it signs (valid for `hosts` and `addresses`, for
-    servers and clients both, since the nodes connect to each other), and an unrelated
-    CA, written into `directory` (created if needed)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key, ca_cert = _authority("processor local Kafka CA", now)
-    _, other_cert = _authority("processor untrusted CA", now)
+def _broker_certificate(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate,
+                        hosts: tuple[str, ...], addresses: tuple[str, ...],
+                        now: datetime.datetime
+                        ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = [x509.DNSName(h) for h in hosts]
     names += [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
@@ -136,18 +142,139 @@ def generate_certificates(directory: Path, hosts: tuple[str, ...] = ("localhost"
             ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    files = Certificates(directory / CA_FILE, directory / BROKER_KEYSTORE_FILE,
-                         directory / UNTRUSTED_CA_FILE)
+    return key, certificate
+
+
+def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _files(directory: Path) -> Certificates:
+    return Certificates(directory / CA_FILE, directory / BROKER_KEYSTORE_FILE,
+                        directory / UNTRUSTED_CA_FILE)
+
+
+def generate_certificates(directory: Path, hosts: tuple[str, ...] = ("localhost",),
+                          addresses: tuple[str, ...] = ("127.0.0.1",), *,
+                          now: datetime.datetime | None = None) -> Certificates:
+    """A new CA (its key in `ca-key.pem`, mode 0600), a broker certificate it signs
+    (valid for `hosts` and `addresses`, for servers and clients both, since the nodes
+    connect to each other), and an unrelated CA, written into `directory` (created if
+    needed), replacing what is there."""
+    directory.mkdir(parents=True, exist_ok=True)
+    now = now or datetime.datetime.now(datetime.UTC)
+    ca_key, ca_cert = _authority("processor local Kafka CA", now)
+    _, other_cert = _authority("processor untrusted CA", now)
+    files = _files(directory)
+    _write_private(directory / CA_KEY_FILE, _private_pem(ca_key))
     files.ca.write_bytes(_pem(ca_cert))
     files.untrusted_ca.write_bytes(_pem(other_cert))
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    _write_private(files.broker_keystore, private + _pem(certificate) + _pem(ca_cert))
+    _write_keystore(files, ca_key, ca_cert, hosts, addresses, now)
     return files
+
+
+def _write_keystore(files: Certificates, ca_key: ec.EllipticCurvePrivateKey,
+                    ca_cert: x509.Certificate, hosts: tuple[str, ...],
+                    addresses: tuple[str, ...], now: datetime.datetime) -> None:
+    key, certificate = _broker_certificate(ca_key, ca_cert, hosts, addresses, now)
+    _write_private(files.broker_keystore,
+                   _private_pem(key) + _pem(certificate) + _pem(ca_cert))
+
+
+def _fresh(certificate: x509.Certificate, now: datetime.datetime) -> bool:
+    return (certificate.not_valid_before_utc <= now
+            and certificate.not_valid_after_utc - now > RENEW_BEFORE)
+
+
+def _reusable_authority(directory: Path, now: datetime.datetime
+                        ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate] | None:
+    """The CA of `directory` when its certificate and key are there, match and are not
+    about to expire."""
+    try:
+        certificate = x509.load_pem_x509_certificate((directory / CA_FILE).read_bytes())
+        key = serialization.load_pem_private_key((directory / CA_KEY_FILE).read_bytes(),
+                                                 password=None)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not _fresh(certificate, now):
+        return None
+    if key.public_key() != certificate.public_key():
+        return None
+    return key, certificate
+
+
+def _keystore_fits(path: Path, ca_cert: x509.Certificate, hosts: tuple[str, ...],
+                   addresses: tuple[str, ...], now: datetime.datetime) -> bool:
+    """Whether the broker key store at `path` holds a key and a certificate of it, signed
+    by `ca_cert`, naming `hosts` and `addresses`, and not about to expire."""
+    try:
+        data = path.read_bytes()
+        key = serialization.load_pem_private_key(data, password=None)
+        certificate = x509.load_pem_x509_certificates(data)[0]
+        certificate.verify_directly_issued_by(ca_cert)
+        names = certificate.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value
+    except (OSError, ValueError, TypeError, IndexError, x509.ExtensionNotFound,
+            InvalidSignature):
+        return False
+    wanted = {*hosts, *(ipaddress.ip_address(a) for a in addresses)}
+    named = {*names.get_values_for_type(x509.DNSName),
+             *names.get_values_for_type(x509.IPAddress)}
+    return (isinstance(key, ec.EllipticCurvePrivateKey)
+            and key.public_key() == certificate.public_key()
+            and wanted <= named and _fresh(certificate, now))
+
+
+def ensure_certificates(directory: Path, hosts: tuple[str, ...] = ("localhost",),
+                        addresses: tuple[str, ...] = ("127.0.0.1",), *,
+                        now: datetime.datetime | None = None
+                        ) -> tuple[Certificates, list[str]]:
+    """The certificates of `directory`, reused where they are there and fit: a CA whose
+    key is there too, a broker key store it signed for `hosts` and `addresses`, an
+    unrelated CA; what is missing, expires within `RENEW_BEFORE` or no longer fits is made
+    again (a new CA means a new broker certificate). Returns the files and the names of
+    those made anew (empty when everything was reused). `now`: the time to judge by."""
+    directory.mkdir(parents=True, exist_ok=True)
+    now = now or datetime.datetime.now(datetime.UTC)
+    files = _files(directory)
+    authority = _reusable_authority(directory, now)
+    if authority is None:
+        return generate_certificates(directory, hosts, addresses, now=now), [
+            CA_FILE, CA_KEY_FILE, BROKER_KEYSTORE_FILE, UNTRUSTED_CA_FILE]
+    made: list[str] = []
+    ca_key, ca_cert = authority
+    if not _keystore_fits(files.broker_keystore, ca_cert, hosts, addresses, now):
+        _write_keystore(files, ca_key, ca_cert, hosts, addresses, now)
+        made.append(BROKER_KEYSTORE_FILE)
+    try:
+        _ = x509.load_pem_x509_certificate(files.untrusted_ca.read_bytes())
+    except (OSError, ValueError):
+        files.untrusted_ca.write_bytes(_pem(_authority("processor untrusted CA", now)[1]))
+        made.append(UNTRUSTED_CA_FILE)
+    return files, made
 
 
 def new_password() -> str:
     return secrets.token_urlsafe(18)
+
+
+def read_passwords(path: Path) -> dict[str, str]:
+    """The user -> password mapping kept at `path` (`scram-users.yaml`); empty when the
+    file is missing. A file that is not such a mapping is a ConfigError."""
+    try:
+        document = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the SCRAM users' passwords: {exc}") from None
+    if document is None:
+        return {}
+    if not isinstance(document, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and v for k, v in document.items()):
+        raise ConfigError(f"{path}: expected a mapping of user name to password; remove "
+                          "the file to make new passwords")
+    return dict(document)
 
 
 def _check_user(name: str) -> None:
@@ -155,6 +282,15 @@ def _check_user(name: str) -> None:
     # principals (`User:name`): keep them to characters that need no quoting there.
     if not name or not all(c.isalnum() or c in "._-" for c in name):
         raise ConfigError(f"SCRAM user name {name!r}: use letters, digits, '.', '_' or '-'")
+
+
+def _check_password(name: str, password: str) -> None:
+    # Kafka's --add-scram syntax splits on commas and strips quotes and blanks around a
+    # value; what it would misread is refused rather than changed.
+    if any(c in password for c in ',[]"') or password != password.strip() or \
+            not password.isprintable():
+        raise ConfigError(f"the password of SCRAM user {name!r} may not hold ',', '[', ']', "
+                          "'\"', control characters or blanks at either end")
 
 
 def _jaas(module: str, username: str, password: str, **extra: str) -> str:
@@ -171,27 +307,38 @@ class BrokerSecurity:
     certificates: Certificates
     users: dict[str, str] = field(default_factory=dict)
     """User name -> password, `broker` and `admin` included."""
+    renewed: list[str] = field(default_factory=list)
+    """The certificate files made at this start (empty: all reused)."""
 
     @classmethod
     def create(cls, directory: str | Path,
                users: Mapping[str, str] | None = None) -> BrokerSecurity:
-        """New certificates in `directory`, and passwords for `broker`, `admin` and
-        `users` (name -> password; an empty password is replaced by a random one).
-        Every file is named by its absolute path, in the broker's settings and in the
-        clients' (`write_client_files`), so that they work from any directory."""
+        """The certificates of `directory`, reused when they are there and fit, else new
+        (`ensure_certificates`), and passwords for `broker`, `admin` and `users` (name ->
+        password; an empty password is the one `directory` keeps for the user, else a new
+        random one). The passwords are kept in `scram-users.yaml` (mode 0600) for the next
+        start. Every file is named by its absolute path, in the broker's settings and in
+        the clients' (`write_client_files`), so that they work from any directory."""
         path = Path(os.path.abspath(directory))
         wanted = {BROKER_USER: "", ADMIN_USER: "", **dict(users or {})}
-        for name in wanted:
+        for name, password in wanted.items():
             _check_user(name)
-        return cls(path, generate_certificates(path),
-                   {name: password or new_password() for name, password in wanted.items()})
+            _check_password(name, password)
+        certificates, renewed = ensure_certificates(path)
+        known = read_passwords(path / USERS_FILE)
+        chosen = {name: password or known.get(name) or new_password()
+                  for name, password in wanted.items()}
+        _write_private(path / USERS_FILE, yaml.safe_dump(
+            {**known, **chosen}, sort_keys=False).encode())
+        return cls(path, certificates, chosen, renewed)
 
     @property
     def super_users(self) -> tuple[str, ...]:
         return (BROKER_USER, ADMIN_USER)
 
     def format_arguments(self) -> list[str]:
-        """`kafka-storage format` arguments creating every SCRAM user."""
+        """`kafka-storage format` arguments creating every SCRAM user. They hold the
+        passwords: `LocalKafka` passes them in an argument file, never on a command line."""
         args: list[str] = []
         for name, password in self.users.items():
             args += ["--add-scram", f"{MECHANISM}=[name={name},password={password}]"]

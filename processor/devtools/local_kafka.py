@@ -57,6 +57,8 @@ THROUGHPUT_JVM_FLAGS: tuple[str, ...] = ("-XX:+UseG1GC", "-XX:MaxGCPauseMillis=2
 
 _PACKAGE_DATA = Path(__file__).resolve().parent / "kafka"
 _MARKER = ".complete"
+FORMAT_ARGFILE = "format.args"
+"""The Java argument file of a node's storage format command (it holds passwords)."""
 
 
 class LocalKafkaError(ProcessorError):
@@ -251,6 +253,21 @@ def render_server_properties(node: NodeConfig, cluster: Sequence[NodeConfig],
     return text
 
 
+def argfile_text(args: Sequence[str]) -> str:
+    """`args` as a Java launcher argument file (`java @FILE`): one argument a line, each
+    in double quotes, a backslash or a double quote in it escaped by a backslash."""
+    quoted = ('"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"' for arg in args)
+    return "".join(line + "\n" for line in quoted)
+
+
+def write_argfile(path: Path, args: Sequence[str]) -> None:
+    """Write `args` into the new file `path`, readable by its owner only."""
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(argfile_text(args))
+
+
 def render_log4j(node: NodeConfig, template: str | None = None) -> str:
     if template is None:
         template = (deploy_dir() / "log4j2.properties").read_text()
@@ -431,10 +448,19 @@ class LocalKafka:
         with contextlib.suppress(OSError):
             temporary.unlink()
 
-    def _java_command(self, node: NodeConfig, main_class: str, *args: str
+    def _java_command(self, node: NodeConfig, main_class: str, *args: str,
+                      argfile: Path | None = None
                       ) -> tuple[list[str], tuple[Path, Path] | None]:
+        """The command running `main_class` with `args`; with `argfile`, the class and
+        its arguments are written there (mode 0600) and the command names the file
+        (`java @FILE`), so that secrets among them are never on a command line, where
+        every local user could read them (`ps`, /proc/PID/cmdline)."""
         heap = self.heap if main_class == "kafka.Kafka" else "256m"
         sharing, pending = self._class_sharing(main_class)
+        tail = [main_class, *args]
+        if argfile is not None:
+            write_argfile(argfile, tail)
+            tail = [f"@{argfile}"]
         return [
             self._java,
             f"-Xmx{heap}",
@@ -444,30 +470,46 @@ class LocalKafka:
             f"-Dlog4j2.configurationFile={node.log4j_file}",
             f"-Dkafka.logs.dir={node.directory}",
             "-cp", f"{self._libs}/*",
-            main_class, *args,
+            *tail,
         ], pending
 
     def _format_all(self) -> None:
         """Format every node's storage (in parallel: each is a JVM start)."""
         running: list[tuple[NodeConfig, subprocess.Popen[str]]] = []
-        for node in self.node_configs:
-            args = ["format", "-t", self.cluster_id, "-c", str(node.properties_file)]
-            if self.nodes == 1:
-                args.append("--standalone")
-            if self.security is not None:
-                args += self.security.format_arguments()
-            command, pending = self._java_command(node, "kafka.tools.StorageTool", *args)
-            process = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            if pending is not None:
-                self._pending_archives[process.pid] = pending
-            running.append((node, process))
-        for node, process in running:
-            try:
-                output, _ = process.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
+        argfiles: list[Path] = []
+        try:
+            for node in self.node_configs:
+                args = ["format", "-t", self.cluster_id, "-c", str(node.properties_file)]
+                if self.nodes == 1:
+                    args.append("--standalone")
+                argfile = None
+                if self.security is not None:
+                    # The SCRAM users' passwords: in a file of the node's, not in argv.
+                    args += self.security.format_arguments()
+                    argfile = node.directory / FORMAT_ARGFILE
+                    argfiles.append(argfile)
+                command, pending = self._java_command(node, "kafka.tools.StorageTool", *args,
+                                                      argfile=argfile)
+                process = subprocess.Popen(
+                    command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                if pending is not None:
+                    self._pending_archives[process.pid] = pending
+                running.append((node, process))
+            outputs = []
+            for _, process in running:
+                try:
+                    output, _ = process.communicate(timeout=60)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    output, _ = process.communicate()
+                outputs.append(output)
+        finally:
+            for process in (p for _, p in running if p.poll() is None):
                 process.kill()
-                output, _ = process.communicate()
+                process.wait()
+            for argfile in argfiles:
+                argfile.unlink(missing_ok=True)
+        for (node, process), output in zip(running, outputs, strict=True):
             self._adopt_archive(process.pid, process.returncode)
             if process.returncode != 0:
                 raise LocalKafkaError(
@@ -676,8 +718,10 @@ def main_broker(nodes: int = 1, *, secure: Path | None = None,
             kafka.warm_up()
             if security is not None:
                 written = security.write_client_files(kafka.bootstrap_servers)
-                print(f"SASL_SSL (SCRAM-SHA-512) with ACLs; CA {security.certificates.ca}; "
-                      f"client settings of {', '.join(sorted(written))} in "
+                kept = ("certificates reused" if not security.renewed
+                        else f"made {', '.join(security.renewed)}")
+                print(f"SASL_SSL (SCRAM-SHA-512) with ACLs; CA {security.certificates.ca} "
+                      f"({kept}); client settings of {', '.join(sorted(written))} in "
                       f"{security.directory}/USER.properties and USER.kafka.yaml",
                       file=sys.stderr)
             print(kafka.bootstrap_servers, flush=True)

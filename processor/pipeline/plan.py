@@ -14,7 +14,8 @@ topic, in file order:
   not remove partitions) or another replication factor (that takes a reassignment).
 
 Settings the topic has and the file does not name are left alone, as the cluster's
-defaults are. `lines()` prints it as a diff (`processor pipeline plan`).
+defaults are. `lines()` prints it as a diff (`processor pipeline plan`);
+`create_missing(plans, admin)` creates the `+` topics (`processor pipeline up`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from processor.backends.abstract import Admin
 from processor.pipeline.load import Pipeline
 from processor.pipeline.model import TopicSpec
 
-__all__ = ["TopicPlan", "plan_lines", "plan_summary", "plan_topics"]
+__all__ = ["TopicPlan", "create_missing", "plan_lines", "plan_summary", "plan_topics"]
 
 Action = Literal["create", "change", "same"]
 
@@ -112,3 +113,17 @@ def plan_summary(plans: Sequence[TopicPlan], source: str = "") -> str:
     if conflicts:
         text += f"; {conflicts} with differences left as they are (!)"
     return f"{source}: {text}" if source else text
+
+
+def create_missing(plans: Sequence[TopicPlan], admin: Admin) -> list[TopicPlan]:
+    """Create the topics `plans` finds missing (`+`), with the file's partitions,
+    replication and settings; the others are left as they are. Returns those created."""
+    created = []
+    for plan in plans:
+        if plan.action != "create":
+            continue
+        spec = plan.spec
+        admin.create_topic(plan.name, spec.partitions, spec.replication,
+                           {k: _value(v) for k, v in spec.config.items()})
+        created.append(plan)
+    return created

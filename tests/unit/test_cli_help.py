@@ -27,8 +27,11 @@ ALL = commands(build_parser())
 
 def test_the_commands() -> None:
     assert sorted(" ".join(words) for words, _ in ALL) == [
+        "acls", "acls apply", "acls show",
         "broker", "config", "config check", "demo", "dlq", "dlq inspect", "dlq replay", "keys",
-        "keys generate", "keys show", "lag",
+        "keys approve", "keys generate", "keys show", "keys verify", "lag",
+        "pipeline", "pipeline check", "pipeline down", "pipeline graph", "pipeline plan",
+        "pipeline render", "pipeline schema", "pipeline status", "pipeline up",
         "produce", "registry", "run", "schema", "schema check", "schema register",
         "schema show", "tail",
         "topics", "topics create", "topics delete", "topics describe", "topics list",

@@ -1,4 +1,4 @@
-"""The Kafka admin client: topic management and group inspection.
+"""The Kafka admin client: topic management, group inspection and ACLs.
 
 Creating a topic waits until every partition has a leader, and deleting one until it is
 gone from the metadata, so that what a caller does next sees the change. A partition
@@ -9,19 +9,26 @@ fresh cluster answers with "not yet" (see `SETTLING`) are retried for a while.
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 import confluent_kafka as ck
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
-# The config and resource types, by their defining modules: confluent_kafka.admin does
-# not declare its re-exports of them for type checkers.
+# The config, ACL and resource types, by their defining modules: confluent_kafka.admin
+# does not declare its re-exports of them for type checkers.
+from confluent_kafka.admin._acl import (
+    AclBinding,
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+)
 from confluent_kafka.admin._config import ConfigResource, ConfigSource
-from confluent_kafka.admin._resource import ResourceType
+from confluent_kafka.admin._resource import ResourcePatternType, ResourceType
 from confluent_kafka.cimpl import NewTopic
 
 from processor.backends.abstract import (
@@ -36,6 +43,52 @@ from processor.core.errors import BackendError, UnknownTopic
 
 _T = TypeVar("_T")
 logger = logging.getLogger(__name__)
+
+
+class AclSpec(Protocol):
+    """An ALLOW binding in the words of Kafka's enums (`processor.ops.acls.Acl` is one):
+    `kind` a `ResourceType` name (TOPIC, GROUP, TRANSACTIONAL_ID, CLUSTER), `pattern` a
+    `ResourcePatternType` name (LITERAL, PREFIXED), `operation` an `AclOperation` name."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def operation(self) -> str: ...
+    @property
+    def principal(self) -> str: ...
+    @property
+    def pattern(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+
+
+AclKey = tuple[str, str, str, str, str, str]
+"""(kind, name, pattern, principal, host, operation) of an ALLOW binding."""
+
+
+def acl_key(spec: AclSpec) -> AclKey:
+    return (spec.kind, spec.name, spec.pattern, spec.principal, spec.host, spec.operation)
+
+
+def _binding(spec: AclSpec) -> AclBinding:
+    # confluent-kafka calls Kafka's CLUSTER resource type BROKER (the same code, 4).
+    kind = ResourceType.BROKER if spec.kind == "CLUSTER" else ResourceType[spec.kind]
+    return AclBinding(kind, spec.name, ResourcePatternType[spec.pattern], spec.principal,
+                      spec.host, AclOperation[spec.operation], AclPermissionType.ALLOW)
+
+
+def _key(binding: AclBinding) -> AclKey:
+    kind = _word(binding.restype)
+    return ("CLUSTER" if kind == "BROKER" else kind, str(binding.name),
+            _word(binding.resource_pattern_type), str(binding.principal), str(binding.host),
+            _word(binding.operation))
+
+
+def _word(value: object) -> str:
+    """The name of an enum member (confluent-kafka types the fields loosely)."""
+    return value.name if isinstance(value, enum.Enum) else str(value)
 
 
 class KafkaAdmin(Admin):
@@ -201,3 +254,50 @@ class KafkaAdmin(Admin):
                 if not passing or time.monotonic() > deadline:
                     raise_kafka(exc, what)
                 time.sleep(0.1)
+
+    # -- ACLs --
+
+    def describe_acls(self, principal: str | None = None) -> set[AclKey]:
+        """The ALLOW bindings of `principal` (every principal's when None)."""
+        anything: Any = None  # a filter's None matches any value (typed `str` only)
+        wanted = AclBindingFilter(ResourceType.ANY, anything, ResourcePatternType.ANY,
+                                  principal or anything, anything, AclOperation.ANY,
+                                  AclPermissionType.ALLOW)
+        try:
+            found: list[AclBinding] = self._a.describe_acls(
+                wanted, request_timeout=self._timeout).result(timeout=self._timeout + 5)
+        except KafkaException as exc:
+            raise_kafka(exc, "describe ACLs")
+        return {_key(binding) for binding in found}
+
+    def create_acls(self, specs: Iterable[AclSpec]) -> None:
+        """Create the ALLOW bindings `specs`; one that exists already is left as it is
+        (Kafka's CreateAcls is idempotent)."""
+        bindings = [_binding(spec) for spec in specs]
+        if not bindings:
+            return
+        futures = self._a.create_acls(bindings, request_timeout=self._timeout)
+        for binding, future in futures.items():
+            try:
+                future.result(timeout=self._timeout + 5)
+            except KafkaException as exc:
+                raise_kafka(exc, f"create ACL {_describe(binding)}")
+
+    def delete_acls(self, specs: Iterable[AclSpec]) -> None:
+        """Delete the ALLOW bindings `specs` (exactly those: no pattern matching)."""
+        filters = [AclBindingFilter(b.restype, b.name, b.resource_pattern_type, b.principal,
+                                    b.host, b.operation, b.permission_type)
+                   for b in map(_binding, specs)]
+        if not filters:
+            return
+        futures = self._a.delete_acls(filters, request_timeout=self._timeout)
+        for binding, future in futures.items():
+            try:
+                future.result(timeout=self._timeout + 5)
+            except KafkaException as exc:
+                raise_kafka(exc, f"delete ACL {_describe(binding)}")
+
+
+def _describe(binding: AclBinding) -> str:
+    kind, name, pattern, principal, _, operation = _key(binding)
+    return f"{operation} on {kind} {name!r} ({pattern}) for {principal}"

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import confluent_kafka as ck
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from processor.backends.abstract import Broker
@@ -152,7 +152,8 @@ class KafkaBroker(Broker):
         merged = self._merged("consumer", settings)
         check_consumer(merged, group, read_committed, auto_offset_reset)
         self.ensure_reachable()
-        errors = ErrorLog(f"consumer {client_id or group}", merged.pop("error_cb", None))
+        errors = ErrorLog(f"consumer {client_id or group}", merged.pop("error_cb", None),
+                          names={KafkaError.GROUP_AUTHORIZATION_FAILED: f"group {group}"})
         forced: dict[str, object] = {
             "group.id": group,
             "enable.auto.commit": False,
@@ -173,8 +174,11 @@ class KafkaBroker(Broker):
         merged = self._merged("producer", settings)
         check_producer(merged, transactional_id)
         self.ensure_reachable()
+        names = {} if transactional_id is None else {
+            KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
+                f"transactional id {transactional_id}"}
         errors = ErrorLog(f"producer {client_id or transactional_id or ''}".rstrip(),
-                           merged.pop("error_cb", None))
+                          merged.pop("error_cb", None), names=names)
         deliveries = DeliveryLog()
         forced: dict[str, object] = {"error_cb": errors, "on_delivery": deliveries}
         if transactional_id is not None:

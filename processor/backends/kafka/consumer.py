@@ -101,7 +101,7 @@ class KafkaConsumer(Consumer):
             self._c.subscribe(list(topics), on_assign=self._on_assign,
                               on_revoke=self._on_revoke, on_lost=self._on_lost)
         except KafkaException as exc:
-            raise_kafka(exc, "subscribe")
+            raise_kafka(exc, "subscribe", names=self._errors.names)
 
     def _cooperative(self) -> bool:
         return self._is_cooperative
@@ -235,7 +235,7 @@ class KafkaConsumer(Consumer):
                 if messages and max_messages > 1:
                     messages += self._c.consume(max_messages - 1, 0)
         except KafkaException as exc:
-            raise_kafka(exc, "consume")
+            raise_kafka(exc, "consume", names=self._errors.names)
         except RuntimeError as exc:
             raise BackendError(f"consume: {exc}") from exc
         for message in messages:
@@ -262,7 +262,8 @@ class KafkaConsumer(Consumer):
             where = f"{message.topic()}[{message.partition()}]"
             if is_denied(error):
                 # librdkafka would retry (and log) these forever; the stage stops instead.
-                raise denied(error, f"consume {where}" if message.topic() else "consume")
+                raise denied(error, f"consume {where}" if message.topic() else "consume",
+                             self._errors.names)
             if error.fatal():
                 raise BackendError(f"fatal consumer error at {where}: {error.str()}")
             if code in UNKNOWN_TOPIC_CODES:
@@ -371,11 +372,11 @@ class KafkaConsumer(Consumer):
             else:
                 result = call_within("commit", commit, timeout)
         except KafkaException as exc:
-            raise_kafka(exc, "commit")
+            raise_kafka(exc, "commit", names=self._errors.names)
         for ctp in result or []:
             if ctp.error is not None:
                 raise_kafka(KafkaException(ctp.error),
-                            f"commit of {ctp.topic}[{ctp.partition}]")
+                            f"commit of {ctp.topic}[{ctp.partition}]", names=self._errors.names)
 
     def committed(self, partitions: Sequence[TopicPartition],
                   timeout: float = 10.0) -> dict[TopicPartition, int | None]:
@@ -385,12 +386,13 @@ class KafkaConsumer(Consumer):
         try:
             result = self._c.committed([to_kafka(tp) for tp in partitions], timeout=timeout)
         except KafkaException as exc:
-            raise_kafka(exc, "committed")
+            raise_kafka(exc, "committed", names=self._errors.names)
         answer: dict[TopicPartition, int | None] = {}
         for ctp in result:
             if ctp.error is not None:
                 raise_kafka(KafkaException(ctp.error),
-                            f"committed offset of {ctp.topic}[{ctp.partition}]")
+                            f"committed offset of {ctp.topic}[{ctp.partition}]",
+                            names=self._errors.names)
             answer[TopicPartition(ctp.topic, ctp.partition)] = (
                 ctp.offset if ctp.offset >= 0 else None)
         return answer
@@ -435,7 +437,7 @@ class KafkaConsumer(Consumer):
                                    exc.done) from None
             raise
         except KafkaException as exc:
-            raise_kafka(exc, "close")
+            raise_kafka(exc, "close", names=self._errors.names)
         except RuntimeError as exc:
             logger.debug("consumer close: %s", exc)
         finally:

@@ -3,7 +3,8 @@
 `raise_kafka` sorts a `KafkaException` by librdkafka's error code and flags:
 
 * authentication refused or TLS failed -> `AuthenticationFailed`; an operation the
-  authorizer denied (a missing ACL) -> `NotAuthorized`, naming the ACL to grant;
+  authorizer denied (a missing ACL) -> `NotAuthorized`, naming the ACL to grant, and the
+  group or transactional id refused when the client says (`names`: librdkafka does not);
 * fenced (another producer took the transactional id over) -> `ProducerFenced`;
 * any error of a transactional call, or one whose `txn_requires_abort()` is set ->
   `TransactionError` (abort and re-process; a fatal one means a new producer);
@@ -18,7 +19,8 @@ leader moved: callers retry those for a while instead of failing.
 from __future__ import annotations
 
 import logging
-from typing import Final, NoReturn
+from collections.abc import Mapping
+from typing import Final, NoReturn, TypeAlias
 
 from confluent_kafka import KafkaError, KafkaException
 
@@ -99,10 +101,19 @@ def is_denied(error: KafkaError | None) -> bool:
                                   or error.code() in AUTHORIZATION_CODES)
 
 
-def denied(error: KafkaError, what: str) -> AuthenticationFailed | NotAuthorized:
+Names: TypeAlias = Mapping[int, str]
+"""An authorization error code -> the resource a client was refused, which librdkafka's
+message does not name (`GROUP_AUTHORIZATION_FAILED` -> `group validate`)."""
+
+
+def denied(error: KafkaError, what: str, names: Names | None = None
+           ) -> AuthenticationFailed | NotAuthorized:
     """The error for an authentication or authorization failure `error` of `what`,
-    in one line that says what to check or which ACL to grant."""
+    in one line that says what to check or which ACL to grant, naming the resource when
+    `names` knows it."""
     code = error.code()
+    if names and code in names:
+        what = f"{what} ({names[code]})"
     if code in AUTHORIZATION_CODES:
         return NotAuthorized(
             f"{what}: not authorized ({error.name()}: {error.str()}); grant this client's "
@@ -117,11 +128,12 @@ def denied(error: KafkaError, what: str) -> AuthenticationFailed | NotAuthorized
 
 
 def raise_kafka(exc: KafkaException, what: str, *, transactional: bool = False,
-                fatal_hint: KafkaError | None = None) -> NoReturn:
+                fatal_hint: KafkaError | None = None, names: Names | None = None) -> NoReturn:
     """Raise the `processor.core.errors` exception for a KafkaException of operation `what`.
 
     `transactional` marks a call of the transactions API; `fatal_hint` is the fatal error
-    the client reported through its error callback, which explains a bare `_FATAL`.
+    the client reported through its error callback, which explains a bare `_FATAL`;
+    `names` the resources the client uses, named in an authorization failure (`denied`).
     """
     error = error_of(exc)
     if error is None:
@@ -130,11 +142,11 @@ def raise_kafka(exc: KafkaException, what: str, *, transactional: bool = False,
     text = f"{what}: {error.str()} ({error.name()})"
     if code == KafkaError._FATAL and fatal_hint is not None:
         if is_denied(fatal_hint):
-            raise denied(fatal_hint, what) from exc
+            raise denied(fatal_hint, what, names) from exc
         code = fatal_hint.code()
         text = f"{text}; cause: {fatal_hint.str()}"
     if is_denied(error):
-        raise denied(error, what) from exc
+        raise denied(error, what, names) from exc
     if code in FENCED_CODES or (error.fatal() and "fenced" in error.str().lower()):
         raise ProducerFenced(
             f"{text}: another producer with the same transactional id took over; "
@@ -164,9 +176,12 @@ class ErrorLog:
     A user's own `error_cb` setting is chained: it is called after the log line.
     """
 
-    def __init__(self, client: str, chained: object = None, *, quiet: bool = False) -> None:
-        """`quiet`: log nothing (the caller turns what it remembers into an error)."""
+    def __init__(self, client: str, chained: object = None, *, quiet: bool = False,
+                 names: Names | None = None) -> None:
+        """`quiet`: log nothing (the caller turns what it remembers into an error);
+        `names`: the resources the client uses, for its authorization errors (`denied`)."""
         self.client = client
+        self.names: Names = dict(names or {})
         self.quiet = quiet
         self.fatal: KafkaError | None = None
         self.denied: KafkaError | None = None

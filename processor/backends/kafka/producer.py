@@ -215,7 +215,8 @@ class KafkaProducer(Producer):
         # A refusal by the authorizer may come as an ordinary error event before the
         # client turns fatal: it is the cause then.
         raise_kafka(exc, what, transactional=transactional,
-                    fatal_hint=self._errors.fatal or self._errors.denied)
+                    fatal_hint=self._errors.fatal or self._errors.denied,
+                    names=self._errors.names)
 
     def _serve(self, timeout: float) -> int:
         """`poll(timeout)` of the client, remembering a fatal error it raises.
@@ -281,7 +282,7 @@ class KafkaProducer(Producer):
                 return
             except KafkaException as exc:
                 raise_kafka(exc, self._label(what, exc), transactional=True,
-                            fatal_hint=self._errors.fatal)
+                            fatal_hint=self._errors.fatal, names=self._errors.names)
         deadline = time.monotonic() + timeout
         busy = self._txn_busy
         if busy is not None:
@@ -311,7 +312,7 @@ class KafkaProducer(Producer):
                     logger.info("%s: retriable error, retrying: %s", what, error.str())
                     continue
                 raise_kafka(exc, self._label(what, exc), transactional=True,
-                            fatal_hint=self._errors.fatal)
+                            fatal_hint=self._errors.fatal, names=self._errors.names)
 
     def _label(self, what: str, exc: KafkaException) -> str:
         """`what`, naming the topics written when the broker refused to add one of them
