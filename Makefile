@@ -70,8 +70,12 @@ test: $(STAMP) kafka-jars registry-app
 	$(BIN)/ruff check processor tests benchmarks
 	$(BIN)/lint-imports --no-logo
 	$(BIN)/mypy --strict processor tests
+	# The unit tier is CPU-bound and needs no broker: two workers. The tiers on real
+	# brokers run one test at a time (their timing bounds assume a machine not shared
+	# with another test).
+	$(BIN)/pytest -q -ra --durations=10 -n 2 tests/unit
 	PROCESSOR_KAFKA_HOME=$(KAFKA_HOME) $(BIN)/pytest -q -ra --durations=15 tests \
-	  --ignore=tests/containers
+	  --ignore=tests/containers --ignore=tests/unit
 	$(MAKE) container-test
 
 # The container tier (tests/containers): a Docker engine (the one DOCKER_HOST or the default
