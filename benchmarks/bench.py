@@ -75,6 +75,12 @@ CONTENDERS = (
     Contender("project-alo", "project, at-least-once, 1 process", 1),
     Contender("baseline-alo", "baseline (today's code at --baseline), at-least-once, "
               "1 process", 1),
+    # Tracing (docs/operations.md, "Tracing"): project-alo with spans exported over OTLP
+    # to the collector's receiver, started on 127.0.0.1 for each of these rows.
+    Contender("project-trace-1", "project, at-least-once, 1 process, tracing on, 1% of "
+              "traces sampled (OTLP/gRPC)", 1),
+    Contender("project-trace-100", "project, at-least-once, 1 process, tracing on, every "
+              "trace sampled (OTLP/gRPC)", 1),
     Contender("project-alo-pure", "project, at-least-once, 1 process, pure-Python codec "
               "(the compiled one switched off)", 1),
     Contender("project-alo-registry", "project, at-least-once, 1 process, schema registry "
@@ -111,6 +117,8 @@ BASELINE_ROWS = frozenset(("baseline-passthrough", "baseline-alo"))
 """Rows of the project's stage at the baseline commit (`baseline.py`)."""
 CONCURRENT_ROWS = ("io-threads-100", "io-async-100", "io-async-1000")
 """The rows whose handlers run concurrently (threads or asyncio)."""
+TRACE_ROWS = {"project-trace-1": 0.01, "project-trace-100": 1.0}
+"""The traced rows and their `trace_sample_ratio`."""
 
 
 def say(text: str) -> None:
@@ -195,6 +203,8 @@ class Run:
     baseline: baseline.Baseline | None = None
     baseline_note: str = "not requested"
     """Why there is no baseline, when there is none."""
+    otlp_endpoint: str | None = None
+    """The OTLP/gRPC endpoint of the receiver a traced row exports to, while it runs."""
 
 
 def commands(contender: Contender, run: Run, output: str, group: str,
@@ -232,6 +242,10 @@ def commands(contender: Contender, run: Run, output: str, group: str,
     if contender.key == "project-alo-registry":
         assert run.registry_url is not None
         common += ["--schema-registry-url", run.registry_url]
+    if contender.key in TRACE_ROWS:
+        assert run.otlp_endpoint is not None
+        common += ["--otlp-endpoint", run.otlp_endpoint,
+                   "--trace-sample-ratio", str(TRACE_ROWS[contender.key])]
     if contender.processes > 1 and via_runner:
         # The project's own multi-process runner: N workers in one consumer group.
         settings = {**workload.CONSUMER_SETTINGS, **workload.PRODUCER_SETTINGS}
@@ -365,6 +379,63 @@ def latency_metrics(rows: dict[str, Row]) -> None:
             parts.append(f"{what}: {n:,} observations" if n else f"{what}: none reported")
         row.targets.append("metrics: " + ", ".join(parts))
         row.details["latency_metrics"] = seen
+
+
+def traced_contender(contender: Contender, run: Run, profile: Path | None = None) -> Row:
+    """A traced row: the collector's OTLP receiver (`processor.devtools.otelcol`) started
+    on 127.0.0.1 for it, the contender exporting its spans there, the receiver stopped
+    after; the spans it received are counted into the row."""
+    from processor.devtools.otelcol import LocalOtelReceiver
+
+    row = Row(contender.key, contender.label, contender.processes)
+    try:
+        receiver = LocalOtelReceiver()
+        receiver.start()
+    except Exception as exc:  # no `go` to build it, or it did not start
+        row.note = f"no OTLP receiver: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+        say(f"{contender.label}: {row.note}")
+        return row
+    try:
+        say(f"OTLP receiver on {receiver.grpc_endpoint} for {contender.key}")
+        row = run_contender(contender, dataclasses.replace(
+            run, otlp_endpoint=receiver.grpc_endpoint), profile=profile)
+        # The stage flushed its spans as it stopped; the receiver may still be writing.
+        received, deadline = -1, time.monotonic() + 10
+        while time.monotonic() < deadline:
+            now = len(receiver.spans())
+            if now == received:
+                break
+            received = now
+            time.sleep(1.0)
+        row.details["spans_received"] = received
+        expected = run.count * TRACE_ROWS[contender.key]
+        row.targets.append(f"{received:,} spans received (~{expected:,.0f} expected)")
+    finally:
+        receiver.stop()
+    return row
+
+
+def trace_cpu(rows: dict[str, Row]) -> None:
+    """CPU time per record of the traced rows against tracing off (`project-alo`), from
+    the contenders' reports (the stage's runs, every thread of the process): less moved
+    by other work on the machine than throughput is. Information, in the target column."""
+    def per_record(row: Row | None) -> float | None:
+        if row is None or not row.ok or not row.count:
+            return None
+        cpu = [r.get("cpu_seconds") for r in row.details.get("reports", [])]
+        if not cpu or None in cpu:
+            return None
+        seconds = sum(float(c) for c in cpu)
+        row.details["cpu_us_per_record"] = round(seconds / row.count * 1e6, 2)
+        return seconds / row.count * 1e6
+
+    off = per_record(rows.get("project-alo"))
+    for key in TRACE_ROWS:
+        on = per_record(rows.get(key))
+        if on is None or off is None:
+            continue
+        rows[key].targets.append(f"CPU {on:.1f} us/record, {on / off:.2f}x tracing off's "
+                                 f"{off:.1f}")
 
 
 def run_contender(contender: Contender, run: Run, profile: Path | None = None,
@@ -566,7 +637,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true",
                         help="run only the project's 1-process stage under cProfile and "
                         "write the top functions to benchmarks/results/profile-ROW.txt "
-                        "(ROW: project-alo, or project-alo-pure with --only)")
+                        "(ROW: project-alo, or with --only project-alo-pure or a "
+                        "project-trace-* row)")
     parser.add_argument("--latency", action="store_true",
                         help="after the throughput rows, measure latency under load: an "
                         "open-loop producer at --latency-loads of the capacity beside the "
@@ -612,8 +684,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def selected(args: argparse.Namespace) -> list[Contender]:
     if args.profile:
         wanted = args.only or "project-alo"
-        if wanted not in ("project-alo", "project-alo-pure"):
-            raise SystemExit("bench: --profile runs project-alo or project-alo-pure")
+        if wanted not in ("project-alo", "project-alo-pure", *TRACE_ROWS):
+            raise SystemExit("bench: --profile runs project-alo, project-alo-pure or a "
+                             "project-trace-* row")
         return [c for c in CONTENDERS if c.key == wanted]
     keys = list(KEYS)
     if args.only:
@@ -769,6 +842,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             row.sha_ratio = row.rate / sha.rate
     targets = report.compute_targets(by_key, args.count, latency_rows)
     concurrency_ratios(by_key)
+    trace_cpu(by_key)
     latency_metrics(by_key)
     command = "bench.py " + (shlex.join(sys.argv[1:] if argv is None else list(argv))
                              or "(defaults)")
@@ -898,6 +972,8 @@ def latency_under_load(chosen: Sequence[Contender], rows: Sequence[Row], run: Ru
 def guarded(contender: Contender, run: Run, via_runner: bool = True) -> Row:
     """One row; a harness error fails the row, not the benchmark."""
     try:
+        if contender.key in TRACE_ROWS:
+            return traced_contender(contender, run)
         return run_contender(contender, run, via_runner=via_runner)
     except Exception as exc:
         say(f"{contender.label}: failed: {type(exc).__name__}: {exc}")
@@ -908,7 +984,8 @@ def guarded(contender: Contender, run: Run, via_runner: bool = True) -> Row:
 def profile_run(contender: Contender, run: Run) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     prof = run.workdir / "stage.prof"
-    row = run_contender(contender, run, profile=prof)
+    row = (traced_contender(contender, run, profile=prof) if contender.key in TRACE_ROWS
+           else run_contender(contender, run, profile=prof))
     text_path = prof.with_suffix(".txt")
     if not text_path.is_file():
         say(f"no profile written: {row.note}")

@@ -1,6 +1,8 @@
 """This project: one `Stage` on `KafkaBroker`, built by `build_stage` as `processor run`
 builds a worker (Prometheus stage metrics, health state and librdkafka statistics
 included), with the shared transform as its handler. At-least-once or exactly-once.
+With `--otlp-endpoint` it traces, as `tracing: otlp` does, exporting over OTLP/gRPC.
+Its report has the CPU time the stage's runs took (`cpu_seconds`, every thread).
 Runs until SIGTERM (the stage drains, commits and closes), then writes its report.
 With `--profile FILE` the whole run is under cProfile.
 """
@@ -9,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import io
 import pstats
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -24,10 +28,18 @@ import workload
 from processor.backends.kafka import KafkaBroker
 from processor.core.errors import RebalanceInProgress
 from processor.core.options import StageOptions
+from processor.ops.tracing import TracingSettings, make_tracer
 from processor.runtime.build import StageSetup, build_stage
 from processor.runtime.contracts import stage_codec
 from processor.runtime.stage import Stage
 from processor.serde import fast
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process so far, user and system, every thread (librdkafka's and
+    the span exporter's included)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> int:
@@ -45,6 +57,11 @@ def main() -> int:
                         help="the stage's handler (default: %(default)s)")
     parser.add_argument("--schema-registry-url", metavar="URL",
                         help="frame records in the Confluent wire format through this registry")
+    parser.add_argument("--otlp-endpoint", metavar="URL",
+                        help="trace: export spans over OTLP/gRPC to this endpoint")
+    parser.add_argument("--trace-sample-ratio", type=float, default=1.0, metavar="R",
+                        help="with --otlp-endpoint: the share of traces sampled "
+                        "(default: %(default)s)")
     args = parser.parse_args()
 
     options = StageOptions(
@@ -59,6 +76,12 @@ def main() -> int:
     )
     setup = StageSetup(options, handlers=(args.handler,),
                        bootstrap_servers=args.bootstrap_servers)
+    if args.otlp_endpoint:
+        # As `tracing: otlp` in the settings would (one tracer for every restart).
+        setup = dataclasses.replace(setup, tracing="otlp", otlp_endpoint=args.otlp_endpoint,
+                                    otlp_protocol="grpc",
+                                    trace_sample_ratio=args.trace_sample_ratio)
+    tracer = make_tracer(TracingSettings.of(setup), service=options.name)
     broker = KafkaBroker(args.bootstrap_servers)
     stopping = False
     current: list[Stage] = []
@@ -76,16 +99,18 @@ def main() -> int:
     if profiler is not None:
         profiler.enable()
     totals = {"consumed": 0, "produced": 0, "bad": 0, "commits": 0}
+    cpu = 0.0
     restarts: list[str] = []
     while True:
         stage = build_stage(
             setup, broker, codec=stage_codec(
                 SimpleNamespace(schema_registry_url=args.schema_registry_url), options),
             consumer_settings=workload.CONSUMER_SETTINGS,
-            producer_settings=workload.PRODUCER_SETTINGS,
+            producer_settings=workload.PRODUCER_SETTINGS, tracer=tracer,
         )
         current[:] = [stage]
         crashed = False
+        began = cpu_seconds()
         try:
             stage.run()
         except RebalanceInProgress as exc:
@@ -95,6 +120,7 @@ def main() -> int:
             restarts.append(str(exc))
             workload.log("project", f"stage stopped ({exc}); starting it again")
         finally:
+            cpu += cpu_seconds() - began
             totals["consumed"] += stage.stats.consumed
             totals["produced"] += stage.stats.produced
             totals["bad"] += stage.stats.dead_lettered + stage.stats.failed
@@ -116,6 +142,7 @@ def main() -> int:
         first_consumed=project_handler.FIRST_CALL[0] if project_handler.FIRST_CALL else None,
         **totals,
         restarts=restarts,
+        cpu_seconds=round(cpu, 3),
         versions={**workload.client_versions(), "codec": fast.IMPLEMENTATION},
     )
     return 0

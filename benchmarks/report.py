@@ -157,6 +157,11 @@ measured in the same run, with a 5% allowance for run-to-run noise on the shared
 machine."""
 
 
+TRACING_COST = 0.95
+"""Throughput required of a stage tracing with 1% of traces sampled, against the same
+stage with tracing off (`project-trace-1` / `project-alo`, same run)."""
+
+
 def trend_text(row: LatencyRow) -> str:
     """p99 of the first and the last third of a latency row, and whether it rose."""
     if row.p99_first_ms is None:
@@ -196,6 +201,11 @@ def compute_targets(rows: Mapping[str, Row], count: int,
     two = _rate(rows, "project-alo-2p")
     quix = _rate(rows, "quix")
     framed = _rate(rows, "project-alo-registry")
+    traced = _rate(rows, "project-trace-1")
+    traced_all = _ratio(_rate(rows, "project-trace-100"), alo)
+    if traced_all is not None:
+        rows["project-trace-100"].targets.append(
+            f"{traced_all:.2f}x tracing off (project-alo), for information")
     ceiling_two = _ratio(_rate(rows, "ceiling-2p"), ceiling)
     if ceiling_two is not None and "ceiling-2p" in rows:
         rows["ceiling-2p"].targets.append(f"{ceiling_two:.2f}x ceiling 1 process")
@@ -220,6 +230,9 @@ def compute_targets(rows: Mapping[str, Row], count: int,
                short=">=1.7x 1 process"),
         Target("registry-framed vs plain ALO", "project-alo-registry", _ratio(framed, alo),
                0.9, "x", short=">=0.9x plain"),
+        Target("tracing on, 1% sampled, vs tracing off (ALO)", "project-trace-1",
+               _ratio(traced, alo), TRACING_COST, "x",
+               short=f">={TRACING_COST:g}x tracing off"),
     ]
     targets += latency_targets(latency_rows)
     stage_rss = [rows[k].peak_rss_bytes / MB for k in ("project-alo", "project-eos")
@@ -544,6 +557,7 @@ def write_chart(path: Path, rows: Sequence[Row], title: str) -> str | None:
              "project-alo": "project\nALO 1p", "project-alo-pure": "project\nALO pure",
              "project-eos": "project\nEOS 1p", "project-alo-2p": "project\nALO 2p",
              "project-alo-registry": "project\nALO registry",
+             "project-trace-1": "project\ntraced 1%", "project-trace-100": "project\ntraced 100%",
              "quix": "Quix\nStreams"}
     labels = [short.get(r.key, r.key) for r in measured]
     fig, axes = plt.subplots(1, 3, figsize=(15, 5), gridspec_kw={"width_ratios": [2, 1, 1]})

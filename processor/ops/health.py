@@ -9,7 +9,9 @@
   (`set_assigned(n)` with n > 0) and the broker answered its last request
   (`set_broker_ok(True)`); otherwise 503 with the reason in the body.
 * `/metrics` serves the Prometheus exposition of `processor.ops.metrics` (aggregated over
-  every worker in multiprocess mode).
+  every worker in multiprocess mode): the plain text format, or OpenMetrics (which shows
+  the latency histograms' exemplars) when the request's `Accept` header asks for
+  `application/openmetrics-text`, as prometheus_client's own server does.
 
 A port that cannot be bound (in use, privileged, an address not of this host) raises
 `MetricsPortError`, one line naming the address, before anything else starts.
@@ -27,6 +29,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 from processor.core.errors import ConfigError
 from processor.ops import metrics
@@ -34,6 +37,8 @@ from processor.ops import metrics
 logger = logging.getLogger(__name__)
 
 DEFAULT_STUCK_AFTER = 30.0
+OPENMETRICS = "application/openmetrics-text"
+"""The media type of OpenMetrics, which `/metrics` serves when a scraper asks for it."""
 
 
 class MetricsPortError(ConfigError):
@@ -136,8 +141,15 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         health = self.server.health
         if path == "/metrics":
-            body = generate_latest(self.server.registry_factory())
-            self._send(200, body, CONTENT_TYPE_LATEST)
+            registry = self.server.registry_factory()
+            # OpenMetrics (with exemplars) when the scraper's Accept header names
+            # application/openmetrics-text (prometheus_client's own choice of version
+            # and escaping); else the plain text format, as ever.
+            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+            if content_type.startswith(OPENMETRICS):
+                self._send(200, encoder(registry), content_type)
+            else:
+                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
             ok = health.is_healthy()
             self._send(200 if ok else 503, (health.health_reason() + "\n").encode())

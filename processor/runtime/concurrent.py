@@ -346,23 +346,33 @@ class ConcurrentLoop:
 
     def _emit_traced(self, tracing: StageTracing, entries: list[Entry]) -> None:
         """`_emit` with tracing on: each record in its span, which ends with the
-        outcome."""
+        outcome; each run of records without a span (their traces not sampled) at once,
+        as an untraced stage emits them."""
         stats = self.stage.stats
-        index = 0
+        emit = self._emit_records
+        quiet: list[Entry] = []
+        handed = 0  # entries handed to `_emit_records` (which fences its own on failure)
         try:
-            for index, entry in enumerate(entries):  # noqa: B007 - read by the except
+            for index, entry in enumerate(entries):
                 msg = entry.msg
                 if entry.artifact is not None:
                     tracing.unbind(entry.artifact)
                 if type(msg) is not TracedMessage:
-                    self._emit_records([entry])
+                    quiet.append(entry)
                     continue
-                tracing.run(msg, stats, partial(self._emit_records, [entry]),
-                            max(0, entry.attempts - 1))
+                if quiet:
+                    handed = index
+                    tracing.quietly(partial(emit, quiet))
+                    quiet = []
+                handed = index + 1
+                tracing.run(msg, stats, partial(emit, [entry]), max(0, entry.attempts - 1))
+            if quiet:
+                handed = len(entries)
+                tracing.quietly(partial(emit, quiet))
         except BaseException:
             # As in `_emit_records`: the records after the failed one have not left.
             fence = self.stage.ledger.fence
-            for entry in entries[index + 1:]:
+            for entry in entries[handed:]:
                 fence(entry.tp, entry.msg.offset())
             raise
 

@@ -516,11 +516,22 @@ class Stage(StageEvents):
                         previous_attempts: int) -> None:
         """`process` with tracing on: each record in a span of its own (current while it
         is handled), handed on as a `TracedMessage` whose headers carry the span's
-        context into its outputs and dead letter; the span ends with the outcome."""
+        context into its outputs and dead letter; the span ends with the outcome.
+        Records of traces not sampled get no span: each run of them is handled as one
+        batch (`StageTracing.unsampled`, `quietly`)."""
         held = self.retries.held
         records = self._records
         stats = self.stats
+        unsampled = tracing.unsampled
+        quiet: list[Message] = []
         for msg in messages:
+            plain = unsampled(msg)
+            if plain is not None:
+                quiet.append(plain)
+                continue
+            if quiet:
+                tracing.quietly(partial(records, quiet, previous_attempts))
+                quiet = []
             if held and TopicPartition(msg.topic(), msg.partition()) in held:
                 # Behind a record waiting for its retry: its span starts when it is
                 # handled (`_retry_due`).
@@ -529,6 +540,8 @@ class Stage(StageEvents):
             traced = tracing.start(msg, previous_attempts)
             tracing.run(traced, stats, partial(records, [traced], previous_attempts),
                         previous_attempts)
+        if quiet:
+            tracing.quietly(partial(records, quiet, previous_attempts))
 
     def _records(self, messages: Sequence[Message], previous_attempts: int = 0) -> None:
         """The loop's own record path (see `process`)."""

@@ -4,7 +4,11 @@ Collector's OTLP receiver (`processor.devtools.otelcol`) on 127.0.0.1.
 `processor produce --trace` writes 200 artifacts, each starting a trace; three stages
 (sync, async, sync; the second dead-letters one record in ten) export their spans over
 OTLP/gRPC. Every record's spans must form one trace: send -> hop1 -> hop2 -> hop3, each
-the parent of the next, the dead-lettered ones ending in hop2's span marked so."""
+the parent of the next, the dead-lettered ones ending in hop2's span marked so.
+
+Sharing the receiver and the broker: `processor dlq replay --trace` (the command, over
+OTLP/HTTP) links each copy's new trace to the span that dead-lettered the record; and the
+`http/protobuf` exporter delivers spans to the receiver's HTTP port."""
 
 from __future__ import annotations
 
@@ -26,9 +30,11 @@ from processor.core.options import StageOptions
 from processor.devtools.local_kafka import ToolMissing
 from processor.devtools.otelcol import LocalOtelReceiver, ReceiverError
 from processor.ops.metrics import NullMetrics
+from processor.ops.tracing import OtelTracer, TracingSettings
 from processor.runtime.build import StageSetup, build_stage
 from processor.runtime.stage import Stage
-from tests.procs import processor_cmd, wait_for
+from tests.faults.raw import read_raw
+from tests.procs import processor_cmd, produce_artifacts, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
 
@@ -161,3 +167,103 @@ def test_three_stages_on_kafka_make_one_trace_per_record(
             assert last["attributes"]["processor.outcome"] == "passed"
     assert dead_seen == dead
     print(f"{len(spans)} spans in {len(traces)} traces; {time.monotonic() - began:.1f}s")
+
+
+def reject(a: Artifact) -> Outcome:
+    raise InvalidArtifact(f"rejected {a.id}")
+
+
+def test_dlq_replay_trace_links_each_copy_to_its_dead_letter(
+        kafka_bootstrap: str, receiver: LocalOtelReceiver,
+        unique_name: Callable[[str], str]) -> None:
+    """`processor dlq replay --trace`, the command itself, exporting over OTLP/HTTP: each
+    replayed record starts a trace whose `send` span links to the span that
+    dead-lettered it, and the copy carries the new trace in its headers."""
+    import subprocess
+
+    broker = KafkaBroker(kafka_bootstrap)
+    admin = broker.admin()
+    source, dlq, target = (unique_name("rtrace-in"), unique_name("rtrace-dlq"),
+                           unique_name("rtrace-back"))
+    for topic in (source, dlq, target):
+        admin.create_topic(topic, partitions=2)
+    count = 12
+    produce_artifacts(broker, source, count, keys=4)
+    options = StageOptions(name="rejecter", input_topic=source, output_topic=target,
+                           group=unique_name("rtrace-g"), dlq_topic=dlq, poll_timeout=0.05,
+                           commit_interval=0.2)
+    setup = StageSetup(options, bootstrap_servers=kafka_bootstrap, tracing="otlp",
+                       otlp_endpoint=receiver.grpc_endpoint, otlp_protocol="grpc")
+    stage = build_stage(setup, broker, handler=reject, metrics=NullMetrics(),
+                        consumer_settings={"auto.offset.reset": "earliest"})
+    assert stage.run(max_records=count, idle_timeout=20.0).dead_lettered == count
+
+    dead_spans = {}
+    wait_for(lambda: len([s for s in receiver.spans()
+                          if s["name"] == "rejecter process"]) >= count, 20,
+             "the rejecting stage's spans")
+    for span in receiver.spans():
+        if span["name"] == "rejecter process":
+            assert span["attributes"]["processor.outcome"] == "dead_lettered"
+            dead_spans[span["trace_id"], span["span_id"]] = span
+
+    env = {**os.environ, "PROCESSOR_OTLP_ENDPOINT": receiver.http_endpoint,
+           "PROCESSOR_OTLP_PROTOCOL": "http/protobuf"}
+    env.pop("PROCESSOR_TRACING", None)
+    replayed = subprocess.run(
+        processor_cmd("dlq", "replay", "--bootstrap-servers", kafka_bootstrap, "--from", dlq,
+                      "--to", target, "--idle", "1", "--trace"),
+        env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert replayed.returncode == 0, replayed.stderr[-2000:]
+    assert replayed.stdout.startswith(f"copied {count} of {count} records"), replayed.stdout
+
+    def sends() -> list[dict[str, Any]]:
+        return [s for s in receiver.spans() if s["name"] == f"send {target}"
+                and s["service"] == "processor-dlq-replay"]
+
+    wait_for(lambda: len(sends()) >= count, 20, f"{count} replay spans over OTLP/HTTP")
+    found = sends()
+    assert len(found) == count
+    linked = set()
+    for span in found:
+        assert span["kind"] == PRODUCER_SPAN and span["parent_span_id"] == ""
+        [link] = span["links"]
+        assert (link["trace_id"], link["span_id"]) in dead_spans
+        assert span["trace_id"] != link["trace_id"]  # a new trace, linked to the old
+        linked.add((link["trace_id"], link["span_id"]))
+    assert linked == set(dead_spans)  # one copy per dead letter
+
+    copies = read_raw(broker, target, expect=count, timeout=30, settle=1.0)
+    assert len(copies) == count
+    send_ids = {(s["trace_id"], s["span_id"]) for s in found}
+    for msg in copies:
+        headers = dict(msg.headers() or [])
+        assert headers["replay.from"] == dlq.encode()
+        _version, trace_id, span_id, flags = headers["traceparent"].decode().split("-")
+        assert (trace_id, span_id) in send_ids
+        assert int(flags, 16) & 1  # sampled
+
+
+def test_http_protobuf_exporter_delivers_spans(receiver: LocalOtelReceiver) -> None:
+    """The `http/protobuf` protocol: the exporter made from the settings posts spans to
+    the receiver's OTLP/HTTP port (`/v1/traces`, added to an endpoint without a path)."""
+    tracer = OtelTracer.otlp(
+        TracingSettings("otlp", receiver.http_endpoint, "http/protobuf", 1.0),
+        service="http-probe")
+    publisher = tracer.publisher()
+    assert publisher is not None
+    topic = f"http-probe-{time.time_ns()}"
+    headers = [publisher.send(topic, [], message_id=f"m{i}") for i in range(5)]
+    tracer.flush(10.0)
+    tracer.provider.shutdown()
+
+    def probes() -> list[dict[str, Any]]:
+        return [s for s in receiver.spans() if s["name"] == f"send {topic}"]
+
+    wait_for(lambda: len(probes()) >= 5, 15, "5 spans over OTLP/HTTP")
+    found = probes()
+    assert {s["service"] for s in found} == {"http-probe"}
+    assert sorted(s["attributes"]["messaging.message.id"] for s in found) == [
+        f"m{i}" for i in range(5)]
+    sent = {dict(h)["traceparent"].decode().split("-")[1] for h in headers}
+    assert {s["trace_id"] for s in found} == sent
