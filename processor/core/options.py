@@ -196,6 +196,18 @@ class StageOptions:
         "and a record past it is dead-lettered (reason hops)",
         json_schema_extra={"metavar": "N"})] = None
 
+    state_dir: Annotated[Name | None, Field(
+        description="stateful stages: folder of the persistent state stores (RocksDB, one "
+        "per input partition); none: stores in memory, rebuilt from the changelog on every "
+        "assignment (docs/state.md)", json_schema_extra={"metavar": "DIR"})] = None
+    state_ttl: Annotated[Number | None, Field(
+        gt=0, description="stateful stages: seconds a state entry lives after its last "
+        "write (none: for ever)", json_schema_extra={"metavar": "SECONDS"})] = None
+    dedup_window: Annotated[Number | None, Field(
+        gt=0, description="drop an artifact whose id was seen in its partition within this "
+        "many seconds (kept in the state store; docs/state.md)",
+        json_schema_extra={"metavar": "SECONDS"})] = None
+
     def __post_init__(self) -> None:
         if clash := topic_clash(self.input_topic, self.output_topic, self.dlq_topic):
             raise ValueError(clash)

@@ -54,7 +54,7 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final, Protocol, runtime_checkable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -206,6 +206,28 @@ REBALANCES: Final = Counter(
     "processor_rebalances_total", "Partition assignment changes, by kind (assign, revoke, lost).",
     ("stage", "kind"), registry=REGISTRY,
 )
+STATE_ENTRIES: Final = Gauge(
+    "processor_state_entries",
+    "Entries in the state store of an input partition (keyed state and dedup marks; "
+    "docs/state.md).",
+    ("stage", "topic", "partition"), multiprocess_mode="livesum", registry=REGISTRY,
+)
+STATE_RECOVERY_REMAINING: Final = Gauge(
+    "processor_state_recovery_remaining_records",
+    "Changelog records still to read before a partition's state store is recovered "
+    "(0 once it is).",
+    ("stage", "topic", "partition"), multiprocess_mode="livemax", registry=REGISTRY,
+)
+STATE_RECOVERED: Final = Counter(
+    "processor_state_recovered_records_total",
+    "Changelog records read by state store recoveries.",
+    _ST, registry=REGISTRY,
+)
+STATE_RECOVERY_SECONDS: Final = Histogram(
+    "processor_state_recovery_seconds",
+    "Seconds one partition's state store took to catch up with its changelog.",
+    _ST, buckets=_COMMIT_BUCKETS, registry=REGISTRY,
+)
 STAGE_INFO: Final = Gauge(
     "processor_stage_info", "Always 1; the labels describe the running stage.",
     ("stage", "input_topic", "output_topic", "guarantee"),
@@ -292,6 +314,16 @@ class Metrics(Protocol):
     def lag(self, partition: int, value: int) -> None: ...
     def forget_partitions(self, partitions: list[int]) -> None: ...
     def rebalance(self, kind: str, n: int = 1) -> None: ...
+
+
+@runtime_checkable
+class StateMetrics(Protocol):
+    """What a stateful stage reports of its stores (`processor.runtime.stateful`); a
+    `Metrics` without these methods reports nothing of them."""
+
+    def state_entries(self, topic: str, partition: int, entries: int) -> None: ...
+    def state_recovery(self, topic: str, partition: int, remaining: int, read: int) -> None: ...
+    def state_recovered(self, seconds: float) -> None: ...
 
 
 class NullMetrics:
@@ -492,6 +524,20 @@ class StageMetrics:
             child = REBALANCES.labels(self.stage, kind)
             self._rebalances[kind] = child
         child.inc(n)
+
+
+    # --- state stores (docs/state.md) -------------------------------------------------
+
+    def state_entries(self, topic: str, partition: int, entries: int) -> None:
+        STATE_ENTRIES.labels(self.stage, topic, str(partition)).set(entries)
+
+    def state_recovery(self, topic: str, partition: int, remaining: int, read: int) -> None:
+        STATE_RECOVERY_REMAINING.labels(self.stage, topic, str(partition)).set(remaining)
+        if read:
+            STATE_RECOVERED.labels(self.stage).inc(read)
+
+    def state_recovered(self, seconds: float) -> None:
+        STATE_RECOVERY_SECONDS.labels(self.stage).observe(seconds)
 
 
 class ExemplarStageMetrics(StageMetrics):

@@ -47,6 +47,7 @@ from processor.ops.metrics import (
 from processor.ops.tracing import OtlpProtocol, Tracer, TracingMode, TracingSettings, make_tracer
 from processor.runtime.contracts import stage_codec
 from processor.runtime.stage import Stage
+from processor.runtime.stateful import ensure_changelogs, is_stateful
 from processor.security.handlers import bound_chain
 from processor.security.policy import Keyring, SecurityConfig, secure
 from processor.serde.codec import Codec
@@ -84,6 +85,10 @@ class StageSetup:
     otlp_endpoint: str | None = None
     otlp_protocol: OtlpProtocol = "grpc"
     trace_sample_ratio: float = 1.0
+    create_topics: bool = False
+    """Create a stateful stage's changelog topics when missing (`processor run` has the
+    setting of that name; its other topics are `ensure_topics`')."""
+    topic_replication: int | None = None
 
 
 def build_stage(
@@ -124,6 +129,11 @@ def build_stage(
             raise ConfigError("handlers: at least one --handler MODULE:FUNCTION is required")
         handler = bound_chain(settings.handlers, keyring)
     handler = secure(handler, keyring)
+    if is_stateful(handler, options):
+        # The state's changelog topics (docs/state.md): created with the stage's other
+        # topics under --create-topics, checked otherwise.
+        ensure_changelogs(broker, options, create=bool(getattr(settings, "create_topics", False)),
+                          replication=getattr(settings, "topic_replication", None))
     if metrics is None:
         metrics = StageMetrics(options.name, options.input_topic, options.output_topic,
                                options.guarantee, extra_topics=_produced_topics(options))

@@ -86,6 +86,29 @@ class HeldWork(Protocol):
     def first_offsets(self) -> dict[TopicPartition, int]: ...
 
 
+class CommitParticipant(Protocol):
+    """One more party to a stage's commits (a state store: `processor.runtime.stateful`).
+
+    The strategy calls `prepare` before it makes anything durable (exactly-once: inside
+    the open transaction, before the offsets join it; at-least-once: before the flush
+    that the offset commit waits for), so whatever `prepare` produces with the stage's
+    producer is committed with the offsets or not at all. `committed` follows a commit
+    that succeeded; `aborted` a transaction aborted (its work is read again)."""
+
+    def prepare(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """`offsets` (next to read) are about to be committed: produce what belongs to
+        the records before them."""
+        ...
+
+    def committed(self) -> None:
+        """The commit `prepare` was called for succeeded."""
+        ...
+
+    def aborted(self) -> None:
+        """The open transaction was aborted: forget what was not committed."""
+        ...
+
+
 class CommitResult(enum.Enum):
     COMMITTED = "committed"
     """Everything handled so far is durable and its offsets are committed."""
@@ -112,6 +135,8 @@ class CommitStrategy(ABC):
         self.rewind_to: dict[TopicPartition, int] = {}
         self.stop_by: float | None = None
         """Set by a stopping stage: no broker call may last past this monotonic time."""
+        self.participants: list[CommitParticipant] = []
+        """Parties to every commit besides the offsets (state stores)."""
 
     def _end(self, timeout: float) -> float:
         end = time.monotonic() + timeout
@@ -154,6 +179,8 @@ class AtLeastOnce(CommitStrategy):
     def commit(self, offsets: Mapping[TopicPartition, int], timeout: float) -> CommitResult:
         t0 = time.perf_counter()
         end = self._end(timeout)
+        for participant in self.participants:
+            participant.prepare(offsets)
         remaining = self._flush(end)
         errors = self.producer.take_delivery_errors()
         if errors:
@@ -179,6 +206,8 @@ class AtLeastOnce(CommitStrategy):
                 # re-reading after a restart) only risks duplicates.
                 logger.warning("stage %s: commit not confirmed: %s", self.name, exc)
                 return CommitResult.POSTPONED
+        for participant in self.participants:
+            participant.committed()
         self.metrics.commit_latency(time.perf_counter() - t0)
         return CommitResult.COMMITTED
 
@@ -215,6 +244,8 @@ class ExactlyOnce(CommitStrategy):
         end = self._end(timeout)
         producer = self.producer
         try:
+            for participant in self.participants:
+                participant.prepare(offsets)
             if offsets:
                 producer.send_offsets_to_transaction(
                     offsets, self.consumer.group_metadata(), max(MIN_CALL, self._left(end))
@@ -238,6 +269,8 @@ class ExactlyOnce(CommitStrategy):
             self.abort()
             return CommitResult.ABORTED
         self._open = False
+        for participant in self.participants:
+            participant.committed()
         self.rewind_to.clear()
         self.rewind_to.update(self.held.first_offsets())
         self.metrics.transaction_latency(time.perf_counter() - t0)
@@ -249,3 +282,5 @@ class ExactlyOnce(CommitStrategy):
             self.producer.abort_transaction(max(MIN_CALL, self._left(end)))
         finally:
             self._open = False
+            for participant in self.participants:
+                participant.aborted()

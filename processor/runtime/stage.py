@@ -79,6 +79,7 @@ from processor.runtime.probe import BrokerProbe
 from processor.runtime.retry import RetryHolder, RetryLog
 from processor.runtime.ring import ring_parts
 from processor.runtime.stage_events import StageEvents
+from processor.runtime.stateful import StageState, check_stateful, is_stateful
 from processor.runtime.stats import StageStats, report_batch
 from processor.serde.codec import Codec
 from processor.serde.wire import WireCodec
@@ -158,6 +159,9 @@ class Stage(StageEvents):
         self.tracing: StageTracing | None = self.tracer.stage(options.name, options.group)
         self._deadline: DeadlineHandler | None = None
         concurrent = runs_concurrently(handler, options)
+        stateful = is_stateful(handler, options)
+        if stateful:
+            check_stateful(options, concurrent)
         if options.handler_timeout is not None and not concurrent:
             self._deadline = DeadlineHandler(cast(Handler, handler), options.handler_timeout,
                                              self.health, options.name)
@@ -191,6 +195,13 @@ class Stage(StageEvents):
         if options.max_hops is not None:  # it closes a ring: count the passes
             self.consumer, self.codec = ring_parts(self.consumer, self.codec,
                                                    options.max_hops)
+        # Keyed state (`runtime/stateful.py`); None: a stateless stage, whose record path
+        # does not change.
+        self.state: StageState | None = None
+        if stateful:
+            self.state = StageState(options, broker, self.producer, self.metrics,
+                                    eos=self.eos)
+            self.handler = self.state.wrap(self.handler)
         self.emitter = Emitter(options.name, self.codec, self.producer, self.outputs)
         self.retries = RetryHolder(options.retry, clock)
         self.retry_log = RetryLog(options.name)
@@ -209,6 +220,8 @@ class Stage(StageEvents):
         else:
             self.commits = AtLeastOnce(options.name, self.consumer, self.producer,
                                        self.metrics)
+        if self.state is not None:
+            self.commits.participants.append(self.state)
 
         # The one writer of commit positions (`runtime/ledger.py`).
         self.ledger = OffsetLedger()
@@ -396,6 +409,8 @@ class Stage(StageEvents):
                 finally:
                     if self.concurrent is not None:
                         self.concurrent.close()  # after the revocation in the close
+                    if self.state is not None:
+                        self.state.close()
                     if self.tracing is not None:
                         self.tracing.flush(min(CLOSE_FLOOR * 4, left()))
                     if self.ledger or self.failed:
@@ -507,6 +522,8 @@ class Stage(StageEvents):
 
         `previous_attempts` > 0 means `messages` is one record handled again after that
         many failed attempts (it was counted as consumed the first time)."""
+        if self.state is not None:  # the state follows the record being handled
+            messages = self.state.track(messages)
         if self.tracing is not None:
             self._process_traced(self.tracing, messages, previous_attempts)
         else:
@@ -518,16 +535,22 @@ class Stage(StageEvents):
         is handled), handed on as a `TracedMessage` whose headers carry the span's
         context into its outputs and dead letter; the span ends with the outcome.
         Records of traces not sampled get no span: each run of them is handled as one
-        batch (`StageTracing.unsampled`, `quietly`)."""
+        batch (`StageTracing.unsampled`, `quietly`; one by one in a stateful stage)."""
         held = self.retries.held
         records = self._records
         stats = self.stats
         unsampled = tracing.unsampled
         quiet: list[Message] = []
+        # Keyed state follows the record this loop is at (`StageState.track`): a stateful
+        # stage handles each record as the loop reaches it.
+        one_by_one = self.state is not None
         for msg in messages:
             plain = unsampled(msg)
             if plain is not None:
-                quiet.append(plain)
+                if one_by_one:
+                    tracing.quietly(partial(records, [plain], previous_attempts))
+                else:
+                    quiet.append(plain)
                 continue
             if quiet:
                 tracing.quietly(partial(records, quiet, previous_attempts))

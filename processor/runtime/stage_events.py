@@ -31,6 +31,7 @@ from processor.runtime.flow import Backpressure
 from processor.runtime.ledger import OffsetLedger
 from processor.runtime.oversize import TooLargeRecovery
 from processor.runtime.retry import RetryHolder, RetryLog
+from processor.runtime.stateful import StageState
 from processor.runtime.stats import StageStats
 
 __all__ = ["PolicyStop", "StageEvents", "StageFailed"]
@@ -51,6 +52,7 @@ class StageEvents:
     backpressure: Backpressure
     oversize: TooLargeRecovery
     concurrent: ConcurrentLoop | None
+    state: StageState | None
     stats: StageStats
     metrics: Metrics
     health: HealthState
@@ -218,6 +220,14 @@ class StageEvents:
     # --- rebalances ------------------------------------------------------------------
 
     def _on_assign(self, partitions: list[TopicPartition]) -> None:
+        if self.state is not None and self.ledger.failure is None:
+            # Each store catches up with its changelog before a record of its partition
+            # is handled. A failure fails the stage (raised by the loop next).
+            try:
+                self.state.assign(self.consumer, partitions)
+            except BaseException as exc:
+                self.fail(exc)
+                self._raise = exc
         self.assigned.update(partitions)
         if self.backpressure.active:
             self.backpressure.assigned(partitions)
@@ -250,7 +260,7 @@ class StageEvents:
                                self.options.name, exc)
                 if self.commits.in_transaction:
                     self._abort_and_rewind()
-        self._forget(partitions)
+        self._forget(partitions, committed=self.ledger.failure is None)
         self.metrics.rebalance("revoke", 1)
 
     def _on_lost(self, partitions: list[TopicPartition]) -> None:
@@ -260,7 +270,11 @@ class StageEvents:
         self._forget(partitions)
         self.metrics.rebalance("lost", 1)
 
-    def _forget(self, partitions: list[TopicPartition]) -> None:
+    def _forget(self, partitions: list[TopicPartition], committed: bool = False) -> None:
+        """`committed`: everything handled in `partitions` was committed (a revocation
+        of a sound stage), so their state stores may be checkpointed."""
+        if self.state is not None:
+            self.state.forget(partitions, checkpoint=committed)
         rewind_to = self.commits.rewind_to
         for tp in partitions:
             self.assigned.discard(tp)
