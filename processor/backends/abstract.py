@@ -53,6 +53,40 @@ class Message(Protocol):
         ...
 
 
+class MessageView:
+    """A consumed record seen with other headers: the same topic, partition, offset, key,
+    value and timestamp. The stage's wrappers of a record (a trace's context, a ring's
+    count of passes) are views, so everything made from the record copies their
+    headers."""
+
+    __slots__ = ("_headers", "msg")
+
+    def __init__(self, msg: Message, headers: Headers | None) -> None:
+        self.msg = msg
+        self._headers = headers
+
+    def topic(self) -> str:
+        return self.msg.topic()
+
+    def partition(self) -> int:
+        return self.msg.partition()
+
+    def offset(self) -> int:
+        return self.msg.offset()
+
+    def key(self) -> bytes | None:
+        return self.msg.key()
+
+    def value(self) -> bytes | None:
+        return self.msg.value()
+
+    def headers(self) -> Headers | None:
+        return self._headers
+
+    def timestamp(self) -> tuple[int, int]:
+        return self.msg.timestamp()
+
+
 class DeliveryError(NamedTuple):
     """A produced record the broker did not acknowledge."""
 

@@ -58,7 +58,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, cast, get_args
 
-from processor.backends.abstract import Headers, Message
+from processor.backends.abstract import Headers, Message, MessageView
 from processor.ops.metrics import Exemplar, Metrics, StageMetrics
 
 if TYPE_CHECKING:  # pragma: no cover - types only; the modules load when a tracer is made
@@ -254,40 +254,18 @@ class _Propagation:
 # --- a record in a traced stage ----------------------------------------------------------
 
 
-class TracedMessage:
+class TracedMessage(MessageView):
     """A consumed record with its span: the same record, whose headers carry the span's
     context (so everything made from it continues the trace)."""
 
-    __slots__ = ("_headers", "context", "msg", "owner", "span")
+    __slots__ = ("context", "owner", "span")
 
     def __init__(self, msg: Message, span: Span, context: Context, headers: Headers,
                  owner: StageTracing) -> None:
-        self.msg = msg
+        super().__init__(msg, headers)
         self.span = span
         self.context = context
-        self._headers = headers
         self.owner = owner
-
-    def topic(self) -> str:
-        return self.msg.topic()
-
-    def partition(self) -> int:
-        return self.msg.partition()
-
-    def offset(self) -> int:
-        return self.msg.offset()
-
-    def key(self) -> bytes | None:
-        return self.msg.key()
-
-    def value(self) -> bytes | None:
-        return self.msg.value()
-
-    def headers(self) -> Headers | None:
-        return self._headers
-
-    def timestamp(self) -> tuple[int, int]:
-        return self.msg.timestamp()
 
     def dead_lettered(self, reason: str, error: BaseException, topic: str) -> None:
         """Record on the span that the record went to the dead-letter topic."""
@@ -299,37 +277,12 @@ def original(msg: Message) -> Message:
     return msg.msg if type(msg) is TracedMessage else msg
 
 
-class UnsampledMessage:
+class UnsampledMessage(MessageView):
     """A consumed record starting a trace that is not sampled: the same record, its
     headers carrying that trace's context (flagged "not sampled"), so that everything
     made from it, in this stage and the next, drops the trace too. It has no span."""
 
-    __slots__ = ("_headers", "msg")
-
-    def __init__(self, msg: Message, headers: Headers) -> None:
-        self.msg = msg
-        self._headers = headers
-
-    def topic(self) -> str:
-        return self.msg.topic()
-
-    def partition(self) -> int:
-        return self.msg.partition()
-
-    def offset(self) -> int:
-        return self.msg.offset()
-
-    def key(self) -> bytes | None:
-        return self.msg.key()
-
-    def value(self) -> bytes | None:
-        return self.msg.value()
-
-    def headers(self) -> Headers | None:
-        return self._headers
-
-    def timestamp(self) -> tuple[int, int]:
-        return self.msg.timestamp()
+    __slots__ = ()
 
 
 _UNSAMPLED_PARENT: Final = re.compile(

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Final
 
-from processor.backends.abstract import Consumer, Headers, Message
+from processor.backends.abstract import Consumer, Headers, Message, MessageView
 from processor.core.artifact import Artifact
 from processor.core.errors import DecodeError
 from processor.serde.wire import Record, WireCodec
@@ -47,39 +47,16 @@ def hops_of(headers: Headers | None) -> int:
     return 0
 
 
-class RingMessage:
+class RingMessage(MessageView):
     """A consumed record whose headers carry its count of passes plus one."""
 
-    __slots__ = ("_headers", "hops", "msg")
+    __slots__ = ("hops",)
 
     def __init__(self, msg: Message) -> None:
-        self.msg = msg
         headers = msg.headers() or []
         self.hops = hops_of(headers) + 1
-        self._headers: Headers = [
-            *((k, v) for k, v in headers if k != HOPS_HEADER),
-            (HOPS_HEADER, str(self.hops).encode())]
-
-    def topic(self) -> str:
-        return self.msg.topic()
-
-    def partition(self) -> int:
-        return self.msg.partition()
-
-    def offset(self) -> int:
-        return self.msg.offset()
-
-    def key(self) -> bytes | None:
-        return self.msg.key()
-
-    def value(self) -> bytes | None:
-        return self.msg.value()
-
-    def headers(self) -> Headers | None:
-        return self._headers
-
-    def timestamp(self) -> tuple[int, int]:
-        return self.msg.timestamp()
+        super().__init__(msg, [*((k, v) for k, v in headers if k != HOPS_HEADER),
+                               (HOPS_HEADER, str(self.hops).encode())])
 
 
 class RingConsumer:
