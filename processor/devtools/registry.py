@@ -184,11 +184,14 @@ class LocalRegistry:
         began = time.monotonic()
         java = find_java()
         app = ensure_registry()
-        self.port = free_ports(1)[0]
+        self.port, management = free_ports(2)
         self._workdir = Path(tempfile.mkdtemp(prefix="registry-local-"))
+        # Quarkus's management interface (health, metrics) would listen on 0.0.0.0:9000:
+        # loopback only, and a free port of its own, so that two registries can run.
         env = {**os.environ, "QUARKUS_HTTP_HOST": "127.0.0.1",
                "QUARKUS_HTTP_PORT": str(self.port), "QUARKUS_LOG_LEVEL": "WARN",
-               "QUARKUS_PROFILE": "prod"}
+               "QUARKUS_PROFILE": "prod", "QUARKUS_MANAGEMENT_HOST": "127.0.0.1",
+               "QUARKUS_MANAGEMENT_PORT": str(management)}
         with open(self.log_file, "ab") as out:
             self._process = subprocess.Popen(
                 [java, f"-Xmx{self.heap}", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",

@@ -24,14 +24,17 @@ from tests.procs import ROOT, processor_cmd
 pytestmark = pytest.mark.slow
 
 
-def _first_line(proc: subprocess.Popen[str], timeout: float) -> str:
+def _first_line(proc: subprocess.Popen[str], timeout: float, err: Path) -> str:
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    assert ready, f"no URL on stdout after {timeout:.0f}s"
-    return proc.stdout.readline().strip()
+    line = proc.stdout.readline().strip() if ready else ""
+    assert line, f"no URL on stdout after {timeout:.0f}s; stderr:\n{err.read_text()[-3000:]}"
+    return line
 
 
-def test_registry_prints_its_full_url_and_the_schema_commands_use_it(tmp_path: Path) -> None:
+def test_registry_prints_its_full_url_and_the_schema_commands_use_it(
+        tmp_path: Path, schema_registry_url: str) -> None:
+    """With the tests' own registry running (`schema_registry_url`), as a user's may be."""
     try:
         find_java()
         ensure_registry()
@@ -43,7 +46,9 @@ def test_registry_prints_its_full_url_and_the_schema_commands_use_it(tmp_path: P
     proc = subprocess.Popen(processor_cmd("registry"), stdout=subprocess.PIPE, stderr=err,
                             text=True, cwd=tmp_path)
     try:
-        url = _first_line(proc, 120)
+        # The tests' own registry (`schema_registry_url`) may be running too: two must
+        # not collide (Quarkus's management port once did).
+        url = _first_line(proc, 120, tmp_path / "registry.err")
         assert url.startswith("http://127.0.0.1:") and url.endswith(CONFLUENT_API), url
         with urllib.request.urlopen(url + "/subjects", timeout=10) as answer:
             assert answer.status == 200
